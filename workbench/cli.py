@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from workbench.data.datasets import READERS, DatasetError, load_dataset
 
@@ -61,18 +62,255 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(func=_cmd_data_info)
 
 
+# ----------------------------------------------------------------------------- config options
+
+#: convenience flags → config fields (anything else: --set field=value)
+_FLAGS = {
+    "target": "target dataset name (load_dataset)", "target_root": "target dataset folder",
+    "reference": "reference dataset name", "reference_root": "reference dataset folder",
+    "backbone": "resnet50 | seresnet50 | mobilenet_v2",
+    "pretrained": "backbone init: imagenet | PATH | none", "stages": "fused stages, e.g. layer1+layer3+layer4",
+    "epochs": "joint-training epochs", "pretrain_epochs": "reference-pretraining epochs",
+    "device": "auto | cpu | cuda | cuda:N", "workers": "DataLoader workers", "seed": "random seed",
+    "image_size": "H,W (paper 384,128)",
+}
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    from workbench.config import PRESETS
+
+    g = p.add_argument_group("configuration (preset, then flags, then --set)")
+    g.add_argument("--preset", default=None, choices=sorted(PRESETS), help="base settings (default: demo)")
+    for name, text in _FLAGS.items():
+        g.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=text)
+    g.add_argument("--amp", dest="amp", action="store_true", default=None,
+                   help="mixed precision (fp16 on CUDA, bf16 on CPU)")
+    g.add_argument("--no-amp", dest="amp", action="store_false")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any config field, e.g. --set lambda_cml=0 --set use_rj=false (repeatable)")
+
+
+def _config_from_args(args: argparse.Namespace, default_preset: str = "demo"):
+    from workbench.config import from_params
+
+    params = {name: getattr(args, name) for name in _FLAGS if getattr(args, name, None) is not None}
+    if getattr(args, "amp", None) is not None:
+        params["amp"] = args.amp
+    for item in getattr(args, "overrides", []):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise CLIError(f"--set expects FIELD=VALUE, got {item!r}")
+        params[key.strip()] = value.strip()
+    return from_params(params, base=args.preset or default_preset)
+
+
+def _resolve_resume(args: argparse.Namespace) -> None:
+    if args.resume and not args.run_dir:
+        raise CLIError("--resume needs --run-dir (the run folder to continue)")
+
+
+# ----------------------------------------------------------------------------- train / pretrain
+
+def _print_main(text: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(text)
+
+
+def _print_metrics(title: str, metrics: dict) -> None:
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 speaks for all
+        return
+    print(f"{title}: rank-1 {100 * metrics['rank1']:.1f}  rank-5 {100 * metrics['rank5']:.1f}  "
+          f"rank-10 {100 * metrics['rank10']:.1f}  mAP {100 * metrics['mAP']:.1f} "
+          f"(devkit {100 * metrics['mAP_devkit']:.1f})  mINP {100 * metrics['mINP']:.1f}")
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from workbench.engine import pretrain, resume_run
+
+    _resolve_resume(args)
+    if args.resume:
+        result = resume_run(args.run_dir)
+    else:
+        result = pretrain(_config_from_args(args), args.run_dir)
+    _print_metrics("stage 1 (direct transfer to the target)", result.metrics)
+    _print_main(f"run folder: {result.run_dir}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from workbench.engine import resume_run, train_mar
+
+    _resolve_resume(args)
+    if args.resume:
+        result = resume_run(args.run_dir)
+    else:
+        if args.init is None and not args.no_pretraining:
+            raise CLIError("train needs --init STAGE1_CHECKPOINT (or --no-pretraining for the ablation)")
+        result = train_mar(_config_from_args(args), args.run_dir, init_checkpoint=args.init)
+    if "initial" in result.metrics:
+        _print_metrics("before joint training", result.metrics["initial"])
+    _print_metrics("after joint training", result.metrics)
+    _print_main(f"run folder: {result.run_dir}")
+    return 0
+
+
+def _add_training(sub: argparse._SubParsersAction) -> None:
+    pre = sub.add_parser("pretrain", help="stage 1: backbone + agents on the labeled reference set (L_AL)")
+    _add_config_options(pre)
+    pre.add_argument("--run-dir", default=None, help="run folder (default: runs/<time>-pretrain)")
+    pre.add_argument("--resume", action="store_true", help="continue the checkpoint in --run-dir")
+    pre.set_defaults(func=_cmd_pretrain)
+    tr = sub.add_parser("train", help="stage 2: joint MAR training on the unlabeled target set")
+    _add_config_options(tr)
+    tr.add_argument("--init", default=None, help="stage-1 checkpoint.pt to start from")
+    tr.add_argument("--no-pretraining", action="store_true", help="start without a stage-1 checkpoint")
+    tr.add_argument("--run-dir", default=None, help="run folder (default: runs/<time>-mar)")
+    tr.add_argument("--resume", action="store_true", help="continue the checkpoint in --run-dir")
+    tr.set_defaults(func=_cmd_train)
+
+
+# ----------------------------------------------------------------------------- evaluate / extract
+
+def _model_for(args: argparse.Namespace):
+    from workbench.engine import build_model, load_model
+
+    if args.checkpoint:
+        return load_model(args.checkpoint, "cpu")
+    cfg = _config_from_args(args)
+    return build_model(cfg.model, num_agents=1).eval()
+
+
+def _image_size(args: argparse.Namespace) -> tuple[int, int]:
+    from workbench.config import from_params
+
+    if args.image_size:
+        return from_params({"image_size": args.image_size}).data.image_size
+    if args.checkpoint:
+        from pathlib import Path
+
+        from workbench.config import load_config
+
+        config = Path(args.checkpoint).with_name("config.json")
+        if config.is_file():
+            return load_config(config).data.image_size
+    return _config_from_args(args).data.image_size
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from workbench.engine import resolve_device
+    from workbench.evaluation import evaluate
+    from workbench.runs import write_json
+
+    split = load_dataset(args.dataset, args.root)
+    device = resolve_device(args.device or "auto")
+    net = _model_for(args).to(device)
+    metrics = evaluate(net, split, image_size=_image_size(args), batch_size=args.batch_size, device=device,
+                       amp=bool(args.amp), flip=args.flip, rerank=args.rerank, metric=args.metric)
+    _print_metrics(f"{args.dataset} ({'checkpoint ' + args.checkpoint if args.checkpoint else 'backbone weights only'})",
+                   metrics)
+    if args.out:
+        write_json(args.out, {k: v for k, v in metrics.items() if k != "distmat"})
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    import io
+
+    import numpy as np
+    import torch
+
+    from workbench.data import build_test_loader
+    from workbench.engine import resolve_device
+    from workbench.evaluation import extract_features
+    from workbench.runs import atomic_write_bytes
+
+    split = load_dataset(args.dataset, args.root)
+    parts = ("train", "query", "gallery") if args.split == "all" else (args.split,)
+    device = resolve_device(args.device or "auto")
+    net = _model_for(args).to(device)
+    out: dict = {}
+    for part in parts:
+        samples = getattr(split, part)
+        loader = build_test_loader(samples, image_size=_image_size(args), batch_size=args.batch_size)
+        feats, pids, camids = extract_features(net, loader, device=device, flip=args.flip)
+        out[part] = {"features": feats, "pids": torch.as_tensor(pids), "camids": torch.as_tensor(camids),
+                     "paths": [s.path for s in samples]}
+    buf = io.BytesIO()
+    if args.out.endswith(".npy") or args.out.endswith(".npz"):
+        if len(parts) == 1 and args.out.endswith(".npy"):
+            np.save(buf, out[parts[0]]["features"].numpy())
+        else:
+            np.savez(buf, **{f"{p}_{k}": np.asarray(v) for p in parts for k, v in out[p].items()})
+    else:
+        torch.save(out, buf)
+    atomic_write_bytes(args.out, buf.getvalue())
+    shapes = ", ".join(f"{p}: {tuple(out[p]['features'].shape)}" for p in parts)
+    print(f"wrote {shapes} to {args.out}")
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    for name, help_text, func in (
+        ("evaluate", "rank-1/5/10, mAP (both AP conventions), mINP of a checkpoint on a dataset", _cmd_evaluate),
+        ("extract", "features of a checkpoint on a dataset's splits to .pt / .npy / .npz", _cmd_extract),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--checkpoint", default=None,
+                       help="checkpoint.pt (default: the configured backbone with its pretrained weights)")
+        p.add_argument("--dataset", required=True, help=f"one of {', '.join(READERS)}")
+        p.add_argument("--root", default=None, help="dataset folder")
+        p.add_argument("--batch-size", type=int, default=128)
+        p.add_argument("--flip", action="store_true", help="average with the mirrored image's feature")
+        _add_config_options(p)
+        if name == "evaluate":
+            p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, λ=0.3)")
+            p.add_argument("--metric", default="cosine", choices=("cosine", "euclidean"))
+            p.add_argument("--out", default=None, help="write the metrics to this JSON file")
+        else:
+            p.add_argument("--split", default="all", choices=("train", "query", "gallery", "all"))
+            p.add_argument("--out", required=True, help="output file: .pt (dict), .npy (one split) or .npz")
+        p.set_defaults(func=func)
+
+
 # ----------------------------------------------------------------------------- demo
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    target = load_dataset("synthetic")
-    reference = load_dataset("synthetic_reference")
+    import time
+    from pathlib import Path
+
+    from workbench.engine import pretrain, train_mar
+    from workbench.runs import new_run_dir
+
+    cfg = _config_from_args(args, default_preset="demo")
+    started = time.perf_counter()
+    root = Path(args.run_dir) if args.run_dir else new_run_dir("demo")
+    print(f"demo: synthetic target + reference domains, {cfg.model.backbone}, {cfg.data.image_size[0]}x"
+          f"{cfg.data.image_size[1]}, {cfg.train.pretrain_epochs} + {cfg.train.epochs} epochs → {root}")
+    from workbench.engine import load_domains
+
+    target, reference = load_domains(cfg.data)
     print(target.describe())
-    print(reference.describe())
+    print(f"reference set: {len(reference)} images, {len({s.pid for s in reference})} identities (agents)")
+    stage1 = pretrain(cfg, root / "pretrain", resume=args.resume)
+    stage2 = train_mar(cfg, root / "mar", init_checkpoint=stage1.checkpoint, resume=args.resume)
+    rows = [("stage 1: reference pretraining (direct transfer)", stage1.metrics),
+            ("stage 2: joint MAR training", stage2.metrics)]
+    print()
+    print(f"{'':<50} {'rank-1':>7} {'rank-5':>7} {'rank-10':>7} {'mAP':>6} {'mAP*':>6} {'mINP':>6}")
+    for title, m in rows:
+        print(f"{title:<50} {100 * m['rank1']:>7.1f} {100 * m['rank5']:>7.1f} {100 * m['rank10']:>7.1f} "
+              f"{100 * m['mAP']:>6.1f} {100 * m['mAP_devkit']:>6.1f} {100 * m['mINP']:>6.1f}")
+    print("(percent; mAP = standard non-interpolated AP, mAP* = Market devkit / MAR official trapezoid AP)")
+    print(f"\nrun folder: {root}  ({time.perf_counter() - started:.0f} s)")
     return 0
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="the whole pipeline on the embedded synthetic dataset")
+    demo = sub.add_parser("demo", help="the whole pipeline on the embedded synthetic dataset (about 5 min on CPU)")
+    _add_config_options(demo)
+    demo.add_argument("--run-dir", default=None, help="folder for both stages (default: runs/<time>-demo)")
+    demo.add_argument("--resume", action="store_true", help="continue an interrupted demo in --run-dir")
     demo.set_defaults(func=_cmd_demo)
 
 
@@ -86,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     _add_demo(sub)
+    _add_training(sub)
+    _add_eval(sub)
     _add_data(sub)
     return parser
 
@@ -100,6 +340,18 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, DatasetError, FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        _shutdown_distributed()
+
+
+def _shutdown_distributed() -> None:
+    """Leave the torchrun process group cleanly (else the C++ side aborts at exit)."""
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

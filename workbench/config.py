@@ -1,0 +1,298 @@
+"""Configuration: four dataclasses, presets, and ``from_params`` for a papermill parameters cell.
+
+Config objects stay at the edges (CLI, notebooks, the engine's builders); library functions take
+explicit arguments. Every field name is unique across the four groups, so a flat dict such as a
+papermill parameters cell maps onto them without prefixes:
+
+    >>> cfg = from_params({"preset": "smoke", "backbone": "resnet50", "lambda_cml": 0.0})
+    >>> cfg.model.backbone, cfg.loss.lambda_cml
+    ('resnet50', 0.0)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from workbench.paths import shared_data_root
+
+# ----------------------------------------------------------------------------- the four groups
+
+
+@dataclass
+class DataConfig:
+    target: str = "synthetic"                 # target dataset (unlabeled in training): load_dataset name
+    target_root: str | None = None            # its folder; None for the synthetic set (generated on use)
+    reference: str = "synthetic_reference"    # labeled reference dataset; all its ids become agents
+    reference_root: str | None = None         # its folder
+    synthetic_seed: int = 0                   # seed of the synthetic sets (when used)
+    synthetic_size: str = "default"           # default | smoke: sizes of the generated synthetic sets
+    image_size: tuple[int, int] = (128, 64)   # (height, width); paper 384×128
+    pad: int = 4                              # zero padding of the random crop; paper 7
+    workers: int = 0                          # DataLoader worker processes per loader
+    cache_images: bool = True                 # decode every training image once (ImageCache)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "mobilenet_v2"            # resnet50 | seresnet50 | mobilenet_v2
+    pretrained: str | None = None             # "imagenet", a state-dict file, or None (random init)
+    stages: tuple[str, ...] = ("layer4",)     # fused stages; paper best: layer1, layer3, layer4
+    embed_dim: int | None = None              # embedding FC after fusion (paper 2048); None = fused vector
+    last_stride: int = 2                      # 1 is common ReID practice; paper 2
+
+
+@dataclass
+class LossConfig:
+    scale: float = 30.0                       # s: soft multilabel / agent logit scale
+    margin: float = 1.0                       # m: L_RJ margin (agents with cos > 1 - m/2 are hard)
+    mining_ratio: float = 0.005               # fraction of batch pairs mined by L_MDL (and for T)
+    lambda_cml: float = 2e-4                  # λ1: weight of L_CML
+    lambda_ref: float = 50.0                  # λ2: weight of L_AL + β·L_RJ
+    beta: float = 0.2                         # β: weight of L_RJ inside the reference term
+    use_mdl: bool = True                      # ablation switches (paper Table 3)
+    use_cml: bool = True
+    use_al: bool = True
+    use_rj: bool = True
+    mdl_warmup_epochs: int = 1                # L_MDL off (memory and T frozen) for these epochs
+
+
+@dataclass
+class TrainConfig:
+    # stage 1: reference pretraining (L_AL only)
+    pretrain_epochs: int = 60                 # paper 60
+    pretrain_batch_size: int = 256            # paper 256
+    pretrain_lr: float = 1e-3                 # paper 1e-3
+    pretrain_weight_decay: float = 0.025      # paper 0.025
+    pretrain_milestones: tuple[int, ...] = ()  # lr × gamma at these epochs
+    # stage 2: joint MAR training
+    epochs: int = 20                          # paper 20
+    n_target: int = 184                       # target images per batch (per GPU)
+    n_reference: int = 184                    # reference images per batch (per GPU)
+    lr: float = 2e-4                          # paper 2e-4
+    weight_decay: float = 0.025               # no decay on BatchNorm and biases
+    milestones: tuple[int, ...] = (12, 17)    # lr × gamma at these epochs; paper 12, 17
+    gamma: float = 0.1
+    momentum: float = 0.9                     # SGD momentum
+    eval_every: int = 5                       # evaluate on target query/gallery every k epochs (0: end only)
+    eval_batch_size: int = 128
+    flip_test: bool = False                   # average features of image and mirror at evaluation
+    # run
+    seed: int = 0
+    device: str = "auto"                      # auto | cpu | cuda | cuda:1 ...
+    amp: bool = False                         # mixed precision: fp16 + GradScaler on CUDA, bf16 on CPU
+    channels_last: bool = True                # channels_last memory format (CUDA only)
+    progress: bool = True                     # tqdm bars (off when not a TTY or under CI)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "demo"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        groups = {}
+        for f in fields(cls):
+            if f.name == "preset":
+                continue
+            sub = f.default_factory()  # type: ignore[misc]
+            groups[f.name] = _coerce_group(sub, d.get(f.name, {}), f.name)
+        return cls(**groups, preset=d.get("preset", "custom"))
+
+    def flat(self) -> dict[str, Any]:
+        """All fields in one flat dict (the form of a papermill parameters cell)."""
+        out = {"preset": self.preset}
+        for group in (self.data, self.model, self.loss, self.train):
+            out.update(asdict(group))
+        return out
+
+
+_GROUPS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
+_FIELD_GROUP = {f.name: g for g, c in _GROUPS.items() for f in fields(c)}
+assert len(_FIELD_GROUP) == sum(len(fields(c)) for c in _GROUPS.values()), "field names must be unique"
+
+
+def _coerce(value: Any, current: Any, name: str) -> Any:
+    """Convert a value from JSON/CLI/papermill to the field's type (tuples, None, bools)."""
+    if isinstance(current, tuple) or name in ("stages", "milestones", "pretrain_milestones", "image_size"):
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [v for v in value.replace("+", ",").split(",") if v.strip()]
+        items = tuple(value)
+        if name == "image_size":
+            items = tuple(int(v) for v in items)
+            if len(items) != 2:
+                raise ValueError(f"image_size must be (height, width), got {value!r}")
+        elif name != "stages":
+            items = tuple(int(v) for v in items)
+        else:
+            items = tuple(str(v).strip() for v in items)
+        return items
+    if isinstance(current, bool):
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{name} must be a boolean, got {value!r}")
+        return bool(value)
+    if value is None or (isinstance(value, str) and value.lower() == "none"):
+        return None
+    if isinstance(current, int) and not isinstance(current, bool):
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    if name == "embed_dim":
+        return int(value)
+    return value
+
+
+def _coerce_group(group, values: dict, group_name: str):
+    known = {f.name for f in fields(group)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {group_name} fields {sorted(unknown)}; known: {sorted(known)}")
+    return replace(group, **{k: _coerce(v, getattr(group, k), k) for k, v in values.items()})
+
+
+# ----------------------------------------------------------------------------- presets
+
+def _shared(name: str) -> str | None:
+    root = shared_data_root()
+    return str(root / name) if root is not None else None
+
+
+def _shared_weights() -> str | None:
+    root = shared_data_root()
+    path = root.parent / "weights" / "mobilenet_v2_imagenet.pth" if root is not None else None
+    return str(path) if path is not None and path.is_file() else None
+
+
+def preset_paper() -> Config:
+    """DESIGN.md's stage 1 and stage 2 settings: ResNet-50, 384×128, 184 + 184, 20 joint epochs."""
+    return Config(
+        data=DataConfig(target="market1501", reference="msmt17", image_size=(384, 128), pad=7, workers=8,
+                        cache_images=False),
+        model=ModelConfig(backbone="resnet50", pretrained="imagenet", stages=("layer1", "layer3", "layer4"),
+                          embed_dim=2048, last_stride=2),
+        loss=LossConfig(),
+        train=TrainConfig(pretrain_epochs=60, pretrain_batch_size=256, pretrain_lr=1e-3,
+                          pretrain_weight_decay=0.025, epochs=20, n_target=184, n_reference=184, lr=2e-4,
+                          weight_decay=0.025, milestones=(12, 17), amp=True, eval_every=5),
+        preset="paper",
+    )
+
+
+def preset_cpu() -> Config:
+    """MobileNetV2 with the ImageNet weights file at 128×64: a real-data run on 2 CPU cores.
+
+    Target ``../shared/data/cuhk01-market``, reference ``../shared/data/cuhk03-msmt`` when present.
+    """
+    return Config(
+        data=DataConfig(target="market1501", target_root=_shared("cuhk01-market"), reference="msmt17",
+                        reference_root=_shared("cuhk03-msmt"), image_size=(128, 64), pad=4, workers=0,
+                        cache_images=True),
+        model=ModelConfig(backbone="mobilenet_v2", pretrained=_shared_weights(), stages=("layer4",),
+                          embed_dim=None),
+        loss=LossConfig(),
+        train=TrainConfig(pretrain_epochs=12, pretrain_batch_size=64, pretrain_lr=0.01, pretrain_weight_decay=5e-4,
+                          pretrain_milestones=(8,), epochs=10, n_target=64, n_reference=64, lr=1e-3,
+                          weight_decay=5e-4, milestones=(7,), eval_every=2, amp=False),
+        preset="cpu",
+    )
+
+
+def preset_demo() -> Config:
+    """The README's main job: the synthetic sets, a small random-init MobileNetV2, about 5 minutes."""
+    return Config(
+        data=DataConfig(image_size=(128, 64), pad=4, cache_images=True),
+        model=ModelConfig(backbone="mobilenet_v2", pretrained=None, stages=("layer4",), embed_dim=None),
+        loss=LossConfig(),
+        train=TrainConfig(pretrain_epochs=12, pretrain_batch_size=32, pretrain_lr=0.05, pretrain_weight_decay=5e-4,
+                          pretrain_milestones=(9,), epochs=6, n_target=32, n_reference=32, lr=0.01,
+                          weight_decay=5e-4, milestones=(4,), eval_every=2),
+        preset="demo",
+    )
+
+
+def preset_smoke() -> Config:
+    """Seconds-long runs for tests: tiny synthetic sets and images."""
+    return Config(
+        data=DataConfig(image_size=(64, 32), pad=2, cache_images=True, synthetic_size="smoke"),
+        model=ModelConfig(backbone="mobilenet_v2", pretrained=None, stages=("layer4",), embed_dim=None),
+        loss=LossConfig(mining_ratio=0.05),
+        train=TrainConfig(pretrain_epochs=1, pretrain_batch_size=16, pretrain_lr=0.01, pretrain_weight_decay=5e-4,
+                          epochs=2, n_target=12, n_reference=12, lr=0.01, weight_decay=5e-4, milestones=(),
+                          eval_every=0, eval_batch_size=64, progress=False),
+        preset="smoke",
+    )
+
+
+PRESETS = {"paper": preset_paper, "cpu": preset_cpu, "demo": preset_demo, "smoke": preset_smoke}
+
+#: synthetic generator sizes by ``DataConfig.synthetic_size`` ("default" = SyntheticSpec's defaults)
+SYNTHETIC_SIZES: dict[str, dict] = {"default": {}}
+SYNTHETIC_SIZES["smoke"] = dict(target_train_ids=12, target_test_ids=8, target_cameras=3, target_images_per_camera=2,
+                       target_distractors=2, reference_ids=16, reference_test_ids=4, reference_images_per_id=4,
+                       height=64, width=32)
+
+
+def get_preset(name: str) -> Config:
+    """A fresh copy of a preset by name."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def from_params(params: dict[str, Any], base: str | Config | None = None) -> Config:
+    """Build a config from a flat dict (a papermill parameters cell, CLI overrides).
+
+    Args:
+        params: ``{field: value}`` with field names of any group (``lr``, ``backbone``,
+            ``use_cml`` ...) or ``group.field``; ``preset`` picks the base preset. Values may be
+            strings (``"layer1+layer3+layer4"``, ``"384,128"``, ``"none"``, ``"true"``).
+        base: the preset name or config to start from (default: ``params["preset"]`` or ``demo``).
+
+    Raises:
+        ValueError: naming an unknown field or a value of the wrong type.
+    """
+    params = dict(params)
+    preset = params.pop("preset", None)
+    if isinstance(base, Config):
+        cfg = dataclasses.replace(base)
+    else:
+        cfg = get_preset(preset or base or "demo")
+    per_group: dict[str, dict] = {g: {} for g in _GROUPS}
+    for key, value in params.items():
+        group, _, name = key.rpartition(".")
+        group = group or _FIELD_GROUP.get(name, "")
+        if group not in _GROUPS or name not in _FIELD_GROUP or _FIELD_GROUP[name] != group:
+            raise ValueError(f"unknown config field {key!r}; known: {sorted(_FIELD_GROUP)}")
+        per_group[group][name] = value
+    return Config(
+        data=_coerce_group(cfg.data, per_group["data"], "data"),
+        model=_coerce_group(cfg.model, per_group["model"], "model"),
+        loss=_coerce_group(cfg.loss, per_group["loss"], "loss"),
+        train=_coerce_group(cfg.train, per_group["train"], "train"),
+        preset=cfg.preset,
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a run folder's ``config.json``."""
+    return Config.from_dict(json.loads(Path(path).read_text()))

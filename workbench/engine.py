@@ -1,0 +1,648 @@
+"""Training: stage 1 (reference pretraining with L_AL) and stage 2 (joint MAR training).
+
+One :class:`Trainer` runs the epochs for both stages — device, AMP, DDP, optimizer and schedule,
+per-step and per-epoch logs, evaluation, atomic checkpoints, resume and the NaN guard — and asks
+its subclass for the batches and for ``compute_losses(batch) -> dict`` (torchreid's
+``forward_backward`` split in two). :func:`pretrain` and :func:`train_mar` are the entry points.
+
+Example:
+    >>> from workbench.config import get_preset
+    >>> stage1 = pretrain(get_preset("smoke"))                                # doctest: +SKIP
+    >>> stage2 = train_mar(get_preset("smoke"), init_checkpoint=stage1.checkpoint)  # doctest: +SKIP
+    >>> stage2.metrics["rank1"], stage2.run_dir                              # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from workbench.config import SYNTHETIC_SIZES, Config, DataConfig, ModelConfig, load_config
+from workbench.data import ImageCache, MixedLoader, Sample, Split, build_test_loader, build_train_loader, load_dataset
+from workbench.evaluation import evaluate, extract_features
+from workbench.losses import MARLoss, agent_loss
+from workbench.models import MARNet
+from workbench.runs import (
+    load_checkpoint,
+    new_run_dir,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_csv,
+    write_json,
+)
+
+log = logging.getLogger("workbench.engine")
+
+LOSS_TERMS = ("loss", "al", "rj", "mdl", "cml")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss term became NaN or inf; the run folder keeps the last good checkpoint."""
+
+
+@dataclass
+class RunResult:
+    """What a training stage returns."""
+
+    run_dir: Path
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+
+# ----------------------------------------------------------------------------- devices and processes
+
+@dataclass
+class Context:
+    """Where this process runs: device and DDP rank."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; otherwise ``torch.device(name)`` (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available here")
+    return device
+
+
+def setup_context(device: str = "auto") -> Context:
+    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1), pick the device.
+
+    NCCL on CUDA, gloo on CPU. Each rank uses ``cuda:LOCAL_RANK``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if world_size > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if dev.type == "cuda":
+            torch.cuda.set_device(local_rank)
+            dev = torch.device("cuda", local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        return Context(dev, dist.get_rank(), dist.get_world_size())
+    return Context(dev)
+
+
+def _barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- builders (config → objects)
+
+def load_domains(data: DataConfig) -> tuple[Split, list[Sample]]:
+    """The target split and the reference set (all reference identities, relabeled ``0..Np-1``)."""
+    def read(name: str, root: str | None) -> Split:
+        if name.startswith("synthetic"):
+            if data.synthetic_size not in SYNTHETIC_SIZES:
+                raise ValueError(f"synthetic_size must be one of {sorted(SYNTHETIC_SIZES)}, got {data.synthetic_size!r}")
+            return load_dataset(name, root, seed=data.synthetic_seed, **SYNTHETIC_SIZES[data.synthetic_size])
+        return load_dataset(name, root)
+
+    target = read(data.target, data.target_root)
+    reference = read(data.reference, data.reference_root).reference()
+    return target, reference
+
+
+def build_model(model: ModelConfig, num_agents: int, *, pretrained: bool = True) -> MARNet:
+    """A :class:`MARNet` from the model config (``pretrained=False`` skips the backbone weights)."""
+    return MARNet(model.backbone, model.stages, model.embed_dim, num_agents=num_agents,
+                  pretrained=model.pretrained if pretrained else None, last_stride=model.last_stride)
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> MARNet:
+    """Rebuild the network stored in a workbench checkpoint (eval mode)."""
+    state = load_checkpoint(checkpoint)
+    model_cfg = ModelConfig(**{**state["model_config"], "stages": tuple(state["model_config"]["stages"])})
+    net = build_model(model_cfg, state["num_agents"], pretrained=False)
+    net.load_state_dict(state["model"])
+    return net.to(device).eval()
+
+
+def init_from_checkpoint(net: MARNet, checkpoint: str | Path) -> list[str]:
+    """Load a stage-1 checkpoint into ``net``; keys only ``net`` has (SE modules) keep their init.
+
+    Returns:
+        The keys that kept their init.
+
+    Raises:
+        ValueError: unexpected keys or shape mismatches (another backbone, fusion or reference set).
+    """
+    state = load_checkpoint(checkpoint)["model"]
+    own = net.state_dict()
+    bad = [k for k in state if k not in own or own[k].shape != state[k].shape]
+    missing = [k for k in own if k not in state]
+    if bad or any(".attn." not in k for k in missing):
+        raise ValueError(
+            f"{checkpoint} does not fit this model: "
+            f"{len(bad)} unexpected/mismatched keys (e.g. {bad[:3]}), missing {missing[:3]}; "
+            "check backbone, stages, embed_dim and the reference set (number of agents)"
+        )
+    net.load_state_dict(state, strict=False)
+    return missing
+
+
+def build_optimizer(net: MARNet, lr: float, weight_decay: float, momentum: float) -> torch.optim.SGD:
+    """SGD with momentum; no weight decay on BatchNorm parameters and biases."""
+    return torch.optim.SGD(net.param_groups(weight_decay), lr=lr, momentum=momentum)
+
+
+# ----------------------------------------------------------------------------- the epoch loop
+
+class Trainer:
+    """The epoch loop shared by both stages.
+
+    Subclasses set ``stage``, build their loader in ``__init__`` and implement
+    :meth:`compute_losses` (forward and loss of one batch, returning a dict with a differentiable
+    ``loss`` and detached scalars for logging) and :meth:`batches`.
+
+    Args:
+        cfg: the run's configuration (saved as ``config.json``).
+        run_dir: the run folder (created when None).
+        resume: continue from ``run_dir/checkpoint.pt`` if it exists.
+        callbacks: called as ``cb(trainer, epoch, row)`` after each epoch's checkpoint is written
+            (live plots in notebooks; an exception stops the run, the checkpoint is kept).
+    """
+
+    stage = "train"
+
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False,
+                 callbacks: Sequence[Callable] = ()) -> None:
+        self.ctx = setup_context(cfg.train.device)
+        self.cfg = cfg
+        self.callbacks = list(callbacks)
+        if run_dir is None:
+            run_dir = new_run_dir(self.stage) if self.ctx.is_main else None
+            if self.ctx.distributed:
+                holder = [str(run_dir) if run_dir else None]
+                dist.broadcast_object_list(holder, src=0)
+                run_dir = holder[0]
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        # weights come from the checkpoint: skip downloads and stage-1 loading
+        self.resuming = resume and (self.run_dir / "checkpoint.pt").is_file()
+        self.device = self.ctx.device
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = torch.float16 if cuda else torch.bfloat16
+        self.use_amp = bool(cfg.train.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and cuda)
+        self.channels_last = bool(cfg.train.channels_last and cuda)
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(cfg.train.seed)
+        self.history: list[dict] = []
+        self.steps: list[dict] = []
+        self.start_epoch = 0
+        self.extra_metrics: dict = {}
+
+    # -- to implement
+    def compute_losses(self, batch, epoch: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def batches(self, epoch: int) -> Iterable:
+        raise NotImplementedError
+
+    @property
+    def num_epochs(self) -> int:
+        raise NotImplementedError
+
+    # -- shared pieces
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        module = module.to(self.device)
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        if self.ctx.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return module
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
+
+    def evaluate_target(self) -> dict:
+        """Rank metrics of the current network on the target query/gallery (rank 0 only)."""
+        t = self.cfg.train
+        return evaluate(self.net, self.target, image_size=self.cfg.data.image_size, batch_size=t.eval_batch_size,
+                        workers=self.cfg.data.workers, device=self.device, amp=self.use_amp, flip=t.flip_test)
+
+    def state_dict(self, epoch: int) -> dict:
+        return {
+            "stage": self.stage,
+            "epoch": epoch,
+            "model": self.net.state_dict(),
+            "model_config": {**asdict(self.cfg.model), "stages": list(self.cfg.model.stages)},
+            "num_agents": self.net.num_agents,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "history": self.history,
+            "steps": self.steps,
+            "extra_metrics": self.extra_metrics,
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.history = list(state["history"])
+        self.steps = list(state["steps"])
+        self.extra_metrics = dict(state.get("extra_metrics", {}))
+        self.start_epoch = int(state["epoch"]) + 1
+
+    def _try_resume(self) -> bool:
+        path = self.run_dir / "checkpoint.pt"
+        if not self.resume:
+            if path.exists():
+                raise FileExistsError(f"{self.run_dir} already holds a checkpoint; pass resume=True "
+                                      "(--resume) to continue it or choose another run folder")
+            return False
+        if not path.exists():
+            log.warning("resume requested but %s has no checkpoint yet: starting from scratch", self.run_dir)
+            return False
+        self.load_state(load_checkpoint(path, map_location=self.device))
+        log.info("resumed %s at epoch %d", self.run_dir, self.start_epoch)
+        return True
+
+    def _write_logs(self) -> None:
+        write_csv(self.run_dir / "history.csv", self.history)
+        write_csv(self.run_dir / "steps.csv", self.steps)
+
+    def _check_finite(self, losses: dict, epoch: int, step: int) -> None:
+        for name in LOSS_TERMS:
+            if name in losses and not torch.isfinite(losses[name]).all():
+                raise TrainingDiverged(
+                    f"non-finite loss in {self.stage} at epoch {epoch}, step {step}: term {name!r} = "
+                    f"{float(losses[name])}; the last good checkpoint is {self.run_dir / 'checkpoint.pt'}"
+                )
+
+    def _reduce(self, totals: dict[str, float]) -> dict[str, float]:
+        if not self.ctx.distributed:
+            return totals
+        keys = sorted(totals)
+        t = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return {k: float(v) / self.ctx.world_size for k, v in zip(keys, t.tolist())}
+
+    def _step_values(self, losses: dict) -> dict[str, float]:
+        """The step's logged values with one device sync; under DDP averaged over ranks.
+
+        Counts (``n_pos``, ``n_neg``) and the threshold are already global (computed on the gathered
+        target batch), so averaging leaves them unchanged; the per-rank loss means become global means.
+        """
+        keys = sorted(losses)
+        values = torch.stack([v.detach().float().reshape(()) if torch.is_tensor(v)
+                              else torch.tensor(float(v), device=self.device) for v in (losses[k] for k in keys)])
+        if self.ctx.distributed:
+            dist.all_reduce(values)
+            values = values / self.ctx.world_size
+        return dict(zip(keys, values.tolist()))
+
+    def train_epoch(self, epoch: int) -> dict:
+        self.net.train()
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        images = 0
+        show = (self.cfg.train.progress and self.ctx.is_main and sys.stderr.isatty()
+                and not os.environ.get("CI"))
+        bar = tqdm(total=self.steps_per_epoch, desc=f"{self.stage} {epoch + 1}/{self.num_epochs}",
+                   disable=not show, leave=False, dynamic_ncols=True)
+        start = time.perf_counter()
+        for step, batch in enumerate(self.batches(epoch)):
+            with self.autocast():
+                losses = self.compute_losses(batch, epoch)
+            self._check_finite(losses, epoch, step)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(losses["loss"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            images += self.batch_images(batch)
+            row = {"epoch": epoch, "step": step} | self._step_values(losses)
+            for k, value in row.items():
+                if k not in ("epoch", "step") and math.isfinite(value):
+                    sums[k] += value
+                    counts[k] += 1
+            self.steps.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            bar.update()
+        bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        means = self._reduce({k: sums[k] / counts[k] for k in sums})
+        return self.summarize_epoch(means, sums) | {
+            "seconds": round(seconds, 3),
+            "images_per_s": round(images * self.ctx.world_size / max(seconds, 1e-9), 2),
+        }
+
+    def summarize_epoch(self, means: dict, sums: dict) -> dict:
+        return dict(means)
+
+    def batch_images(self, batch) -> int:
+        raise NotImplementedError
+
+    @property
+    def steps_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def before_training(self) -> None:
+        """Hook run once on a fresh (not resumed) start."""
+
+    def synced_state(self) -> list[torch.Tensor]:
+        """Tensors that must be identical on every DDP rank (checked after each epoch)."""
+        return [p.detach() for p in self.net.parameters()]
+
+    def check_synced(self) -> None:
+        """Under DDP, fail loudly if ranks drifted apart (a bug, never expected)."""
+        if not self.ctx.distributed:
+            return
+        sums = torch.stack([t.double().sum() for t in self.synced_state()]).to(self.device)
+        gathered = [torch.empty_like(sums) for _ in range(self.ctx.world_size)]
+        dist.all_gather(gathered, sums)
+        if not all(torch.allclose(g, gathered[0], rtol=1e-6, atol=1e-6) for g in gathered):
+            raise RuntimeError("DDP ranks hold different model/loss state after an epoch")
+
+    def fit(self) -> RunResult:
+        """Run the remaining epochs; returns the run folder, the final metrics and the history."""
+        resumed = self._try_resume()
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.run_dir / "config.json", self.cfg.to_dict())
+        if not resumed:
+            self.before_training()
+        every = self.cfg.train.eval_every
+        metrics: dict = {}
+        for epoch in range(self.start_epoch, self.num_epochs):
+            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+            row |= self.train_epoch(epoch)
+            self.scheduler.step()
+            last = epoch == self.num_epochs - 1
+            if last or (every > 0 and (epoch + 1) % every == 0):
+                if self.ctx.is_main:
+                    metrics = self.evaluate_target()
+                    row |= {k: metrics[k] for k in ("rank1", "rank5", "rank10", "mAP", "mAP_devkit", "mINP")}
+                _barrier(self.ctx)
+            self.history.append(row)
+            log.info("%s epoch %d/%d: %s", self.stage, epoch + 1, self.num_epochs,
+                     ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
+            if last:
+                metrics = self.final_metrics(metrics)
+                if self.ctx.distributed:  # every rank returns rank 0's evaluation
+                    holder = [metrics]
+                    dist.broadcast_object_list(holder, src=0)
+                    metrics = holder[0]
+            if self.ctx.is_main:
+                save_checkpoint(self.run_dir / "checkpoint.pt", self.state_dict(epoch))
+                self._write_logs()
+                if last:
+                    write_json(self.run_dir / "metrics.json", metrics)
+            _barrier(self.ctx)
+            self.check_synced()
+            for cb in self.callbacks:
+                cb(self, epoch, row)
+        if not metrics and (self.run_dir / "metrics.json").is_file():  # resumed a finished run
+            metrics = json.loads((self.run_dir / "metrics.json").read_text())
+        return RunResult(self.run_dir, metrics, list(self.history))
+
+    def final_metrics(self, metrics: dict) -> dict:
+        """What ``metrics.json`` holds: the last evaluation plus the stage's extra figures."""
+        out = {k: v for k, v in metrics.items() if k not in ("distmat", "qf", "gf")}
+        return out | {"stage": self.stage, "epochs": self.num_epochs, **self.extra_metrics}
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+class PretrainTrainer(Trainer):
+    """Stage 1: backbone and agents on the labeled reference set with L_AL only."""
+
+    stage = "pretrain"
+
+    def __init__(self, cfg: Config, run_dir=None, **kw) -> None:
+        super().__init__(cfg, run_dir, **kw)
+        d, t = cfg.data, cfg.train
+        self.target, self.reference = load_domains(d)
+        num_agents = len({s.pid for s in self.reference})
+        self.net = build_model(cfg.model, num_agents, pretrained=not self.resuming)
+        self.model = self._wrap(self.net)
+        cache = ImageCache(self.reference, d.image_size) if d.cache_images else None
+        self.loader = build_train_loader(
+            self.reference, image_size=d.image_size, batch_size=t.pretrain_batch_size // self.ctx.world_size,
+            pad=d.pad, workers=d.workers, seed=t.seed, rank=self.ctx.rank, world_size=self.ctx.world_size,
+            cache=cache, pin_memory=self.device.type == "cuda")
+        self.optimizer = build_optimizer(self.net, t.pretrain_lr, t.pretrain_weight_decay, t.momentum)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(t.pretrain_milestones), t.gamma)
+
+    @property
+    def num_epochs(self) -> int:
+        return self.cfg.train.pretrain_epochs
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def batches(self, epoch: int):
+        self.loader.sampler.set_epoch(epoch)
+        return self.loader
+
+    def batch_images(self, batch) -> int:
+        return len(batch["img"])
+
+    def compute_losses(self, batch, epoch: int) -> dict[str, torch.Tensor]:
+        out = self.model(self.to_device(batch["img"]))
+        labels = batch["pid"].to(self.device, non_blocking=True)
+        loss = agent_loss(out.feature, self.net.agents, labels, self.cfg.loss.scale)
+        with torch.no_grad():
+            acc = (out.sim.argmax(1) == labels).float().mean()
+        return {"loss": loss, "al": loss.detach(), "train_acc": acc}
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+class _TwoDomains(nn.Module):
+    """One DDP forward for both halves: target and reference pass separately (own BN statistics)."""
+
+    def __init__(self, net: MARNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, target: torch.Tensor, reference: torch.Tensor):
+        return self.net(target), self.net(reference)
+
+
+class MARTrainer(Trainer):
+    """Stage 2: joint training on mixed batches with L_MAR.
+
+    Args:
+        init_checkpoint: the stage-1 checkpoint to start from (None: the config's backbone
+            weights and random agents — the "without reference pretraining" ablation).
+    """
+
+    stage = "mar"
+
+    def __init__(self, cfg: Config, run_dir=None, *, init_checkpoint: str | Path | None = None, **kw) -> None:
+        super().__init__(cfg, run_dir, **kw)
+        d, t, lc = cfg.data, cfg.train, cfg.loss
+        self.target, self.reference = load_domains(d)
+        num_agents = len({s.pid for s in self.reference})
+        self.init_checkpoint = init_checkpoint
+        self.net = build_model(cfg.model, num_agents, pretrained=init_checkpoint is None and not self.resuming)
+        if init_checkpoint is not None and not self.resuming:
+            kept = init_from_checkpoint(self.net, init_checkpoint)
+            log.info("initialized from %s%s", init_checkpoint, f" ({len(kept)} new SE keys)" if kept else "")
+        self.model = self._wrap(_TwoDomains(self.net))
+        ws = self.ctx.world_size
+        self.loader = MixedLoader(
+            self.target.train, self.reference, n_target=t.n_target // ws, n_reference=t.n_reference // ws,
+            image_size=d.image_size, pad=d.pad, workers=d.workers, seed=t.seed, rank=self.ctx.rank, world_size=ws,
+            target_cache=ImageCache(self.target.train, d.image_size) if d.cache_images else None,
+            reference_cache=ImageCache(self.reference, d.image_size) if d.cache_images else None,
+            pin_memory=self.device.type == "cuda")
+        self.criterion = MARLoss(
+            len(self.target.train), num_agents, scale=lc.scale, margin=lc.margin, mining_ratio=lc.mining_ratio,
+            lambda_cml=lc.lambda_cml, lambda_ref=lc.lambda_ref, beta=lc.beta,
+            mdl_warmup_epochs=lc.mdl_warmup_epochs, use_mdl=lc.use_mdl, use_cml=lc.use_cml, use_al=lc.use_al,
+            use_rj=lc.use_rj).to(self.device)
+        # hidden target identities: only for the mined-pair precision diagnostic, never for a loss
+        self._target_pids = torch.tensor([s.pid for s in self.target.train], device=self.device)
+        self.optimizer = build_optimizer(self.net, t.lr, t.weight_decay, t.momentum)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(t.milestones), t.gamma)
+
+    @property
+    def num_epochs(self) -> int:
+        return self.cfg.train.epochs
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def batches(self, epoch: int):
+        self.loader.set_epoch(epoch)
+        return self.loader
+
+    def batch_images(self, batch) -> int:
+        return len(batch[0]["img"]) + len(batch[1]["img"])
+
+    def before_training(self) -> None:
+        """Evaluate the starting point and initialize memory, centres and threshold."""
+        if self.ctx.is_main:
+            initial = self.evaluate_target()
+            self.extra_metrics["initial"] = {k: initial[k] for k in ("rank1", "rank5", "rank10", "mAP",
+                                                                      "mAP_devkit", "mINP")}
+            log.info("before joint training: rank-1 %.4f, mAP %.4f", initial["rank1"], initial["mAP"])
+        loader = build_test_loader(self.target.train, image_size=self.cfg.data.image_size,
+                                   batch_size=self.cfg.train.eval_batch_size, workers=self.cfg.data.workers)
+        feats, _, camids = extract_features(self.net, loader, device=self.device, amp=self.use_amp)
+        info = self.criterion.initialize(feats.to(self.device), self.net.agents.detach(),
+                                         torch.as_tensor(camids, device=self.device))
+        if self.ctx.distributed:  # identical state on every rank, whatever the kernels did
+            for buf in self.criterion.buffers():
+                dist.broadcast(buf, 0)
+            info["threshold"] = float(self.criterion.threshold)
+        self.extra_metrics["init_threshold"] = info["threshold"]
+        log.info("initialized the multilabel memory (%d × %d), threshold T = %.4f",
+                 *self.criterion.memory.shape, info["threshold"])
+
+    def compute_losses(self, batch, epoch: int) -> dict[str, torch.Tensor]:
+        target, reference = batch
+        out_t, out_r = self.model(self.to_device(target["img"]), self.to_device(reference["img"]))
+        index = target["index"].to(self.device, non_blocking=True)
+        return self.criterion(
+            reference_features=out_r.feature, reference_labels=reference["pid"].to(self.device, non_blocking=True),
+            target_features=out_t.feature, target_index=index,
+            target_camids=target["camid"].to(self.device, non_blocking=True), agents=self.net.agents,
+            epoch=epoch, target_pids=self._target_pids[index])
+
+    def summarize_epoch(self, means: dict, sums: dict) -> dict:
+        row = {k: v for k, v in means.items() if k not in ("n_pos", "n_neg", "pos_precision", "threshold")}
+        row["threshold"] = float(self.criterion.threshold)
+        row["n_pos"] = sums.get("n_pos", 0.0)
+        row["n_neg"] = sums.get("n_neg", 0.0)
+        row["pos_precision"] = means.get("pos_precision", float("nan"))
+        return row
+
+    def synced_state(self) -> list[torch.Tensor]:
+        return super().synced_state() + [b.detach() for b in self.criterion.buffers()]
+
+    def state_dict(self, epoch: int) -> dict:
+        return super().state_dict(epoch) | {"criterion": self.criterion.state_dict(),
+                                            "init_checkpoint": str(self.init_checkpoint or "")}
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.criterion.load_state_dict(state["criterion"])
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def pretrain(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False,
+             callbacks: Sequence[Callable] = ()) -> RunResult:
+    """Stage 1: train backbone and agents on the reference set with L_AL; evaluate on the target.
+
+    Args:
+        cfg: configuration (``get_preset(...)`` / ``from_params(...)``).
+        run_dir: run folder (default: a new ``runs/<time>-pretrain``).
+        resume: continue the checkpoint in ``run_dir``.
+        callbacks: ``cb(trainer, epoch, row)`` after every epoch.
+    """
+    return PretrainTrainer(cfg, run_dir, resume=resume, callbacks=callbacks).fit()
+
+
+def train_mar(cfg: Config, run_dir: str | Path | None = None, *, init_checkpoint: str | Path | None = None,
+              resume: bool = False, callbacks: Sequence[Callable] = ()) -> RunResult:
+    """Stage 2: joint MAR training from a stage-1 checkpoint; evaluates every ``eval_every`` epochs.
+
+    Args:
+        cfg: configuration.
+        run_dir: run folder (default: a new ``runs/<time>-mar``).
+        init_checkpoint: stage-1 checkpoint (None: no reference pretraining).
+        resume: continue the checkpoint in ``run_dir``.
+        callbacks: ``cb(trainer, epoch, row)`` after every epoch.
+    """
+    return MARTrainer(cfg, run_dir, init_checkpoint=init_checkpoint, resume=resume, callbacks=callbacks).fit()
+
+
+def resume_run(run_dir: str | Path, callbacks: Sequence[Callable] = ()) -> RunResult:
+    """Continue an interrupted run with the configuration saved in its folder."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.json")
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    if state["stage"] == "pretrain":
+        return pretrain(cfg, run_dir, resume=True, callbacks=callbacks)
+    init = state.get("init_checkpoint") or None
+    return train_mar(cfg, run_dir, init_checkpoint=init, resume=True, callbacks=callbacks)

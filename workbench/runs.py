@@ -1,0 +1,143 @@
+"""Run folders: atomic writes of checkpoints, config, history and metrics.
+
+A run folder holds ``config.json``, ``history.csv`` (one row per epoch), ``steps.csv`` (one row per
+step), ``metrics.json`` (final metrics) and ``checkpoint.pt``. Every file is written to a temporary
+file in the same folder and renamed into place, so a crash leaves either the old or the new file,
+never half of one. Checkpoints hold only tensors, numbers, strings, lists and dicts: they load with
+``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from workbench.paths import runs_root
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON (numpy/tensors converted, NaN → null)."""
+    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2) + "\n")
+
+
+def write_csv(path: str | Path, rows: Iterable[dict]) -> None:
+    """Atomically write dict rows as CSV (columns: union of keys in first-seen order)."""
+    rows = list(rows)
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _jsonable(v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """``torch.save`` to a temporary file, then rename: the previous checkpoint survives a crash."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a workbench checkpoint with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: naming the path when it is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch (CPU and CUDA) RNG states as tensors and plain values."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": repr(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` saved."""
+    import ast
+
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    version, internal, gauss = ast.literal_eval(state["python"])
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def new_run_dir(kind: str, name: str | None = None, root: str | Path | None = None) -> Path:
+    """A fresh folder ``<runs_root>/<YYYYmmdd-HHMMSS>-<kind>[-name]`` (suffixed if it exists)."""
+    root = Path(root) if root is not None else runs_root()
+    stem = time.strftime("%Y%m%d-%H%M%S") + f"-{kind}" + (f"-{name}" if name else "")
+    path = root / stem
+    k = 1
+    while path.exists():
+        k += 1
+        path = root / f"{stem}-{k}"
+    path.mkdir(parents=True)
+    return path
