@@ -337,11 +337,24 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)
-    except (CLIError, DatasetError, FileExistsError, FileNotFoundError, ValueError) as err:
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
         _shutdown_distributed()
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the input's fault: one line on stderr and exit code 2, no traceback."""
+    errors: tuple[type[Exception], ...] = (CLIError, DatasetError, FileExistsError, FileNotFoundError, ValueError)
+    if "workbench.engine" in sys.modules:  # imported lazily: keep `--help` and `data` free of torch
+        from workbench.engine import TrainingDiverged
+        from workbench.models.backbones import WeightsError
+
+        errors += (TrainingDiverged, WeightsError)
+    return errors
 
 
 def _shutdown_distributed() -> None:

@@ -167,7 +167,15 @@ def _coerce_group(group, values: dict, group_name: str):
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"unknown {group_name} fields {sorted(unknown)}; known: {sorted(known)}")
-    return replace(group, **{k: _coerce(v, getattr(group, k), k) for k, v in values.items()})
+    coerced = {}
+    for k, v in values.items():
+        try:
+            coerced[k] = _coerce(v, getattr(group, k), k)
+        except (TypeError, ValueError) as err:
+            if k in str(err):
+                raise
+            raise ValueError(f"{k} = {v!r}: {err}") from None
+    return replace(group, **coerced)
 
 
 # ----------------------------------------------------------------------------- presets

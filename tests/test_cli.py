@@ -1,0 +1,76 @@
+"""The command line: useful --help, one clear error (exit code 2) for bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from workbench.cli import build_parser, main
+
+COMMANDS = ["demo", "pretrain", "train", "evaluate", "extract", "data"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_describes_each_command(command: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert f"python -m workbench {command}" in text
+    if command != "data":
+        assert "--preset" in text and "--set FIELD=VALUE" in text
+
+
+def test_module_entry_point_help_lists_the_commands() -> None:
+    out = subprocess.run([sys.executable, "-m", "workbench", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    for command in COMMANDS:
+        assert command in out.stdout
+
+
+def _error(argv: list[str], capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+def test_missing_dataset_root_names_the_folder_and_layout(tmp_path, capsys) -> None:
+    missing = tmp_path / "no-such-market"
+    err = _error(["evaluate", "--preset", "smoke", "--dataset", "market1501", "--root", str(missing)], capsys)
+    assert str(missing) in err and "bounding_box_train" in err
+
+
+def test_train_with_missing_target_root(tmp_path, capsys) -> None:
+    missing = tmp_path / "nowhere"
+    err = _error(["train", "--preset", "smoke", "--no-pretraining", "--target", "market1501", "--target-root",
+                  str(missing), "--run-dir", str(tmp_path / "run")], capsys)
+    assert str(missing) in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_train_without_init_checkpoint_says_what_to_pass(tmp_path, capsys) -> None:
+    err = _error(["train", "--preset", "smoke", "--run-dir", str(tmp_path / "run")], capsys)
+    assert "--init" in err
+
+
+def test_missing_weights_file(tmp_path, capsys) -> None:
+    err = _error(["evaluate", "--preset", "smoke", "--dataset", "synthetic", "--pretrained",
+                  str(tmp_path / "w.pth")], capsys)
+    assert "w.pth" in err
+
+
+@pytest.mark.parametrize("override, needle", [("no_such_field=1", "no_such_field"), ("epochs=abc", "epochs"),
+                                              ("image_size=128", "image_size")])
+def test_bad_set_override(override: str, needle: str, tmp_path, capsys) -> None:
+    err = _error(["pretrain", "--preset", "smoke", "--set", override, "--run-dir", str(tmp_path / "r")], capsys)
+    assert needle in err
+
+
+def test_unknown_preset_is_an_argparse_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--preset", "nope"])
+    assert exit_info.value.code == 2
+    assert "nope" in capsys.readouterr().err
