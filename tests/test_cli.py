@@ -74,3 +74,11 @@ def test_unknown_preset_is_an_argparse_error(capsys) -> None:
         main(["pretrain", "--preset", "nope"])
     assert exit_info.value.code == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_public_api_resolves_lazily() -> None:
+    code = ("import sys, workbench as wb; assert 'torch' not in sys.modules; "
+            "[getattr(wb, n) for n in wb.__all__]; print(len(wb.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 30

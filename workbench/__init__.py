@@ -1,2 +1,55 @@
-"""ReID workbench: unsupervised person re-identification by soft multilabel learning."""
+"""ReID workbench: unsupervised person re-identification by soft multilabel learning.
+
+The public API, re-exported (imported on first use, so ``python -m workbench --help`` stays fast)::
+
+    import workbench as wb
+    cfg = wb.from_params({"preset": "demo"})
+    stage1 = wb.pretrain(cfg)                                    # L_AL on the reference set
+    stage2 = wb.train_mar(cfg, init_checkpoint=stage1.checkpoint)  # L_MAR on the target set
+    print(stage2.metrics["rank1"], stage2.metrics["mAP"])
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    # data
+    "load_dataset": "workbench.data.datasets", "Sample": "workbench.data.datasets",
+    "Split": "workbench.data.datasets", "DatasetError": "workbench.data.datasets",
+    "ensure_synthetic": "workbench.data.synthetic",
+    # configuration
+    "Config": "workbench.config", "from_params": "workbench.config", "get_preset": "workbench.config",
+    "load_config": "workbench.config",
+    # model
+    "MARNet": "workbench.models.net", "Output": "workbench.models.net", "summary": "workbench.models.net",
+    "build_backbone": "workbench.models.backbones", "MultiLevelFusion": "workbench.models.fusion",
+    "SEModule": "workbench.models.layers",
+    # losses
+    "MARLoss": "workbench.losses", "soft_multilabel": "workbench.losses", "agreement": "workbench.losses",
+    "agent_loss": "workbench.losses", "joint_embedding_loss": "workbench.losses",
+    "discriminative_loss": "workbench.losses", "cross_view_loss": "workbench.losses",
+    # training
+    "pretrain": "workbench.engine", "train_mar": "workbench.engine", "resume_run": "workbench.engine",
+    "load_model": "workbench.engine", "RunResult": "workbench.engine", "TrainingDiverged": "workbench.engine",
+    # evaluation
+    "rank_metrics": "workbench.evaluation", "evaluate": "workbench.evaluation",
+    "extract_features": "workbench.evaluation", "pairwise_distance": "workbench.evaluation",
+    "re_ranking": "workbench.evaluation",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
