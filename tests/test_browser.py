@@ -1,0 +1,191 @@
+"""End to end in a real browser: JupyterLab runs notebook 08 and its explorers react to a control.
+
+A JupyterLab server (this venv's, temporary config / runtime / settings / data folders, autosave
+off, checkpoints in the temporary folder) serves the checkout; headless Chromium, driven by
+Playwright's sync API with the system's ``chromium`` binary (no browser download), opens
+``notebooks/08_soft_label_explorer.ipynb``, runs all cells, waits for the widgets, changes the
+image explorer's identity and index, and checks that the rendered figure changed. The notebook file
+is restored byte for byte if anything wrote to it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = "notebooks/08_soft_label_explorer.ipynb"
+RUN_TIMEOUT_MS = 300_000  # the notebook trains a smoke pipeline first (~40 s idle, more on a busy machine)
+
+# JupyterLab state read through ``window.jupyterapp`` (``--LabApp.expose_app_in_browser``)
+JS_NOTEBOOK_READY = """() => {
+  const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+  if (!w || !w.context || !w.context.path.endsWith('08_soft_label_explorer.ipynb')) return false;
+  const kernel = w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+  return !!kernel && kernel.status === 'idle' && w.content.widgets.length > 0;
+}"""
+JS_RUN_STATE = """() => {
+  const w = window.jupyterapp.shell.currentWidget;
+  const cells = w.content.widgets.filter(c => c.model.type === 'code');
+  for (const c of cells) {
+    const err = c.model.outputs.toJSON().find(o => o.output_type === 'error');
+    if (err) return 'error: ' + err.ename + ': ' + err.evalue;
+  }
+  const done = cells.every(c => c.model.executionCount !== null);
+  return done && w.sessionContext.session.kernel.status === 'idle' ? 'done' : false;
+}"""
+JS_IMAGE_CHANGED = """(old) => {
+  const img = document.querySelector('.wb-image-explorer .wb-output img');
+  return !!img && img.src !== old;
+}"""
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None and Path("/usr/bin/chromium").is_file():
+        path = "/usr/bin/chromium"
+    if path is None:
+        pytest.skip("no chromium binary on PATH or at /usr/bin/chromium (the test never downloads a browser)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_settings(folder: Path) -> None:
+    """User settings: no autosave, every cell in the DOM, no news or update checks."""
+    settings = {
+        "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
+                                                                             "checkForUpdates": False},
+    }
+    for rel, value in settings.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(json.dumps(value))
+
+
+def _wait_for_server(proc: subprocess.Popen, url: str, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"jupyter lab did not answer {url} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A JupyterLab server on the checkout; yields its base URL and token; shut down afterwards."""
+    pytest.importorskip("jupyterlab", reason="jupyterlab is not installed in this environment")
+    port, token = _free_port(), secrets.token_hex(16)
+    jupyter = {name: tmp_path / "jupyter" / name for name in ("config", "runtime", "data", "settings",
+                                                               "workspaces", "checkpoints", "ipython")}
+    for folder in jupyter.values():
+        folder.mkdir(parents=True)
+    _write_settings(jupyter["settings"])
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(jupyter["config"]), JUPYTER_RUNTIME_DIR=str(jupyter["runtime"]),
+               JUPYTER_DATA_DIR=str(jupyter["data"]), IPYTHONDIR=str(jupyter["ipython"]), JUPYTER_PLATFORM_DIRS="1",
+               WORKBENCH_DATA=str(tmp_path / "data"), WORKBENCH_RUNS=str(tmp_path / "runs"))
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
+           f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--ServerApp.token={token}",
+           f"--ServerApp.root_dir={REPO}", f"--FileCheckpoints.checkpoint_dir={jupyter['checkpoints']}",
+           "--LabApp.expose_app_in_browser=True", f"--LabApp.user_settings_dir={jupyter['settings']}",
+           f"--LabApp.workspaces_dir={jupyter['workspaces']}"]
+    log = tmp_path / "jupyter-lab.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_server(proc, f"{base}/api/status?token={token}", log)
+        yield base, token
+    finally:
+        proc.terminate()  # SIGTERM: the server shuts its kernels down
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_notebook_explorer_in_jupyterlab(lab, tmp_path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    chromium = _chromium()
+    base, token = lab
+    notebook = REPO / NOTEBOOK
+    original = notebook.read_bytes()
+    screenshot = tmp_path / "soft_label_explorer.png"
+    start = time.monotonic()
+
+    def lap(what: str) -> None:
+        print(f"[{time.monotonic() - start:6.1f} s] {what}")
+
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True,
+                                         args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+            try:
+                page = browser.new_page(viewport={"width": 1500, "height": 1100})
+                page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}", wait_until="domcontentloaded")
+                page.wait_for_function(JS_NOTEBOOK_READY, timeout=90_000, polling=500)
+                lap("notebook open, kernel idle")
+                page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+                state = page.wait_for_function(JS_RUN_STATE, timeout=RUN_TIMEOUT_MS, polling=1000).json_value()
+                assert state == "done", state
+                lap("all cells ran")
+
+                image = page.locator(".wb-image-explorer .wb-output img").first
+                image.wait_for(state="visible", timeout=30_000)
+                text = page.locator(".wb-image-explorer .wb-output").first
+                before_src, before_text = image.get_attribute("src"), text.inner_text()
+                assert before_src.startswith("data:image/png")
+
+                # pick another identity in the dropdown: the explorer jumps to that person's image
+                select = page.locator(".wb-image-explorer .wb-identity select").first
+                option = select.locator("option").nth(2)
+                pid = option.inner_text().strip()
+                select.select_option(index=2)
+                page.wait_for_function(JS_IMAGE_CHANGED, arg=before_src, timeout=30_000)
+                assert f"pid {pid} ·" in text.inner_text() and text.inner_text() != before_text
+                lap(f"identity {pid} selected: figure changed")
+
+                # the index slider by keyboard: back to all identities, then one image further
+                select.select_option(index=0)
+                page.wait_for_function("() => document.querySelector('.wb-image-explorer .wb-output')"
+                                       ".innerText.includes('#0 ')", timeout=30_000)
+                first_src = image.get_attribute("src")
+                handle = page.locator(".wb-image-explorer .wb-index .noUi-handle").first
+                handle.focus()
+                handle.press("ArrowRight")
+                page.wait_for_function(JS_IMAGE_CHANGED, arg=first_src, timeout=30_000)
+                assert "#1 " in text.inner_text()
+                lap("index slider moved: figure changed")
+
+                page.locator(".wb-explore").first.scroll_into_view_if_needed()
+                page.screenshot(path=str(screenshot), full_page=False)
+                print(f"screenshot: {screenshot}")
+            finally:
+                browser.close()
+    finally:
+        if notebook.read_bytes() != original:  # never leave outputs in the committed notebook
+            notebook.write_bytes(original)
+    assert screenshot.is_file() and screenshot.stat().st_size > 0

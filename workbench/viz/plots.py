@@ -1,0 +1,612 @@
+"""Figures of soft multilabel learning: training curves, CMC, embeddings, soft labels, cameras, pairs.
+
+Every function builds a fresh :class:`matplotlib.figure.Figure` (no pyplot state, safe under Agg
+and in threads) and returns it; in a notebook with ``%matplotlib inline`` a returned figure shows
+itself. ``save_to=<run folder>`` also writes ``<run folder>/figures/<name>.png`` atomically.
+
+Example:
+    >>> fig = plot_cmc({"MAR": "runs/20240101-mar"})                          # doctest: +SKIP
+    >>> fig = plot_embedding({"before": f0, "after": f1}, pids, method="pca")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from workbench.data import Sample
+from workbench.engine import LOSS_TERMS
+from workbench.losses import agreement
+from workbench.runs import atomic_write_bytes
+
+__all__ = [
+    "plot_training_curves", "plot_cmc", "plot_embedding", "plot_soft_label", "plot_camera_heatmap",
+    "plot_camera_profile", "plot_agreement_distribution", "plot_retrieval", "embed_2d", "pair_agreements",
+    "rank_gallery", "camera_means", "draw_agreement", "save_figure", "figure_png", "read_image",
+]
+
+PathLike = str | Path
+METRIC_COLUMNS = ("rank1", "mAP")
+MATCH, MISMATCH, QUERY = "#2ca02c", "#d62728", "#1f77b4"
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def save_figure(fig: Figure, save_to: PathLike | None, name: str) -> Path | None:
+    """Write ``<save_to>/figures/<name>.png`` atomically (nothing when ``save_to`` is None)."""
+    if save_to is None:
+        return None
+    path = Path(save_to) / "figures" / f"{name}.png"
+    atomic_write_bytes(path, figure_png(fig))
+    return path
+
+
+def _grid(n: int, *, ncols: int, size: tuple[float, float]) -> tuple[Figure, list]:
+    """A figure with exactly ``n`` axes on a grid of at most ``ncols`` columns."""
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
+    return fig, axes
+
+
+def read_image(image: PathLike | np.ndarray) -> np.ndarray:
+    """An HWC uint8 RGB array from a path (PIL) or an array (returned as is)."""
+    if isinstance(image, np.ndarray):
+        return image
+    from PIL import Image
+
+    with Image.open(image) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _show_image(ax, image: PathLike | np.ndarray | None, *, title: str | None = None,
+                border: str | None = None) -> None:
+    """An image without ticks, optionally framed in ``border`` colour."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if image is None:
+        ax.set_axis_off()
+        return
+    ax.imshow(read_image(image))
+    if title:
+        ax.set_title(title, fontsize=8)
+    for spine in ax.spines.values():
+        spine.set_visible(border is not None)
+        if border is not None:
+            spine.set_edgecolor(border)
+            spine.set_linewidth(4)
+
+
+def _as_panels(x: Any, titles: Sequence[str] | None, default: str) -> dict[str, Any]:
+    """``{title: value}`` from a dict or one value; ``titles`` renames the panels in order."""
+    panels = dict(x) if isinstance(x, Mapping) else {default: x}
+    if titles is not None:
+        titles = [titles] if isinstance(titles, str) else list(titles)
+        if len(titles) != len(panels):
+            raise ValueError(f"got {len(titles)} titles for {len(panels)} panels")
+        panels = dict(zip(titles, panels.values()))
+    return panels
+
+
+def _per_panel(value: Any, panels: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """One array per panel: a shared array, or a dict with the panels' keys (in order)."""
+    if isinstance(value, Mapping):
+        if len(value) != len(panels):
+            raise ValueError(f"{name} has {len(value)} entries for {len(panels)} panels")
+        return dict(zip(panels, value.values()))
+    return {title: value for title in panels}
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+# ----------------------------------------------------------------------------- training curves
+
+
+def _read_history(history: Any, x: str) -> pd.DataFrame:
+    """A DataFrame from a DataFrame, dict rows, a run folder, ``history.csv`` or ``steps.csv``."""
+    if isinstance(history, pd.DataFrame):
+        return history
+    if isinstance(history, (str, Path)):
+        path = Path(history)
+        if path.is_dir():
+            path = path / ("steps.csv" if x == "step" else "history.csv")
+        if not path.is_file():
+            raise FileNotFoundError(f"no training history at {path}")
+        return pd.read_csv(path)
+    return pd.DataFrame(list(history))
+
+
+def _has_values(df: pd.DataFrame, column: str) -> bool:
+    return column in df and pd.to_numeric(df[column], errors="coerce").notna().any()
+
+
+def plot_training_curves(history: Any, terms: Sequence[str] | None = None, *, x: str = "epoch",
+                         title: str | None = None, save_to: PathLike | None = None) -> Figure:
+    """Loss terms, threshold, mined pairs and rank metrics over training, one small axis each.
+
+    Args:
+        history: a DataFrame, a list of dict rows, or a path: a run folder (``history.csv``,
+            ``steps.csv`` when ``x="step"``) or a CSV file.
+        terms: loss columns to plot (default: those of ``loss, al, rj, mdl, cml`` present).
+        x: the x column; ``"step"`` counts rows (steps restart every epoch in ``steps.csv``).
+        title: figure title.
+        save_to: run folder; writes ``figures/training_curves.png``.
+
+    Returns:
+        The figure: one axis per term present, then ``threshold``, ``n_pos``/``n_neg`` and the
+        rank metrics when present.
+    """
+    df = _read_history(history, x).reset_index(drop=True)
+    xs = np.arange(len(df)) if x == "step" or x not in df else df[x].to_numpy()
+    panels: list[tuple[str, list[str]]] = [(t, [t]) for t in (terms or LOSS_TERMS) if _has_values(df, t)]
+    if _has_values(df, "threshold"):
+        panels.append(("threshold T", ["threshold"]))
+    pairs = [c for c in ("n_pos", "n_neg") if _has_values(df, c)]
+    if pairs:
+        panels.append(("mined pairs", pairs))
+    metrics = [c for c in METRIC_COLUMNS if _has_values(df, c)]
+    if metrics:
+        panels.append(("target metrics", metrics))
+    if not panels:
+        raise ValueError(f"nothing to plot: the history has columns {list(df.columns)}")
+    fig, axes = _grid(len(panels), ncols=4, size=(3.2, 2.4))
+    for ax, (name, columns) in zip(axes, panels):
+        for c in columns:
+            y = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
+            keep = np.isfinite(y)
+            ax.plot(xs[keep], y[keep], marker="o" if keep.sum() < 30 else None, ms=3, label=c)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step" if x == "step" else x)
+        if len(columns) > 1:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, save_to, "training_curves")
+    return fig
+
+
+# ----------------------------------------------------------------------------- CMC
+
+
+def _cmc_of(value: Any) -> tuple[np.ndarray, dict]:
+    """(cmc, metrics) from a metrics dict, a CMC array, a run folder or a ``metrics.json``."""
+    if isinstance(value, (str, Path)):
+        path = Path(value)
+        value = json.loads((path / "metrics.json" if path.is_dir() else path).read_text())
+    if isinstance(value, Mapping):
+        if "cmc" not in value:
+            raise ValueError(f"metrics without a 'cmc' entry (keys: {sorted(value)})")
+        return np.asarray(value["cmc"], dtype=float), dict(value)
+    return np.asarray(value, dtype=float), {}
+
+
+def plot_cmc(runs: Mapping[str, Any], *, max_rank: int = 20, save_to: PathLike | None = None) -> Figure:
+    """CMC curves of several runs on one axis.
+
+    Args:
+        runs: ``{name: metrics}`` where metrics is a dict with ``"cmc"`` (as in ``metrics.json``),
+            a CMC array (fractions), a run folder or a ``metrics.json`` path.
+        max_rank: last rank shown.
+        save_to: run folder; writes ``figures/cmc.png``.
+    """
+    fig = Figure(figsize=(5, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for name, value in runs.items():
+        cmc, metrics = _cmc_of(value)
+        cmc = cmc[:max_rank]
+        label = name
+        if "mAP" in metrics:
+            label += f" (R1 {100 * cmc[0]:.1f}, mAP {100 * metrics['mAP']:.1f})"
+        ax.plot(np.arange(1, len(cmc) + 1), 100 * cmc, marker="o", ms=3, label=label)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("matching rate (%)")
+    ax.set_ylim(0, 100)
+    ax.set_xlim(1, max_rank)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("CMC")
+    save_figure(fig, save_to, "cmc")
+    return fig
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+def embed_2d(features: Any, method: str = "umap", seed: int = 0) -> np.ndarray:
+    """2-D coordinates of features.
+
+    Args:
+        features: (N, d) array.
+        method: ``"umap"`` (umap-learn, ``n_neighbors=min(15, N-1)``; PCA below 4 points), ``"pca"`` (fast) or
+            ``"precomputed"`` (features already are (N, 2) coordinates).
+        seed: UMAP random state.
+
+    Returns:
+        (N, 2) float32.
+    """
+    x = _numpy(features).astype(np.float32)  # (N, d)
+    if method == "precomputed":
+        return x[:, :2]
+    if method == "umap" and len(x) > 3:
+        import umap
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # n_jobs overridden by random_state; spectral init fallbacks
+            reducer = umap.UMAP(n_neighbors=min(15, len(x) - 1), random_state=seed)
+            return reducer.fit_transform(x).astype(np.float32)
+    if method not in ("umap", "pca"):
+        raise ValueError(f"method must be 'umap', 'pca' or 'precomputed', got {method!r}")
+    centred = x - x.mean(0, keepdims=True)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    coords = centred @ vt[:2].T  # (N, <=2)
+    return np.pad(coords, ((0, 0), (0, 2 - coords.shape[1]))).astype(np.float32)
+
+
+def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``max_points`` of ``n`` items (a function of its arguments only)."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:max_points])
+
+
+def _label_colours(labels: np.ndarray, categorical: str) -> tuple[np.ndarray, list[tuple[int, Any]]]:
+    """(N, 4) RGBA colours for integer labels and the (label, colour) legend entries."""
+    values, inverse = np.unique(labels, return_inverse=True)
+    cmap = colormaps[categorical if len(values) <= 10 else "tab20" if len(values) <= 20 else "hsv"]
+    n = max(len(values), 1)
+    palette = np.array([cmap(i % cmap.N) if cmap.N < 256 else cmap(i / n) for i in range(n)])  # (K, 4)
+    return palette[inverse.reshape(-1)], list(zip(values.tolist(), palette))
+
+
+def plot_embedding(features: Any, labels: Any, *, camids: Any = None, color_by: str = "identity",
+                   titles: Sequence[str] | None = None, method: str = "umap", seed: int = 0,
+                   max_points: int = 2000, save_to: PathLike | None = None) -> Figure:
+    """2-D embedding of features coloured by identity or camera, side by side for several models.
+
+    Args:
+        features: (N, d) array, or ``{title: (N, d) array}`` (e.g. before / after joint training).
+        labels: (N,) identities (one array shared by all panels, or a dict like ``features``).
+        camids: (N,) cameras (needed for ``color_by="camera"``).
+        color_by: ``"identity"`` or ``"camera"``.
+        titles: panel titles (default: the dict keys, or the method name).
+        method: ``"umap"``, ``"pca"`` or ``"precomputed"`` (see :func:`embed_2d`).
+        seed: random state of UMAP and of the subsample.
+        max_points: at most this many points per panel (the same random subset in every panel).
+        save_to: run folder; writes ``figures/embedding_<color_by>.png``.
+    """
+    if color_by not in ("identity", "camera"):
+        raise ValueError(f"color_by must be 'identity' or 'camera', got {color_by!r}")
+    panels = _as_panels(features, titles, method.upper())
+    colour_src = _per_panel(labels if color_by == "identity" else camids, panels, color_by)
+    if any(v is None for v in colour_src.values()):
+        raise ValueError("color_by='camera' needs camids")
+    fig, axes = _grid(len(panels), ncols=3, size=(4.2, 4.0))
+    for ax, (title, feats) in zip(axes, panels.items()):
+        feats = _numpy(feats)
+        keep = _subsample(len(feats), max_points, seed)  # the same subset in every panel of this size
+        coords = embed_2d(feats[keep], method, seed)  # (n, 2)
+        colours, legend = _label_colours(_numpy(colour_src[title])[keep], "tab10")
+        ax.scatter(coords[:, 0], coords[:, 1], c=colours, s=12, linewidths=0)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if len(legend) <= 12:
+            prefix = "id" if color_by == "identity" else "cam"
+            handles = [Line2D([], [], marker="o", ls="", ms=4, color=c, label=f"{prefix} {v}") for v, c in legend]
+            ax.legend(handles=handles, fontsize=6, loc="best", markerscale=1.2)
+    save_figure(fig, save_to, f"embedding_{color_by}")
+    return fig
+
+
+# ----------------------------------------------------------------------------- one soft multilabel
+
+
+def plot_soft_label(multilabel: Any, *, agent_images: Sequence[Any] | None = None,
+                    agent_names: Sequence[str] | None = None, k: int = 10, image: Any = None,
+                    save_to: PathLike | None = None) -> Figure:
+    """The top-k agents of one soft multilabel as bars, with each agent's reference person.
+
+    Args:
+        multilabel: (Np,) soft multilabel of one image.
+        agent_images: (Np,) image paths or HWC arrays, one per agent (None entries allowed).
+        agent_names: (Np,) bar labels (default: ``"a<index>"``).
+        k: number of agents shown (largest mass first).
+        image: the labelled image itself (path or array), shown in a panel on the left.
+        save_to: run folder; writes ``figures/soft_label.png``.
+
+    Returns:
+        The figure: bar axis, then ``k`` agent image axes (with ``agent_images``), then the image
+        axis (with ``image``).
+    """
+    y = _numpy(multilabel).astype(float).reshape(-1)  # (Np,)
+    k = min(int(k), len(y))
+    top = np.argsort(-y, kind="stable")[:k]  # (k,)
+    names = [agent_names[i] if agent_names is not None else f"a{i}" for i in top]
+    lead = 1 if image is not None else 0
+    rows = 2 if agent_images is not None else 1
+    fig = Figure(figsize=(0.75 * k + 1.8 * lead + 1.0, 2.6 + 1.6 * (rows - 1)), layout="constrained")
+    grid = fig.add_gridspec(rows, k + lead, height_ratios=[1.4, 1.0][:rows],
+                            width_ratios=[1.8] * lead + [1.0] * k)
+    bars = fig.add_subplot(grid[0, lead:])
+    bars.bar(np.arange(k), y[top], color=colormaps["viridis"](y[top] / max(y[top].max(), 1e-12)))
+    bars.set_xticks(np.arange(k), names, fontsize=7, rotation=45 if k > 12 else 0)
+    bars.set_xlim(-0.5, k - 0.5)
+    bars.set_ylabel("mass")
+    bars.set_title(f"top-{k} agents (of {len(y)}), mass {y[top].sum():.2f}", fontsize=9)
+    if agent_images is not None:
+        for j, agent in enumerate(top):
+            _show_image(fig.add_subplot(grid[1, lead + j]), agent_images[agent])
+    if image is not None:
+        _show_image(fig.add_subplot(grid[:, 0]), image, title="image", border=QUERY)
+    save_figure(fig, save_to, "soft_label")
+    return fig
+
+
+# ----------------------------------------------------------------------------- cameras
+
+
+def camera_means(multilabels: Any, camids: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean soft multilabel per camera.
+
+    Args:
+        multilabels: (N, Np).
+        camids: (N,).
+
+    Returns:
+        ``(cameras (C,), means (C, Np))``.
+    """
+    y = _numpy(multilabels).astype(np.float64)  # (N, Np)
+    cams, inverse = np.unique(_numpy(camids), return_inverse=True)
+    onehot = np.zeros((len(cams), len(y)))  # (C, N)
+    onehot[inverse.reshape(-1), np.arange(len(y))] = 1.0
+    return cams, (onehot @ y) / onehot.sum(1, keepdims=True)  # (C, Np)
+
+
+def _top_agents(panels: Mapping[str, np.ndarray], k: int) -> np.ndarray:
+    """The k agents with the largest mass summed over all panels (same columns everywhere)."""
+    mass = sum(_numpy(y).astype(np.float64).mean(0) for y in panels.values())  # (Np,)
+    return np.argsort(-mass, kind="stable")[:k]
+
+
+def plot_camera_heatmap(multilabels: Any, camids: Any, *, k: int = 20, titles: Sequence[str] | None = None,
+                        save_to: PathLike | None = None) -> Figure:
+    """Mean soft multilabel per camera as a heatmap (cameras × the top-k agents by overall mass).
+
+    Cross-view consistency (L_CML) should make the rows alike.
+
+    Args:
+        multilabels: (N, Np) array or ``{title: (N, Np) array}`` (e.g. before / after).
+        camids: (N,) cameras (shared, or a dict like ``multilabels``).
+        k: number of agent columns.
+        titles: panel titles (default: the dict keys).
+        save_to: run folder; writes ``figures/camera_heatmap.png``.
+
+    Returns:
+        The figure: one heatmap axis per panel plus one colour bar axis.
+    """
+    import seaborn as sns
+
+    panels = _as_panels(multilabels, titles, "mean soft multilabel per camera")
+    cams_of = _per_panel(camids, panels, "camids")
+    columns = _top_agents(panels, k)  # (k,)
+    means = {t: camera_means(y, cams_of[t]) for t, y in panels.items()}
+    vmax = max(float(m[:, columns].max()) for _, m in means.values())
+    fig = Figure(figsize=(0.35 * len(columns) * len(panels) + 2.0, 0.4 * max(len(c) for c, _ in means.values()) + 1.8),
+                 layout="constrained")
+    grid = fig.add_gridspec(1, len(panels) + 1, width_ratios=[1.0] * len(panels) + [0.05])
+    cbar_ax = fig.add_subplot(grid[0, -1])
+    for i, (title, (cams, m)) in enumerate(means.items()):
+        ax = fig.add_subplot(grid[0, i])
+        sns.heatmap(m[:, columns], ax=ax, vmin=0.0, vmax=vmax, cmap="viridis", cbar=i == 0, cbar_ax=cbar_ax,
+                    xticklabels=[f"a{a}" for a in columns], yticklabels=[f"cam {c}" for c in cams])
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("agent")
+        ax.tick_params(axis="x", labelsize=6, rotation=90)
+        ax.tick_params(axis="y", labelsize=7, rotation=0)
+    cbar_ax.set_ylabel("mean mass", fontsize=8)
+    save_figure(fig, save_to, "camera_heatmap")
+    return fig
+
+
+def plot_camera_profile(multilabels: Any, camids: Any, camera: int, *, k: int = 20,
+                        titles: Sequence[str] | None = None, save_to: PathLike | None = None) -> Figure:
+    """One camera's mean soft multilabel against the all-camera mean, over the top-k agents.
+
+    Args:
+        multilabels: (N, Np) array or ``{title: (N, Np) array}``.
+        camids: (N,) cameras (shared, or a dict like ``multilabels``).
+        camera: the camera shown.
+        k: number of agents (top-k by overall mass, the same in every panel).
+        titles: panel titles.
+        save_to: run folder; writes ``figures/camera_<camera>.png``.
+    """
+    panels = _as_panels(multilabels, titles, "soft multilabel")
+    cams_of = _per_panel(camids, panels, "camids")
+    columns = _top_agents(panels, k)
+    fig, axes = _grid(len(panels), ncols=3, size=(0.3 * len(columns) + 2.0, 2.6))
+    pos = np.arange(len(columns))
+    for ax, (title, y) in zip(axes, panels.items()):
+        y = _numpy(y)
+        cams, means = camera_means(y, cams_of[title])
+        if camera not in cams:
+            raise ValueError(f"camera {camera} not among {cams.tolist()}")
+        ax.bar(pos - 0.2, y.mean(0)[columns], width=0.4, color="0.7", label="all cameras")
+        ax.bar(pos + 0.2, means[list(cams).index(camera), columns], width=0.4, color=QUERY, label=f"cam {camera}")
+        ax.set_xticks(pos, [f"a{a}" for a in columns], fontsize=6, rotation=90)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+    save_figure(fig, save_to, f"camera_{camera}")
+    return fig
+
+
+# ----------------------------------------------------------------------------- agreement of pairs
+
+
+def pair_agreements(multilabels: Any, pids: Any, *, max_pairs: int = 200_000, seed: int = 0,
+                    chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Agreements ``A(i, j) = Σ_k min(y_ik, y_jk)`` of image pairs and whether they share an identity.
+
+    All pairs ``i < j`` when there are at most ``max_pairs`` (one agreement matrix), otherwise
+    ``max_pairs`` random pairs ``i ≠ j`` (computed ``chunk`` pairs at a time).
+
+    Args:
+        multilabels: (N, Np) soft multilabels.
+        pids: (N,) identities.
+        max_pairs: the most pairs returned.
+        seed: random state of the sampled pairs.
+        chunk: pairs per vectorized block when sampling.
+
+    Returns:
+        ``(agreements (P,) float32, same_identity (P,) bool)``.
+    """
+    y = torch.as_tensor(_numpy(multilabels), dtype=torch.float32)  # (N, Np)
+    pids = _numpy(pids)
+    n = len(y)
+    if n * (n - 1) // 2 <= max_pairs:
+        i, j = np.triu_indices(n, k=1)
+        a = agreement(y, y).numpy()[i, j]  # (P,)
+    else:
+        rng = np.random.default_rng(seed)
+        i = rng.integers(0, n, max_pairs)
+        j = (i + rng.integers(1, n, max_pairs)) % n  # j ≠ i
+        a = np.concatenate([
+            (1.0 - 0.5 * (y[i[s:s + chunk]] - y[j[s:s + chunk]]).abs().sum(1)).numpy()  # (chunk,)
+            for s in range(0, max_pairs, chunk)])
+    return a.astype(np.float32), pids[i] == pids[j]
+
+
+def draw_agreement(ax, agreements: np.ndarray, same: np.ndarray, threshold: float | None,
+                   bins: np.ndarray) -> None:
+    """Density histograms of true and false pairs, and the threshold line, on one axis.
+
+    Args:
+        ax: a matplotlib axis.
+        agreements: (P,) pair agreements.
+        same: (P,) whether each pair shares an identity.
+        threshold: T (a dashed vertical line), or None.
+        bins: histogram bin edges.
+    """
+    for mask, colour, name in ((same, MATCH, "same identity"), (~same, MISMATCH, "different identities")):
+        if mask.any():
+            hist, _ = np.histogram(agreements[mask], bins=bins, density=True)
+            ax.stairs(hist, bins, fill=True, alpha=0.35, color=colour)
+            ax.stairs(hist, bins, color=colour, label=f"{name} ({int(mask.sum())})")
+    if threshold is not None:
+        ax.axvline(threshold, color="k", ls="--", lw=1.2, label=f"T = {threshold:.3f}")
+    ax.set_xlabel("agreement A(y_i, y_j)")
+    ax.set_ylabel("density")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.legend(fontsize=7)
+
+
+def plot_agreement_distribution(multilabels: Any, pids: Any, *, threshold: float | None = None,
+                                max_pairs: int = 200_000, seed: int = 0, save_to: PathLike | None = None) -> Figure:
+    """Distribution of soft multilabel agreement for true pairs (same pid) and false pairs.
+
+    L_MDL calls a mined pair positive when its agreement exceeds T: the further apart the two
+    histograms, the more those positives are right.
+
+    Args:
+        multilabels: (N, Np) soft multilabels.
+        pids: (N,) identities (hidden labels, for the diagnostic only).
+        threshold: T, drawn as a vertical line.
+        max_pairs: pairs used at most (random subset beyond; see :func:`pair_agreements`).
+        seed: random state of the subset.
+        save_to: run folder; writes ``figures/agreement.png``.
+    """
+    agreements, same = pair_agreements(multilabels, pids, max_pairs=max_pairs, seed=seed)
+    fig = Figure(figsize=(5.5, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    draw_agreement(ax, agreements, same, threshold, np.linspace(0.0, 1.0, 51))
+    ax.set_title(f"agreement of {len(agreements)} pairs")
+    save_figure(fig, save_to, "agreement")
+    return fig
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+
+def rank_gallery(distmat: Any, query: Sequence[Sample], gallery: Sequence[Sample], queries: Sequence[int],
+                 k: int) -> np.ndarray:
+    """Top-k gallery indices per query, Market protocol: same pid *and* camera (and pid −1) removed.
+
+    Args:
+        distmat: (Q, G) distances.
+        query, gallery: the samples of the rows and columns.
+        queries: row indices.
+        k: list length.
+
+    Returns:
+        (len(queries), k) int64, ``-1`` where fewer than k valid gallery images exist.
+    """
+    rows = np.asarray(list(queries), dtype=np.int64)
+    d = _numpy(distmat)[rows].astype(np.float64)  # (R, G)
+    q_pid = np.array([query[r].pid for r in rows])[:, None]
+    q_cam = np.array([query[r].camid for r in rows])[:, None]
+    g_pid = np.array([s.pid for s in gallery])[None, :]
+    g_cam = np.array([s.camid for s in gallery])[None, :]
+    junk = ((g_pid == q_pid) & (g_cam == q_cam)) | (g_pid == -1)  # (R, G)
+    d = np.where(junk, np.inf, d)
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]  # (R, k)
+    valid = np.take_along_axis(~junk, order, axis=1)
+    order = np.where(valid, order, -1)
+    return np.pad(order, ((0, 0), (0, k - order.shape[1])), constant_values=-1)
+
+
+def plot_retrieval(distmat: Any, query: Sequence[Sample], gallery: Sequence[Sample], *,
+                   queries: Sequence[int] = (0,), k: int = 10, save_to: PathLike | None = None) -> Figure:
+    """Ranked lists: each query image, then its top-k gallery images framed green (same pid) or red.
+
+    Gallery images of the query's identity from the query's camera are left out (Market protocol).
+
+    Args:
+        distmat: (Q, G) distances.
+        query, gallery: lists of ``Sample(path, pid, camid)``.
+        queries: query rows shown (one row of images each).
+        k: gallery images per row.
+        save_to: run folder; writes ``figures/retrieval.png``.
+
+    Returns:
+        The figure with ``len(queries) * (k + 1)`` image axes.
+    """
+    ranked = rank_gallery(distmat, query, gallery, queries, k)  # (R, k)
+    d = _numpy(distmat)
+    fig = Figure(figsize=(0.95 * (k + 1), 2.0 * len(ranked)), layout="constrained")
+    grid = fig.add_gridspec(len(ranked), k + 1)
+    for r, (q, row) in enumerate(zip(queries, ranked)):
+        qs = query[q]
+        _show_image(fig.add_subplot(grid[r, 0]), qs.path, title=f"query {q}\npid {qs.pid} cam {qs.camid}",
+                    border=QUERY)
+        for c, g in enumerate(row):
+            ax = fig.add_subplot(grid[r, c + 1])
+            if g < 0:
+                _show_image(ax, None)
+                continue
+            gs = gallery[g]
+            _show_image(ax, gs.path, title=f"#{c + 1} d={d[q, g]:.3f}\ncam {gs.camid}",
+                        border=MATCH if gs.pid == qs.pid else MISMATCH)
+    save_figure(fig, save_to, "retrieval")
+    return fig

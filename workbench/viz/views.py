@@ -1,0 +1,159 @@
+"""Cached views of a trained network for the plots and explorers: computed once, then only indexed.
+
+A :class:`SoftLabelViews` holds, for one checkpoint, the target train / query / gallery samples,
+their features and soft multilabels ``softmax(s · cos(f, a))``, the query × gallery cosine distance
+matrix with its rank metrics, and one representative image per reference agent. Widgets never run
+the network: they index into these arrays.
+
+Example:
+    >>> after = load_views("runs/20240101-120000-mar")                              # doctest: +SKIP
+    >>> before = load_views("runs/20240101-120000-mar", checkpoint=init_checkpoint_of(
+    ...     "runs/20240101-120000-mar"), name="before")                              # doctest: +SKIP
+    >>> after.multilabels["train"].shape                                             # doctest: +SKIP
+    (54, 16)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from workbench.data import Sample, Split, build_test_loader
+from workbench.evaluation import evaluate_features, extract_features
+from workbench.losses import soft_multilabel
+
+PARTS = ("train", "query", "gallery")
+
+
+@dataclass
+class SoftLabelViews:
+    """Everything the explorers show for one checkpoint (numpy arrays, CPU).
+
+    Attributes:
+        name: label of the checkpoint in legends and selectors ("before", "epoch 20" ...).
+        samples: ``{"train"|"query"|"gallery": [Sample, ...]}`` of the target domain.
+        features: same keys, (N, d) float32 L2-normalized features.
+        multilabels: same keys, (N, Np) float32 soft multilabels (rows sum to 1).
+        distmat: (Q, G) float32 cosine distances query × gallery.
+        agent_images: (Np,) one image path per reference agent (None for an agent without image).
+        agents: (Np, d) float32 L2-normalized agents.
+        metrics: rank metrics of ``distmat`` (``rank1``, ``mAP``, ``cmc`` ...), Market protocol.
+        scale: the soft multilabel scale s used.
+    """
+
+    name: str
+    samples: dict[str, list[Sample]]
+    features: dict[str, np.ndarray]
+    multilabels: dict[str, np.ndarray]
+    distmat: np.ndarray
+    agent_images: list[str | None]
+    agents: np.ndarray
+    metrics: dict = field(default_factory=dict)
+    scale: float = 30.0
+
+    @property
+    def num_agents(self) -> int:
+        return int(self.agents.shape[0])
+
+    def pids(self, part: str) -> np.ndarray:
+        """(N,) int64 identities of a part (hidden labels: diagnostics only)."""
+        return np.array([s.pid for s in self.samples[part]], dtype=np.int64)
+
+    def camids(self, part: str) -> np.ndarray:
+        """(N,) int64 cameras of a part."""
+        return np.array([s.camid for s in self.samples[part]], dtype=np.int64)
+
+    def paths(self, part: str) -> list[str]:
+        return [s.path for s in self.samples[part]]
+
+
+def agent_representatives(reference: Sequence[Sample], num_agents: int) -> list[str | None]:
+    """One image per agent: the first reference sample of each relabeled pid ``0..num_agents-1``.
+
+    Args:
+        reference: the reference set, pids relabeled to agent indices (``Split.reference()``).
+        num_agents: Np.
+
+    Returns:
+        (Np,) image paths; None where an agent has no image.
+    """
+    out: list[str | None] = [None] * int(num_agents)
+    for s in reversed(list(reference)):  # reversed: the first sample of each pid wins
+        if 0 <= s.pid < num_agents:
+            out[s.pid] = s.path
+    return out
+
+
+@torch.no_grad()
+def compute_views(model: torch.nn.Module, split: Split, reference: Sequence[Sample], *,
+                  image_size: tuple[int, int], batch_size: int = 64, device: str | torch.device = "cpu",
+                  scale: float = 30.0, name: str = "model") -> SoftLabelViews:
+    """Run the network once over the target split and cache what the explorers need.
+
+    Args:
+        model: a ``MARNet`` (``forward → Output(feature_map, feature, sim)``, ``.agents`` (Np, d)).
+        split: the target :class:`Split` (train, query, gallery).
+        reference: the reference samples (pids = agent indices), for the agents' images.
+        image_size: (H, W) of the test transform (the run's ``cfg.data.image_size``).
+        batch_size: images per forward pass.
+        device: where the network runs (the model is moved there).
+        scale: soft multilabel scale s.
+        name: label of these views.
+
+    Returns:
+        A :class:`SoftLabelViews`.
+    """
+    model = model.to(device)
+    agents = model.agents.detach().float().cpu()  # (Np, d)
+    samples = {part: list(getattr(split, part)) for part in PARTS}
+    features: dict[str, np.ndarray] = {}
+    multilabels: dict[str, np.ndarray] = {}
+    for part, items in samples.items():
+        loader = build_test_loader(items, image_size=tuple(image_size), batch_size=batch_size)
+        feats, _, _ = extract_features(model, loader, device=device)  # (N, d) CPU float32
+        features[part] = feats.numpy()
+        multilabels[part] = soft_multilabel(feats, agents, scale).numpy()  # (N, Np)
+    q_pids, g_pids = (np.array([s.pid for s in samples[p]]) for p in ("query", "gallery"))
+    q_cams, g_cams = (np.array([s.camid for s in samples[p]]) for p in ("query", "gallery"))
+    result = evaluate_features(features["query"], features["gallery"], q_pids, g_pids, q_cams, g_cams,
+                               max_rank=min(50, len(g_pids)), return_distmat=True)
+    distmat = np.asarray(result.pop("distmat"), dtype=np.float32)  # (Q, G)
+    agents_n = torch.nn.functional.normalize(agents, dim=1).numpy()
+    return SoftLabelViews(name=name, samples=samples, features=features, multilabels=multilabels,
+                          distmat=distmat, agent_images=agent_representatives(reference, agents.shape[0]),
+                          agents=agents_n, metrics=result, scale=float(scale))
+
+
+def init_checkpoint_of(run_dir: str | Path) -> Path | None:
+    """The stage-1 checkpoint a stage-2 run started from (``init_checkpoint`` in its checkpoint)."""
+    from workbench.runs import load_checkpoint
+
+    state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    init = state.get("init_checkpoint") or None
+    return Path(init) if init else None
+
+
+def load_views(run_dir: str | Path, *, checkpoint: str | Path | None = None, name: str | None = None,
+               device: str | torch.device = "cpu", batch_size: int = 64) -> SoftLabelViews:
+    """Views of a run folder's checkpoint (or of another checkpoint on the run's data).
+
+    Args:
+        run_dir: a run folder holding ``config.json`` (data, image size and scale come from it).
+        checkpoint: the checkpoint to load (default: ``run_dir/checkpoint.pt``); e.g. the stage-1
+            checkpoint of a stage-2 run, for "before joint training".
+        name: label of the views (default: the run folder's name).
+        device: where the network runs.
+        batch_size: images per forward pass.
+    """
+    from workbench.config import load_config
+    from workbench.engine import load_domains, load_model
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.json")
+    target, reference = load_domains(cfg.data)
+    model = load_model(checkpoint if checkpoint is not None else run_dir / "checkpoint.pt", device)
+    return compute_views(model, target, reference, image_size=cfg.data.image_size, batch_size=batch_size,
+                         device=device, scale=cfg.loss.scale, name=name or run_dir.name)
