@@ -71,7 +71,8 @@ class TrainConfig:
     epochs: int = 20                          # paper 20
     n_target: int = 184                       # target images per batch (per GPU)
     n_reference: int = 184                    # reference images per batch (per GPU)
-    lr: float = 2e-4                          # paper 2e-4
+    lr: float = 2e-4                          # paper 2e-4; L_AL's step is lr × lambda_ref (50×): keep it
+                                              # near stage 1's final lr or the pretrained agents drift
     weight_decay: float = 0.025               # no decay on BatchNorm and biases
     milestones: tuple[int, ...] = (12, 17)    # lr × gamma at these epochs; paper 12, 17
     gamma: float = 0.1
@@ -219,7 +220,7 @@ def preset_cpu() -> Config:
                           embed_dim=None),
         loss=LossConfig(),
         train=TrainConfig(pretrain_epochs=12, pretrain_batch_size=64, pretrain_lr=0.01, pretrain_weight_decay=5e-4,
-                          pretrain_milestones=(8,), epochs=10, n_target=64, n_reference=64, lr=1e-3,
+                          pretrain_milestones=(8,), epochs=10, n_target=64, n_reference=64, lr=2e-4,
                           weight_decay=5e-4, milestones=(7,), eval_every=2, amp=False),
         preset="cpu",
     )
@@ -232,7 +233,7 @@ def preset_demo() -> Config:
         model=ModelConfig(backbone="mobilenet_v2", pretrained=None, stages=("layer4",), embed_dim=None),
         loss=LossConfig(),
         train=TrainConfig(pretrain_epochs=12, pretrain_batch_size=32, pretrain_lr=0.05, pretrain_weight_decay=5e-4,
-                          pretrain_milestones=(9,), epochs=6, n_target=32, n_reference=32, lr=0.01,
+                          pretrain_milestones=(9,), epochs=6, n_target=32, n_reference=32, lr=2e-4,
                           weight_decay=5e-4, milestones=(4,), eval_every=2),
         preset="demo",
     )
