@@ -30,5 +30,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/losses.py
 	$(PY) benchmarks/backbones.py
 
+## clear outputs and execution counts from the notebooks before committing
+notebooks-strip: $(STAMP)
+	$(PY) -m workbench.experiments strip notebooks/*.ipynb
+
 clean-venv:
 	rm -rf $(VENV)

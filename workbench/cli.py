@@ -314,6 +314,55 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=_cmd_demo)
 
 
+# ----------------------------------------------------------------------------- sweep
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from workbench.experiments import MAIN_METRICS, load_grid, parse_value, sweep
+
+    base: dict[str, object] = {}
+    for item in args.overrides:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise CLIError(f"--set expects NAME=VALUE, got {item!r}")
+        base[key.strip()] = parse_value(value.strip())
+    grid = load_grid(args.grid) if args.grid else [{}]
+    if not args.verbose:  # papermill logs every notebook's paths at INFO; the sweep logs each point
+        logging.getLogger("papermill").setLevel(logging.WARNING)
+    df = sweep(args.notebook, grid, args.out, base_params=base, retries=args.retries,
+               progress=sys.stderr.isatty(), kernel_name=args.kernel, timeout=args.timeout)
+    import pandas as pd
+
+    varying = [c for c in df.columns if c in {k for p in grid for k in p}]
+    shown = df[["name", *varying, "state", *[m for m in MAIN_METRICS if m in df.columns]]].copy()
+    for m in MAIN_METRICS:
+        if m in shown:
+            shown[m] = (100 * pd.to_numeric(shown[m], errors="coerce")).round(1)
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 60):
+        print(shown.drop(columns=["name"]).to_string(index=False))
+    print(f"(metrics in percent) results: {args.out}")
+    failed = df[df["state"] != "done"]
+    if len(failed):
+        print(f"error: {len(failed)} of {len(df)} points failed:", file=sys.stderr)
+        for _, row in failed.iterrows():
+            print(f"  {row['name']}: {row['error']}  (see {row['path']})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    sw = sub.add_parser("sweep", help="run a notebook over a grid of parameters with papermill (one folder per point)")
+    sw.add_argument("notebook", help="the parameterized notebook, e.g. notebooks/03_train_mar.ipynb")
+    sw.add_argument("--grid", default=None,
+                    help="YAML/JSON file: a dict of lists (cartesian product) or a list of dicts (points)")
+    sw.add_argument("--out", required=True, help="sweep folder (points already done there are skipped)")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                    help="a parameter shared by every point, e.g. --set preset=smoke (repeatable)")
+    sw.add_argument("--retries", type=int, default=0, help="extra attempts for a failing point")
+    sw.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
+    sw.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    sw.set_defaults(func=_cmd_sweep)
+
+
 # ----------------------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:
@@ -327,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(sub)
     _add_eval(sub)
     _add_data(sub)
+    _add_sweep(sub)
     return parser
 
 

@@ -1,0 +1,301 @@
+"""Experiments: papermill runs, sweeps (skip, failure, retry), grids, collect, paper tables, CLI, strip.
+
+Everything runs a tiny notebook written to a temporary folder (no training): its parameters cell
+declares ``value``, ``fail_flag``, ``counter`` and ``out_dir``; its body appends a line to the
+counter file (how many times it ran), raises while ``fail_flag`` exists, and writes
+``metrics.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from workbench import experiments as ex
+
+BODY = '''
+import json, pathlib
+if counter:
+    with open(counter, "a") as fh:
+        fh.write(f"{value}\\n")
+if fail_flag and pathlib.Path(fail_flag).exists():
+    raise RuntimeError(f"boom at value={value}")
+pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
+pathlib.Path(out_dir, "metrics.json").write_text(json.dumps(
+    {"rank1": value / 10, "mAP": value / 20, "initial": {"rank1": 0.0}, "value": 99}))
+print("finished", value)
+'''
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    """A notebook with a parameters cell, a markdown cell and a body that records how often it ran."""
+    nb = new_notebook(cells=[
+        new_markdown_cell("# tiny"),
+        new_code_cell('value = 1\nfail_flag = None\ncounter = None\nout_dir = None', metadata={"tags": ["parameters"]}),
+        new_code_cell(BODY.strip()),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "nb" / "tiny.ipynb"
+    path.parent.mkdir()
+    nbformat.write(nb, path)
+    return path
+
+
+def runs_of(counter: Path) -> list[str]:
+    return counter.read_text().split() if counter.exists() else []
+
+
+# ----------------------------------------------------------------------------- run_notebook
+
+def test_run_notebook_injects_params_and_out_dir(tiny: Path, tmp_path: Path) -> None:
+    out = ex.run_notebook(tiny, {"value": 3}, tmp_path / "run")
+    assert out == (tmp_path / "run" / "tiny.ipynb").resolve()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["rank1"] == pytest.approx(0.3)
+    executed = nbformat.read(out, as_version=4)
+    assert executed.metadata.papermill.parameters["value"] == 3
+    assert executed.metadata.papermill.parameters["out_dir"] == str((tmp_path / "run").resolve())
+    assert "finished 3" in executed.cells[-1].outputs[0]["text"]
+    assert ex.notebook_parameters(tiny) == {"value": "1", "fail_flag": "None", "counter": "None", "out_dir": "None"}
+
+
+def test_run_notebook_rejects_undeclared_parameter(tiny: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"declares no parameter 'valeu'.*value, fail_flag"):
+        ex.run_notebook(tiny, {"valeu": 3}, tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="missing.ipynb"):
+        ex.run_notebook(tmp_path / "missing.ipynb", {}, tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+def test_sweep_runs_each_point_once_and_skips_done(tiny: Path, tmp_path: Path) -> None:
+    counter = tmp_path / "counter.txt"
+    out = tmp_path / "sweep"
+    df = ex.sweep(tiny, {"value": [1, 2]}, out, base_params={"counter": str(counter)}, progress=False)
+    assert list(df["value"]) == [1, 2] and list(df["state"]) == ["done", "done"]
+    assert df["rank1"].tolist() == pytest.approx([0.1, 0.2])
+    assert df["initial_rank1"].tolist() == [0.0, 0.0]          # nested metrics flattened
+    assert df["metric_value"].tolist() == [99, 99]              # a metric named like a parameter
+    assert sorted(runs_of(counter)) == ["1", "2"]
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*/tiny.ipynb")}
+    assert len(mtimes) == 2
+
+    again = ex.sweep(tiny, {"value": [1, 2]}, out, base_params={"counter": str(counter)}, progress=False)
+    assert sorted(runs_of(counter)) == ["1", "2"]               # nothing executed again
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/tiny.ipynb")} == mtimes
+    pd.testing.assert_frame_equal(again.drop(columns=["seconds"]), df.drop(columns=["seconds"]))
+    status = json.loads((Path(df["path"][0]) / "status.json").read_text())
+    assert status["state"] == "done" and status["attempts"] == 1 and status["params"]["value"] == 1
+    assert status["started"] and status["finished"] and status["seconds"] > 0
+
+
+def test_failed_point_is_recorded_others_finish_and_rerun_retries_it(tiny: Path, tmp_path: Path) -> None:
+    counter, flag = tmp_path / "counter.txt", tmp_path / "broken"
+    flag.touch()
+    grid = [{"value": 1}, {"value": 2, "fail_flag": str(flag)}, {"value": 3}]
+    out = tmp_path / "sweep"
+    df = ex.sweep(tiny, grid, out, base_params={"counter": str(counter)}, progress=False)
+    assert list(df["state"]) == ["done", "failed", "done"]
+    failed = df.iloc[1]
+    assert failed["error"] == "RuntimeError: boom at value=2"
+    assert math.isnan(failed["rank1"])
+    status = json.loads((Path(failed["path"]) / "status.json").read_text())
+    assert "boom at value=2" in status["traceback"] and "\x1b[" not in status["traceback"]
+    partial = nbformat.read(Path(failed["path"]) / "tiny.ipynb", as_version=4)  # kept, with the error
+    assert any(o.get("ename") == "RuntimeError" for c in partial.cells if c.cell_type == "code" for o in c.outputs)
+    assert sorted(runs_of(counter)) == ["1", "2", "3"]
+
+    flag.unlink()  # the cause is fixed: only the failed point runs again
+    df = ex.sweep(tiny, grid, out, base_params={"counter": str(counter)}, progress=False)
+    assert list(df["state"]) == ["done", "done", "done"]
+    assert sorted(runs_of(counter)) == ["1", "2", "2", "3"]
+    assert df["error"].isna().all()
+    assert json.loads((Path(df["path"][1]) / "status.json").read_text())["attempts"] == 2
+
+
+def test_retries_run_a_failing_point_again(tiny: Path, tmp_path: Path) -> None:
+    counter, flag = tmp_path / "counter.txt", tmp_path / "broken"
+    flag.touch()
+    df = ex.sweep(tiny, {"value": [5], "fail_flag": [str(flag)], "counter": [str(counter)]}, tmp_path / "s",
+                  retries=2, progress=False)
+    assert df["state"].tolist() == ["failed"]
+    assert runs_of(counter) == ["5", "5", "5"]
+    assert json.loads((Path(df["path"][0]) / "status.json").read_text())["attempts"] == 3
+
+
+def test_sweep_checks_parameters_before_running(tiny: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="declares no parameter 'lr'"):
+        ex.sweep(tiny, {"value": [1], "lr": [0.1]}, tmp_path / "s", progress=False)
+    with pytest.raises(ValueError, match="out_dir is the sweep's"):
+        ex.sweep(tiny, {"value": [1]}, tmp_path / "s", base_params={"out_dir": "x"}, progress=False)
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
+
+
+# ----------------------------------------------------------------------------- grids and names
+
+def test_grid_forms(tmp_path: Path) -> None:
+    assert ex.load_grid({"a": [1, 2], "b": ["x"]}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+    assert ex.load_grid({"a": 3}) == [{"a": 3}]
+    assert ex.load_grid([{"a": 1}, {"a": 1}, {"b": True}]) == [{"a": 1}, {"b": True}]  # duplicates dropped
+    (tmp_path / "dict.yaml").write_text("lr: [1e-3, 0.01]\nuse_cml: [true, false]\n")
+    assert ex.load_grid(tmp_path / "dict.yaml") == [
+        {"lr": 0.001, "use_cml": True}, {"lr": 0.001, "use_cml": False},
+        {"lr": 0.01, "use_cml": True}, {"lr": 0.01, "use_cml": False}]
+    (tmp_path / "list.yaml").write_text("- {stages: layer4}\n- {stages: layer1+layer3+layer4, epochs: 2}\n")
+    assert ex.load_grid(str(tmp_path / "list.yaml")) == [{"stages": "layer4"},
+                                                         {"stages": "layer1+layer3+layer4", "epochs": 2}]
+    (tmp_path / "grid.json").write_text(json.dumps({"seed": [0, 1]}))
+    assert ex.load_grid(tmp_path / "grid.json") == [{"seed": 0}, {"seed": 1}]
+    for bad in ({}, [], {"a": []}, [1, 2], "nope"):
+        with pytest.raises((ValueError, FileNotFoundError)):
+            ex.load_grid(bad)
+    assert ex.one_at_a_time({"lr": 0.01, "wd": 1}, {"lr": [0.01, 0.1], "wd": [1, 2]}) == [
+        {"lr": 0.01, "wd": 1}, {"lr": 0.1, "wd": 1}, {"lr": 0.01, "wd": 2}]
+    assert ex.parse_value("1e-3") == 0.001 and ex.parse_value("none") is None and ex.parse_value("[1, 2]") == [1, 2]
+
+
+def test_point_names_are_stable_readable_and_safe() -> None:
+    point = {"stages": "layer1+layer3", "variant": "w/o CML", "lr": 1e-3, "ckpt": "/a b/c.pt", "ok": True}
+    name = ex.point_name(point)
+    assert name == ex.point_name(dict(reversed(list(point.items()))))  # key order does not matter
+    assert re.fullmatch(r"[A-Za-z0-9._+,=-]+", name), name
+    assert name.startswith("ckpt=a-b-c.pt,lr=0.001,ok=True,stages=layer1+layer3,variant=w-o-CML-")
+    assert re.search(r"-[0-9a-f]{8}$", name)
+    assert ex.point_name(point) != ex.point_name({**point, "lr": 1e-2})
+    assert ex.point_name(point, {**point, "preset": "smoke"}) != ex.point_name(point)  # base params in the hash
+    assert len(ex.point_name({f"p{i}": "x" * 50 for i in range(10)})) <= 80 + 9
+    assert ex.point_name({}).startswith("default-")
+
+
+# ----------------------------------------------------------------------------- collect and tables
+
+def _fake_point(root: Path, name: str, params: dict, state: str, metrics: dict | None, error: str | None = None) -> None:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "status.json").write_text(json.dumps({"state": state, "params": params, "error": error, "seconds": 1.5}))
+    if metrics is not None:
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_collect_a_sweep_folder(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    _fake_point(root, "a", {"use_cml": True, "lr": 0.01, "out_dir": "/x"}, "done", {"rank1": 0.5, "mAP": 0.25,
+                                                                                    "cmc": [0.5, 1.0]})
+    _fake_point(root, "b", {"use_cml": False, "lr": 0.01}, "failed", None, "ValueError: bad")
+    # a point without status.json: parameters from the executed notebook's papermill metadata
+    nb = new_notebook(cells=[new_code_cell("x = 1")])
+    nb.metadata["papermill"] = {"parameters": {"use_cml": True, "lr": 0.1, "out_dir": "/y"}}
+    (root / "c").mkdir()
+    nbformat.write(nb, root / "c" / "03_train_mar.ipynb")
+    (root / "c" / "metrics.json").write_text(json.dumps({"rank1": 0.75, "mAP": 0.5}))
+    (root / "not-a-point").mkdir()
+    df = ex.collect(root)
+    assert df["name"].tolist() == ["a", "b", "c"]
+    assert df.columns[:6].tolist() == ["name", "use_cml", "lr", "state", "error", "seconds"]
+    assert "out_dir" not in df.columns
+    assert df["state"].tolist() == ["done", "failed", "done"]
+    assert df["lr"].tolist() == [0.01, 0.01, 0.1]
+    assert df["rank1"].iloc[[0, 2]].tolist() == [0.5, 0.75] and math.isnan(df["rank1"][1])
+    assert df["error"][1] == "ValueError: bad" and df["cmc"][0] == [0.5, 1.0]
+    assert ex.collect(root, names=["c"])["name"].tolist() == ["c"]
+    empty = ex.collect(tmp_path / "nothing")
+    assert empty.empty and {"name", "state", "rank1", "mAP"} <= set(empty.columns)
+
+    assert ex.select(df, use_cml=True)["name"].tolist() == ["a", "c"]
+    assert ex.select(df, use_cml=True, lr=0.1)["name"].tolist() == ["c"]
+    assert ex.select(df, missing=1).empty
+
+    paper = {"full": {"market1501": {"rank1": 67.7, "mAP": 40.0}, "source": "MAR"}}
+    table = ex.paper_table(df, {"full": {"use_cml": True, "lr": 0.01}, "w/o CML": {"use_cml": False},
+                                "absent": {"lr": 5.0}}, paper)
+    assert table.loc["full", "rank-1 (ours)"] == 50.0 and table.loc["full", "mAP (ours)"] == 25.0
+    assert table.loc["full", "rank-1 (paper)"] == 67.7 and table.loc["full", "note"] == "MAR"
+    assert table.loc["w/o CML", "state"] == "failed" and table.loc["w/o CML", "note"] == "ValueError: bad"
+    assert math.isnan(table.loc["w/o CML", "rank-1 (paper)"])
+    assert table.loc["absent", "state"] == "missing" and table.loc["absent", "runs"] == 0
+
+    c = ex.curve(df, "lr", {"use_cml": True, "lr": 0.01})
+    assert c.index.tolist() == [0.01, 0.1] and c["rank1"].tolist() == [50.0, 75.0]
+
+
+def test_paper_results_are_stated_or_nan() -> None:
+    full = ex.PAPER_RESULTS["loss_ablation"]["full"]["market1501"]
+    assert (full["rank1"], full["mAP"]) == (67.7, 40.0)
+    assert math.isnan(ex.PAPER_RESULTS["loss_ablation"]["w/o CML"]["market1501"]["rank1"])
+    assert set(ex.PAPER_RESULTS["loss_ablation"]) == set(ex.LOSS_ABLATION)
+    assert set(ex.PAPER_RESULTS["feature_fusion"]) == set(ex.FUSION_COMBINATIONS)
+    assert ex.LOSS_ABLATION["w/o RAL"] == {"use_mdl": True, "use_cml": True, "use_al": False, "use_rj": False}
+
+
+def test_metrics_helpers(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+
+    path = ex.record_metrics(tmp_path, {"rank1": np.float64(0.5), "cmc": np.array([0.5, 1.0]), "distmat": [[1]],
+                                        "initial": {"rank1": 0.25}}, pretrain={"mAP": 0.1}, run_dir=tmp_path)
+    saved = json.loads(path.read_text())
+    assert saved == {"rank1": 0.5, "cmc": [0.5, 1.0], "initial_rank1": 0.25, "pretrain_mAP": 0.1,
+                     "run_dir": str(tmp_path)}
+    table = ex.metrics_table({"a": {"rank1": 0.5, "mAP": 0.25}})
+    assert table.loc["a", "rank-1"] == 50.0 and math.isnan(table.loc["a", "mINP"])
+    stats = ex.agent_similarity(torch.eye(4, 8) * 3)
+    assert stats["num_agents"] == 4 and stats["max"] == pytest.approx(0.0) and len(stats["cosines"]) == 6
+    assert ex.agent_similarity(torch.ones(3, 5))["min"] == pytest.approx(1.0, abs=1e-5)
+    summary = ex.history_summary([{"seconds": 2.0, "images_per_s": 10}, {"seconds": 4.0, "images_per_s": 30}])
+    assert summary == {"epochs_run": 2.0, "seconds_per_epoch": 3.0, "images_per_s": 20.0}
+
+
+def test_notebook_config_and_ensure_run_guard(tmp_path: Path) -> None:
+    cfg = ex.notebook_config("smoke", {"backbone": None, "epochs": 3, "pretrained": "none"}, {"mining_ratio": 0.1})
+    assert (cfg.model.backbone, cfg.train.epochs, cfg.model.pretrained, cfg.loss.mining_ratio) == \
+        ("mobilenet_v2", 3, None, 0.1)
+    run = tmp_path / "mar"
+    run.mkdir()
+    (run / "config.json").write_text(ex.notebook_config("smoke", {"epochs": 1}).to_json())
+    (run / "checkpoint.pt").write_bytes(b"not used")
+    with pytest.raises(ValueError, match=r"another configuration.*epochs: 1 there, 3 here"):
+        ex.ensure_run("mar", cfg, run)
+    with pytest.raises(ValueError, match="stage must be"):
+        ex.ensure_run("finetune", cfg, run)
+    assert ex.notebook_out_dir(tmp_path / "new", "x") == tmp_path / "new" and (tmp_path / "new").is_dir()
+
+
+# ----------------------------------------------------------------------------- CLI and strip
+
+def test_cli_sweep_exit_status(tiny: Path, tmp_path: Path, capsys) -> None:
+    from workbench.cli import main
+
+    flag = tmp_path / "broken"
+    flag.touch()
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"- {{value: 1}}\n- {{value: 2, fail_flag: '{flag}'}}\n")
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(tiny), "--grid", str(grid), "--out", str(out), "--set", "counter=none"]) == 1
+    captured = capsys.readouterr()
+    assert "1 of 2 points failed" in captured.err and "RuntimeError: boom at value=2" in captured.err
+    assert "value=2" in captured.err and "done" in captured.out and "failed" in captured.out
+    flag.unlink()
+    assert main(["sweep", str(tiny), "--grid", str(grid), "--out", str(out), "--set", "counter=none"]) == 0
+    assert main(["sweep", str(tiny), "--out", str(out), "--set", "nope=1"]) == 2
+    assert "declares no parameter 'nope'" in capsys.readouterr().err
+
+
+def test_strip_notebook(tiny: Path, tmp_path: Path) -> None:
+    executed = ex.run_notebook(tiny, {"value": 2}, tmp_path / "run")
+    assert ex.main(["strip", "--check", str(executed)]) == 1
+    assert ex.strip_notebook(executed) is True
+    nb = nbformat.read(executed, as_version=4)
+    assert "papermill" not in nb.metadata
+    for cell in nb.cells:
+        assert "papermill" not in cell.metadata and "execution" not in cell.metadata
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+    assert [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]  # tags kept
+    assert ex.strip_notebook(executed) is False
+    assert ex.main(["strip", "--check", str(executed)]) == 0
