@@ -113,6 +113,22 @@ def test_resume_reaches_the_same_result(stage1, tmp_path) -> None:
     assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
 
 
+def test_resuming_a_finished_run_reloads_it_without_building_a_trainer(stage1, monkeypatch) -> None:
+    import workbench.engine as engine
+
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("a finished run must not rebuild model, data or caches")
+
+    monkeypatch.setattr(engine, "PretrainTrainer", no_trainer)
+    again = engine.pretrain(from_params({"preset": "smoke"}), stage1.run_dir, resume=True)
+    for key in ("rank1", "rank5", "rank10", "mAP", "mAP_devkit", "mINP"):
+        assert again.metrics[key] == pytest.approx(stage1.metrics[key])
+    assert list(again.metrics["cmc"]) == pytest.approx(list(stage1.metrics["cmc"]))
+    assert [r["epoch"] for r in again.history] == [r["epoch"] for r in stage1.history]
+    assert again.history[-1]["loss"] == pytest.approx(stage1.history[-1]["loss"])
+    assert engine.load_result(stage1.run_dir / "missing") is None
+
+
 def test_nan_guard_names_epoch_step_term_and_keeps_checkpoint(stage1, tmp_path, monkeypatch) -> None:
     cfg = from_params({"preset": "smoke", "epochs": 2, "eval_every": 0})
     original = MARTrainer.compute_losses

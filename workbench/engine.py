@@ -37,6 +37,7 @@ from workbench.models import MARNet
 from workbench.runs import (
     load_checkpoint,
     new_run_dir,
+    read_csv,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -610,6 +611,17 @@ class MARTrainer(Trainer):
 
 # ----------------------------------------------------------------------------- entry points
 
+def load_result(run_dir: str | Path) -> RunResult | None:
+    """The result of a finished run (its ``metrics.json`` and ``history.csv``) without rebuilding
+    model, data or caches; None when the run has not finished (``metrics.json`` is written with the
+    last epoch's checkpoint)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").is_file():
+        return None
+    history = read_csv(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else []
+    return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), history)
+
+
 def pretrain(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False,
              callbacks: Sequence[Callable] = ()) -> RunResult:
     """Stage 1: train backbone and agents on the reference set with L_AL; evaluate on the target.
@@ -617,9 +629,11 @@ def pretrain(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = F
     Args:
         cfg: configuration (``get_preset(...)`` / ``from_params(...)``).
         run_dir: run folder (default: a new ``runs/<time>-pretrain``).
-        resume: continue the checkpoint in ``run_dir``.
+        resume: continue the checkpoint in ``run_dir`` (a finished run is only reloaded).
         callbacks: ``cb(trainer, epoch, row)`` after every epoch.
     """
+    if resume and run_dir is not None and (done := load_result(run_dir)) is not None:
+        return done
     return PretrainTrainer(cfg, run_dir, resume=resume, callbacks=callbacks).fit()
 
 
@@ -634,6 +648,8 @@ def train_mar(cfg: Config, run_dir: str | Path | None = None, *, init_checkpoint
         resume: continue the checkpoint in ``run_dir``.
         callbacks: ``cb(trainer, epoch, row)`` after every epoch.
     """
+    if resume and run_dir is not None and (done := load_result(run_dir)) is not None:
+        return done
     return MARTrainer(cfg, run_dir, init_checkpoint=init_checkpoint, resume=resume, callbacks=callbacks).fit()
 
 

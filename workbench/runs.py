@@ -83,6 +83,20 @@ def write_csv(path: str | Path, rows: Iterable[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def read_csv(path: str | Path) -> list[dict]:
+    """Rows of a CSV written by :func:`write_csv`; numbers come back as floats, empty cells as NaN."""
+    def value(text: str):
+        if text == "":
+            return float("nan")
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+    with open(path, newline="") as f:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """``torch.save`` to a temporary file, then rename: the previous checkpoint survives a crash."""
     buf = io.BytesIO()
