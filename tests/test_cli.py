@@ -82,3 +82,43 @@ def test_public_api_resolves_lazily() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) > 30
+
+
+def test_cpu_preset_without_the_shared_weights_is_an_error_naming_the_file(tmp_path, monkeypatch) -> None:
+    from workbench.config import get_preset
+    from workbench.engine import build_model
+    from workbench.models.backbones import WeightsError
+
+    monkeypatch.setenv("WORKBENCH_SHARED", str(tmp_path))  # a shared folder without weights/
+    cfg = get_preset("cpu")  # building the preset reads no file system
+    with pytest.raises(WeightsError) as info:
+        build_model(cfg.model, num_agents=3)
+    message = str(info.value)
+    assert str(tmp_path / "weights" / "mobilenet_v2_imagenet.pth") in message and "--pretrained none" in message
+    build_model(cfg.model.__class__(**{**cfg.model.__dict__, "pretrained": None}), num_agents=3)  # the way round
+
+
+def test_a_bug_keeps_its_traceback_and_user_errors_show_one_with_verbose(monkeypatch, capsys) -> None:
+    import workbench.cli as cli
+    from workbench.errors import ConfigError
+
+    def bug(args):
+        raise ValueError("an internal bug, not bad input")
+
+    parser = build_parser()
+    args = parser.parse_args(["data", "info", "--dataset", "market1501"])
+    monkeypatch.setattr(args, "func", bug)
+    monkeypatch.setattr(cli, "build_parser", lambda: type("P", (), {"parse_args": lambda self, argv: args})())
+    with pytest.raises(ValueError, match="internal bug"):
+        cli.main([])
+
+    def user_error(args):
+        raise ConfigError("lr = 'abc': not a number")
+
+    monkeypatch.setattr(args, "func", user_error)
+    assert cli.main([]) == 2
+    assert capsys.readouterr().err == "error: lr = 'abc': not a number\n"
+    args.verbose = True
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().endswith("error: lr = 'abc': not a number")

@@ -259,7 +259,9 @@ def test_notebook_config_and_ensure_run_guard(tmp_path: Path) -> None:
     run.mkdir()
     (run / "config.json").write_text(ex.notebook_config("smoke", {"epochs": 1}).to_json())
     (run / "checkpoint.pt").write_bytes(b"not used")
-    with pytest.raises(ValueError, match=r"another configuration.*epochs: 1 there, 3 here"):
+    from workbench.errors import RunFolderError
+
+    with pytest.raises(RunFolderError, match=r"another configuration.*epochs: 1 there, 3 here"):
         ex.ensure_run("mar", cfg, run)
     with pytest.raises(ValueError, match="stage must be"):
         ex.ensure_run("finetune", cfg, run)

@@ -54,21 +54,26 @@ def test_stream_sampler_cycles_and_resumes() -> None:
     assert [i for i, _ in fresh] == epochs[4]
 
 
-def test_mixed_loader_batches(domains) -> None:
+@pytest.mark.parametrize("epoch_length", ["reference", "target"])
+def test_mixed_loader_batches(domains, epoch_length) -> None:
     target, reference = domains
-    loader = MixedLoader(target.train, reference, n_target=6, n_reference=4, image_size=(32, 16), pad=2, seed=0)
+    loader = MixedLoader(target.train, reference, n_target=6, n_reference=4, image_size=(32, 16), pad=2, seed=0,
+                         epoch_length=epoch_length)
     loader.set_epoch(0)
     batches = list(loader)
-    assert len(batches) == len(loader) == len(target.train) // 6
-    seen = []
+    passed, n = (reference, 4) if epoch_length == "reference" else (target.train, 6)
+    assert len(batches) == len(loader) == len(passed) // n
+    seen_t, seen_r = [], []
     for t, r in batches:
         assert set(t) == {"img", "index", "camid"}  # no labels on the target half
         assert set(r) == {"img", "index", "camid", "pid"}
         assert t["img"].shape == (6, 3, 32, 16) and r["img"].shape == (4, 3, 32, 16)
         assert torch.equal(t["camid"], torch.tensor([target.train[i].camid for i in t["index"].tolist()]))
         assert torch.equal(r["pid"], torch.tensor([reference[i].pid for i in r["index"].tolist()]))
-        seen += t["index"].tolist()
-    assert len(set(seen)) == len(seen)  # one pass over the target per epoch
+        seen_t += t["index"].tolist()
+        seen_r += r["index"].tolist()
+    once = seen_r if epoch_length == "reference" else seen_t
+    assert len(set(once)) == len(once) == len(loader) * n  # one pass over the epoch's set, full batches
     assert max(r["pid"].max().item() for _, r in batches) < len({s.pid for s in reference})
 
 
@@ -86,15 +91,22 @@ def test_mixed_loader_is_deterministic_with_cache_and_workers(domains) -> None:
         assert torch.allclose(ta["img"], tb["img"]) and torch.allclose(ra["img"], rb["img"])
 
 
-def test_mixed_loader_longer_epoch_cycles_target(domains) -> None:
+def test_reference_epoch_restarts_the_target_loader(domains) -> None:
+    """The official epoch: one pass over the (larger) reference set; the target set is reshuffled and
+    passed again whenever it runs out, each of its passes a permutation."""
     target, reference = domains
-    loader = MixedLoader(target.train, reference, n_target=6, n_reference=8, image_size=(32, 16),
-                         epoch_length="longer")
-    assert len(loader) == max(len(target.train) // 6, len(reference) // 8)
+    loader = MixedLoader(target.train, reference, n_target=6, n_reference=4, image_size=(32, 16))
+    assert len(reference) // 4 * 6 > len(target.train)  # the target must cycle within one epoch
     loader.set_epoch(0)
-    assert sum(1 for _ in loader) == len(loader)
+    seen = [i for t, _ in loader for i in t["index"].tolist()]
+    n = len(target.train)
+    first, second = seen[:n], seen[n:2 * n]
+    assert sorted(first) == list(range(n))
+    assert sorted(second) == sorted(set(second)) and first != second[:len(first)]  # reshuffled
     with pytest.raises(ValueError, match="n_target 999 exceeds"):
         MixedLoader(target.train, reference, n_target=999, n_reference=4, image_size=(32, 16))
+    with pytest.raises(ValueError, match="epoch_length"):
+        MixedLoader(target.train, reference, n_target=6, n_reference=4, image_size=(32, 16), epoch_length="longer")
 
 
 def test_train_and_test_loaders(domains) -> None:

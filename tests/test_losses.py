@@ -45,7 +45,7 @@ def ref_agreement(y1, y2):
     return out
 
 
-def ref_joint(ft, fr, labels, agents, margin=1.0, split=False):
+def ref_joint(ft, fr, labels, agents, margin=1.0, combine=False):
     ft, fr, a = ref_norm(ft), ref_norm(fr), ref_norm(agents)
     terms = []
     for f, y in zip(fr, labels.tolist()):
@@ -53,12 +53,12 @@ def ref_joint(ft, fr, labels, agents, margin=1.0, split=False):
         hinges = [margin - (f - a[n]).pow(2).sum() for n in range(len(a))
                   if n != y and float(f @ a[n]) > 1 - margin / 2]
         hinge = torch.stack([h.clamp(min=0) for h in hinges]).mean() if hinges else None
-        if split:
+        if combine:  # the non-official variant: one pull + hinge term per reference image
+            terms.append(pull + (hinge if hinge is not None else 0.0))
+        else:  # official JointLoss: pull and hinge are separate list entries
             terms.append(pull)
             if hinge is not None:
                 terms.append(hinge)
-        else:
-            terms.append(pull + (hinge if hinge is not None else 0.0))
     for f in ft:
         hinges = [margin - (f - a[n]).pow(2).sum() for n in range(len(a)) if float(f @ a[n]) > 1 - margin / 2]
         if hinges:
@@ -220,21 +220,21 @@ def test_joint_embedding_hand_case():
     fr = torch.tensor([[1.0, 0.0]], requires_grad=True)  # label 0: pull 0; agent 1 cos .8 -> d2 .4 -> hinge .6; agent 2 cos 0
     ft = torch.tensor([[0.6, 0.8]])  # cos .6/.96/.8 -> d2 .8/.08/.4 -> hinges .2/.92/.6
     tgt = (0.2 + 0.92 + 0.6) / 3
-    got = joint_embedding_loss(ft, fr, torch.tensor([0]), a, margin=1.0)
-    assert got.item() == pytest.approx((0.6 + tgt) / 2, abs=1e-5)
-    split = joint_embedding_loss(ft, fr, torch.tensor([0]), a, margin=1.0, split_reference_terms=True)
-    assert split.item() == pytest.approx((0.0 + 0.6 + tgt) / 3, abs=1e-5)
+    got = joint_embedding_loss(ft, fr, torch.tensor([0]), a, margin=1.0)  # official: pull, hinge, target
+    assert got.item() == pytest.approx((0.0 + 0.6 + tgt) / 3, abs=1e-5)
+    combined = joint_embedding_loss(ft, fr, torch.tensor([0]), a, margin=1.0, combine_reference_terms=True)
+    assert combined.item() == pytest.approx((0.6 + tgt) / 2, abs=1e-5)
     got.backward()
     assert a.grad is None and fr.grad is not None  # agents are detached inside
 
 
-@pytest.mark.parametrize("split", [False, True])
-def test_joint_embedding_matches_reference(split):
+@pytest.mark.parametrize("combine", [False, True])
+def test_joint_embedding_matches_reference(combine):
     a = torch.randn(20, 4)  # low dimension: many agents within the margin
     ft, fr = torch.randn(7, 4), torch.randn(5, 4)
     labels = torch.randint(0, 20, (5,))
-    got = joint_embedding_loss(ft, fr, labels, a, margin=1.0, split_reference_terms=split)
-    ref = ref_joint(ft, fr, labels, a, split=split)
+    got = joint_embedding_loss(ft, fr, labels, a, margin=1.0, combine_reference_terms=combine)
+    ref = ref_joint(ft, fr, labels, a, combine=combine)
     assert got.item() == pytest.approx(ref.item(), abs=1e-5)
 
 
@@ -423,23 +423,35 @@ def test_marloss_steps_match_float64_reference():
             assert float(m.threshold) == prev_threshold
 
 
-def test_marloss_gradients_and_pos_precision():
+def test_marloss_gradients_and_blind_mined_pairs():
+    """The loss never sees identities: it returns the mined pairs as dataset indices, and the
+    trainer's diagnostic turns them into a precision with the hidden labels."""
+    import inspect
+
+    from workbench.engine import mined_pair_precision
+
+    assert "pid" not in " ".join(inspect.signature(MARLoss.forward).parameters)
     feats, agents, cams = _setup()
     m = MARLoss(N, NP, mining_ratio=0.1)
     m.initialize(feats, agents, cams)
     batch = _batches(feats, cams)[1]
     ft = batch["target_features"].requires_grad_(True)
     a = agents.clone().requires_grad_(True)
-    pids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    out = m(**batch, agents=a, target_pids=pids)
+    out = m(**batch, agents=a)
     out["loss"].backward()
     assert ft.grad.abs().sum() > 0 and a.grad.abs().sum() > 0
     n_pos = int(out["n_pos"])
+    pairs, positive = out["mined_pairs"], out["mined_positive"]
+    assert pairs.shape == (2, 2) and positive.shape == (2,) and int(positive.sum()) == n_pos
     assert n_pos + int(out["n_neg"]) == 2
-    if n_pos:
-        assert 0.0 <= float(out["pos_precision"]) <= 1.0
-    else:
-        assert math.isnan(float(out["pos_precision"]))
+    assert set(pairs.flatten().tolist()) <= set(batch["target_index"].tolist())  # dataset indices
+    # hand case of the diagnostic: pairs (0, 1) same person, (2, 3) not; both called positive
+    pids = torch.tensor([7, 7, 8, 9])
+    got = mined_pair_precision(torch.tensor([[0, 1], [2, 3]]), torch.tensor([True, True]), pids)
+    assert float(got) == 0.5
+    got = mined_pair_precision(torch.tensor([[0, 1], [2, 3]]), torch.tensor([True, False]), pids)
+    assert float(got) == 1.0
+    assert math.isnan(float(mined_pair_precision(torch.tensor([[0, 1]]), torch.tensor([False]), pids)))
 
     # without L_AL no gradient reaches the agents
     m2 = MARLoss(N, NP, mining_ratio=0.1, use_al=False)
@@ -615,3 +627,17 @@ def test_ddp_gloo_state_is_identical_and_matches_single_process():
             torch.testing.assert_close(states[0][key], value, atol=1e-6, rtol=1e-5, msg=key)
         else:
             assert torch.equal(states[0][key], value), key
+
+
+def test_update_centers_before_the_momentum_is_known_is_refused():
+    """An unset momentum (-1) would move the centres away from the batch: c <- 2c - new."""
+    feats, agents, cams = _setup()
+    m = MARLoss(N, NP)  # cml_momentum=None: fixed by the first forward
+    m.initialize(feats, agents, cams)
+    centre = m.center_mean.clone()
+    with pytest.raises(RuntimeError, match="momentum is not set"):
+        m.update_centers(log_soft_multilabel(feats[:6], agents), cams[:6])
+    assert torch.equal(m.center_mean, centre)
+    m.cml_momentum.fill_(0.5)
+    m.update_centers(log_soft_multilabel(feats[:6], agents), cams[:6])
+    assert not torch.equal(m.center_mean, centre)

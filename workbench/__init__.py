@@ -32,7 +32,8 @@ _EXPORTS = {
     "agent_loss": "workbench.losses", "joint_embedding_loss": "workbench.losses",
     "discriminative_loss": "workbench.losses", "cross_view_loss": "workbench.losses",
     # training
-    "pretrain": "workbench.engine", "train_mar": "workbench.engine", "resume_run": "workbench.engine", "load_result": "workbench.engine",
+    "pretrain": "workbench.engine", "train_mar": "workbench.engine", "resume_run": "workbench.engine", "run_stage": "workbench.engine",
+    "load_result": "workbench.engine",
     "load_model": "workbench.engine", "RunResult": "workbench.engine", "TrainingDiverged": "workbench.engine",
     # evaluation
     "rank_metrics": "workbench.evaluation", "evaluate": "workbench.evaluation",

@@ -1,7 +1,10 @@
 """Command-line interface: ``python -m workbench <command>`` (also installed as ``workbench``).
 
-Commands: ``demo`` (the README's main job), ``data`` (generate the synthetic set, describe a
-dataset), and the training/evaluation commands added by the engine.
+Commands: ``demo`` (the README's main job: both stages on the synthetic set), ``pretrain`` and
+``train`` (stage 1 and stage 2, resumable with ``--resume``), ``evaluate`` and ``extract`` (a
+checkpoint on a dataset), ``data`` (generate the synthetic set, describe a dataset) and ``sweep``
+(a notebook over a parameter grid). Bad input (the workbench's own error types) is one
+``error:`` line with exit status 2; anything else keeps its traceback.
 """
 from __future__ import annotations
 
@@ -9,7 +12,10 @@ import argparse
 import logging
 import os
 import sys
-from workbench.data.datasets import READERS, DatasetError, load_dataset
+import traceback
+
+from workbench.data.datasets import READERS, load_dataset
+from workbench.errors import WorkbenchError
 
 log = logging.getLogger("workbench")
 
@@ -90,7 +96,9 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
                    help="any config field, e.g. --set lambda_cml=0 --set use_rj=false (repeatable)")
 
 
-def _config_from_args(args: argparse.Namespace, default_preset: str = "demo"):
+def _config_from_args(args: argparse.Namespace, default_preset: str = "demo", saved=None):
+    """The run's config: ``--preset`` (or ``saved``, a resumed run's config, or ``default_preset``),
+    then the flags, then ``--set``."""
     from workbench.config import from_params
 
     params = {name: getattr(args, name) for name in _FLAGS if getattr(args, name, None) is not None}
@@ -101,12 +109,24 @@ def _config_from_args(args: argparse.Namespace, default_preset: str = "demo"):
         if not eq:
             raise CLIError(f"--set expects FIELD=VALUE, got {item!r}")
         params[key.strip()] = value.strip()
-    return from_params(params, base=args.preset or default_preset)
+    return from_params(params, base=args.preset or saved or default_preset)
 
 
 def _resolve_resume(args: argparse.Namespace) -> None:
     if args.resume and not args.run_dir:
         raise CLIError("--resume needs --run-dir (the run folder to continue)")
+
+
+def _resume(args: argparse.Namespace):
+    """``--resume``: the run folder's saved config plus any option given now; a difference is refused."""
+    from pathlib import Path
+
+    from workbench.config import load_config
+    from workbench.engine import resume_run
+
+    saved_path = Path(args.run_dir) / "config.json"
+    saved = load_config(saved_path) if saved_path.is_file() else None
+    return resume_run(args.run_dir, _config_from_args(args, saved=saved))
 
 
 # ----------------------------------------------------------------------------- train / pretrain
@@ -125,28 +145,32 @@ def _print_metrics(title: str, metrics: dict) -> None:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from workbench.engine import pretrain, resume_run
+    from pathlib import Path
+
+    from workbench.engine import pretrain
 
     _resolve_resume(args)
-    if args.resume:
-        result = resume_run(args.run_dir)
+    if args.resume and (Path(args.run_dir) / "checkpoint.pt").is_file():
+        result = _resume(args)
     else:
-        result = pretrain(_config_from_args(args), args.run_dir)
+        result = pretrain(_config_from_args(args), args.run_dir, resume=args.resume)
     _print_metrics("stage 1 (direct transfer to the target)", result.metrics)
     _print_main(f"run folder: {result.run_dir}")
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from workbench.engine import resume_run, train_mar
+    from pathlib import Path
+
+    from workbench.engine import train_mar
 
     _resolve_resume(args)
-    if args.resume:
-        result = resume_run(args.run_dir)
+    if args.resume and (Path(args.run_dir) / "checkpoint.pt").is_file():
+        result = _resume(args)
     else:
         if args.init is None and not args.no_pretraining:
             raise CLIError("train needs --init STAGE1_CHECKPOINT (or --no-pretraining for the ablation)")
-        result = train_mar(_config_from_args(args), args.run_dir, init_checkpoint=args.init)
+        result = train_mar(_config_from_args(args), args.run_dir, init_checkpoint=args.init, resume=args.resume)
     if "initial" in result.metrics:
         _print_metrics("before joint training", result.metrics["initial"])
     _print_metrics("after joint training", result.metrics)
@@ -370,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m workbench",
         description="ReID workbench: unsupervised person re-identification by soft multilabel learning.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the traceback of every error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     _add_demo(sub)
     _add_training(sub)
@@ -387,24 +412,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)
-    except Exception as err:
-        if not isinstance(err, _user_errors()):
-            raise
+    except (CLIError, WorkbenchError) as err:  # the input's fault: one line, exit 2
+        if args.verbose:
+            traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return 2
-    finally:
+    finally:  # anything else is a bug and keeps its traceback
         _shutdown_distributed()
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that are the input's fault: one line on stderr and exit code 2, no traceback."""
-    errors: tuple[type[Exception], ...] = (CLIError, DatasetError, FileExistsError, FileNotFoundError, ValueError)
-    if "workbench.engine" in sys.modules:  # imported lazily: keep `--help` and `data` free of torch
-        from workbench.engine import TrainingDiverged
-        from workbench.models.backbones import WeightsError
-
-        errors += (TrainingDiverged, WeightsError)
-    return errors
 
 
 def _shutdown_distributed() -> None:

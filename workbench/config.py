@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from workbench.paths import shared_data_root
+from workbench.errors import ConfigError
+from workbench.paths import SHARED
 
 # ----------------------------------------------------------------------------- the four groups
 
@@ -57,6 +58,11 @@ class LossConfig:
     use_al: bool = True
     use_rj: bool = True
     mdl_warmup_epochs: int = 1                # L_MDL off (memory and T frozen) for these epochs
+    combine_reference_terms: bool = False     # L_RJ: False = official (a reference image's pull and hinge are
+                                              # separate terms of one mean); True = one pull+hinge term each
+    init_images: str = "augmented"            # CML centres + T initialised from: "augmented" = official (one pass
+                                              # of the shuffled, augmented, drop_last target training loader);
+                                              # "clean" = every target training image once, test transform
 
 
 @dataclass
@@ -66,15 +72,20 @@ class TrainConfig:
     pretrain_batch_size: int = 256            # paper 256
     pretrain_lr: float = 1e-3                 # paper 1e-3
     pretrain_weight_decay: float = 0.025      # paper 0.025
-    pretrain_milestones: tuple[int, ...] = ()  # lr × gamma at these epochs
+    pretrain_milestones: tuple[int, ...] = ()  # lr × gamma from these epochs on (1-based, see milestones)
     # stage 2: joint MAR training
     epochs: int = 20                          # paper 20
+    epoch_length: str = "reference"           # one epoch = one pass over the "reference" set (official
+                                              # ReidTrainer.train_epoch; the target loader restarts when it
+                                              # runs out) or over the "target" training set
     n_target: int = 184                       # target images per batch (per GPU)
     n_reference: int = 184                    # reference images per batch (per GPU)
     lr: float = 2e-4                          # paper 2e-4; L_AL's step is lr × lambda_ref (50×): keep it
                                               # near stage 1's final lr or the pretrained agents drift
     weight_decay: float = 0.025               # no decay on BatchNorm and biases
-    milestones: tuple[int, ...] = (12, 17)    # lr × gamma at these epochs; paper 12, 17
+    milestones: tuple[int, ...] = (12, 17)    # lr × gamma from the m-th epoch on (1-based): the official trainer
+                                              # steps its scheduler at the start of each epoch (PyTorch 0.4), so
+                                              # paper (12, 17) decays in 0-based epochs 11 and 16
     gamma: float = 0.1
     momentum: float = 0.9                     # SGD momentum
     eval_every: int = 5                       # evaluate on target query/gallery every k epochs (0: end only)
@@ -85,7 +96,8 @@ class TrainConfig:
     device: str = "auto"                      # auto | cpu | cuda | cuda:1 ...
     amp: bool = False                         # mixed precision: fp16 + GradScaler on CUDA, bf16 on CPU
     channels_last: bool = True                # channels_last memory format (CUDA only)
-    progress: bool = True                     # tqdm bars (off when not a TTY or under CI)
+    progress: bool = True                     # tqdm bars on a TTY; otherwise a log line every log_every_s
+    log_every_s: float = 30.0                 # seconds between progress lines when stderr is not a TTY
 
 
 @dataclass
@@ -136,7 +148,7 @@ def _coerce(value: Any, current: Any, name: str) -> Any:
         if name == "image_size":
             items = tuple(int(v) for v in items)
             if len(items) != 2:
-                raise ValueError(f"image_size must be (height, width), got {value!r}")
+                raise ConfigError(f"image_size must be (height, width), got {value!r}")
         elif name != "stages":
             items = tuple(int(v) for v in items)
         else:
@@ -148,13 +160,13 @@ def _coerce(value: Any, current: Any, name: str) -> Any:
                 return True
             if value.lower() in ("0", "false", "no", "off"):
                 return False
-            raise ValueError(f"{name} must be a boolean, got {value!r}")
+            raise ConfigError(f"{name} must be a boolean, got {value!r}")
         return bool(value)
     if value is None or (isinstance(value, str) and value.lower() == "none"):
         return None
     if isinstance(current, int) and not isinstance(current, bool):
         if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{name} must be an integer, got {value!r}")
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
         return int(value)
     if isinstance(current, float):
         return float(value)
@@ -167,7 +179,7 @@ def _coerce_group(group, values: dict, group_name: str):
     known = {f.name for f in fields(group)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown {group_name} fields {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(f"unknown {group_name} fields {sorted(unknown)}; known: {sorted(known)}")
     coerced = {}
     for k, v in values.items():
         try:
@@ -175,21 +187,15 @@ def _coerce_group(group, values: dict, group_name: str):
         except (TypeError, ValueError) as err:
             if k in str(err):
                 raise
-            raise ValueError(f"{k} = {v!r}: {err}") from None
+            raise ConfigError(f"{k} = {v!r}: {err}") from None
     return replace(group, **coerced)
 
 
 # ----------------------------------------------------------------------------- presets
 
-def _shared(name: str) -> str | None:
-    root = shared_data_root()
-    return str(root / name) if root is not None else None
-
-
-def _shared_weights() -> str | None:
-    root = shared_data_root()
-    path = root.parent / "weights" / "mobilenet_v2_imagenet.pth" if root is not None else None
-    return str(path) if path is not None and path.is_file() else None
+def _shared(relative: str) -> str:
+    """A path under the shared folder, kept as ``${WORKBENCH_SHARED}/...`` until a run starts."""
+    return f"{SHARED}/{relative}"
 
 
 def preset_paper() -> Config:
@@ -210,43 +216,50 @@ def preset_paper() -> Config:
 def preset_cpu() -> Config:
     """MobileNetV2 with the ImageNet weights file at 128×64: a real-data run on 2 CPU cores.
 
-    Target ``../shared/data/cuhk01-market``, reference ``../shared/data/cuhk03-msmt`` when present.
+    Target ``${WORKBENCH_SHARED}/data/cuhk01-market``, reference ``.../cuhk03-msmt`` (8,177 images,
+    843 agents), weights ``.../weights/mobilenet_v2_imagenet.pth``: resolved when the run starts
+    (``WORKBENCH_SHARED`` defaults to ``../shared`` beside the checkout); a missing file is an error.
+    One stage-2 epoch is a pass over the reference set: 127 steps of 64 + 64 images.
     """
     return Config(
-        data=DataConfig(target="market1501", target_root=_shared("cuhk01-market"), reference="msmt17",
-                        reference_root=_shared("cuhk03-msmt"), image_size=(128, 64), pad=4, workers=0,
+        data=DataConfig(target="market1501", target_root=_shared("data/cuhk01-market"), reference="msmt17",
+                        reference_root=_shared("data/cuhk03-msmt"), image_size=(128, 64), pad=4, workers=0,
                         cache_images=True),
-        model=ModelConfig(backbone="mobilenet_v2", pretrained=_shared_weights(), stages=("layer4",),
-                          embed_dim=None),
+        model=ModelConfig(backbone="mobilenet_v2", pretrained=_shared("weights/mobilenet_v2_imagenet.pth"),
+                          stages=("layer4",), embed_dim=None),
         loss=LossConfig(),
         train=TrainConfig(pretrain_epochs=12, pretrain_batch_size=64, pretrain_lr=0.01, pretrain_weight_decay=5e-4,
-                          pretrain_milestones=(8,), epochs=10, n_target=64, n_reference=64, lr=2e-4,
-                          weight_decay=5e-4, milestones=(7,), eval_every=2, amp=False),
+                          pretrain_milestones=(9,), epochs=5, n_target=64, n_reference=64, lr=2e-4,
+                          weight_decay=5e-4, milestones=(4,), eval_every=1, amp=False),
         preset="cpu",
     )
 
 
 def preset_demo() -> Config:
-    """The README's main job: the synthetic sets, a small random-init MobileNetV2, about 5 minutes."""
+    """The README's main job: the synthetic sets, a small random-init MobileNetV2, a few minutes on CPU.
+
+    One stage-2 epoch is a pass over the 512 synthetic reference images: 16 steps of 32 + 32.
+    """
     return Config(
         data=DataConfig(image_size=(128, 64), pad=4, cache_images=True),
         model=ModelConfig(backbone="mobilenet_v2", pretrained=None, stages=("layer4",), embed_dim=None),
         loss=LossConfig(),
         train=TrainConfig(pretrain_epochs=12, pretrain_batch_size=32, pretrain_lr=0.05, pretrain_weight_decay=5e-4,
-                          pretrain_milestones=(9,), epochs=6, n_target=32, n_reference=32, lr=2e-4,
-                          weight_decay=5e-4, milestones=(4,), eval_every=2),
+                          pretrain_milestones=(10,), epochs=6, n_target=32, n_reference=32, lr=2e-4,
+                          weight_decay=5e-4, milestones=(5,), eval_every=2),
         preset="demo",
     )
 
 
 def preset_smoke() -> Config:
-    """Seconds-long runs for tests: tiny synthetic sets and images."""
+    """Seconds-long runs for tests: tiny synthetic sets (72 target training images, 64 reference images,
+    9 queries: its metrics are noise) and 64×32 images. Stage 2: 5 steps of 12 + 12 per epoch."""
     return Config(
         data=DataConfig(image_size=(64, 32), pad=2, cache_images=True, synthetic_size="smoke"),
         model=ModelConfig(backbone="mobilenet_v2", pretrained=None, stages=("layer4",), embed_dim=None),
         loss=LossConfig(mining_ratio=0.05),
         train=TrainConfig(pretrain_epochs=1, pretrain_batch_size=16, pretrain_lr=0.01, pretrain_weight_decay=5e-4,
-                          epochs=2, n_target=12, n_reference=12, lr=0.01, weight_decay=5e-4, milestones=(),
+                          epochs=2, n_target=12, n_reference=12, lr=2e-4, weight_decay=5e-4, milestones=(),
                           eval_every=0, eval_batch_size=64, progress=False),
         preset="smoke",
     )
@@ -264,7 +277,7 @@ SYNTHETIC_SIZES["smoke"] = dict(target_train_ids=12, target_test_ids=8, target_c
 def get_preset(name: str) -> Config:
     """A fresh copy of a preset by name."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     return PRESETS[name]()
 
 
@@ -291,7 +304,7 @@ def from_params(params: dict[str, Any], base: str | Config | None = None) -> Con
         group, _, name = key.rpartition(".")
         group = group or _FIELD_GROUP.get(name, "")
         if group not in _GROUPS or name not in _FIELD_GROUP or _FIELD_GROUP[name] != group:
-            raise ValueError(f"unknown config field {key!r}; known: {sorted(_FIELD_GROUP)}")
+            raise ConfigError(f"unknown config field {key!r}; known: {sorted(_FIELD_GROUP)}")
         per_group[group][name] = value
     return Config(
         data=_coerce_group(cfg.data, per_group["data"], "data"),
@@ -305,3 +318,23 @@ def from_params(params: dict[str, Any], base: str | Config | None = None) -> Con
 def load_config(path: str | Path) -> Config:
     """Read a run folder's ``config.json``."""
     return Config.from_dict(json.loads(Path(path).read_text()))
+
+
+#: fields that do not change what a run computes (a run may be resumed or reused with other values)
+RUN_ONLY_FIELDS = frozenset({"progress", "log_every_s", "device", "workers", "eval_batch_size", "cache_images",
+                             "preset"})
+#: stage-2 fields that a stage-1 run ignores
+STAGE2_FIELDS = frozenset({"epochs", "epoch_length", "n_target", "n_reference", "lr", "weight_decay", "milestones",
+                           "mining_ratio", "lambda_cml", "lambda_ref", "beta", "use_mdl", "use_cml", "use_al",
+                           "use_rj", "mdl_warmup_epochs", "margin", "combine_reference_terms", "init_images"})
+
+
+def config_differences(saved: Config, cfg: Config, stage: str = "mar") -> list[str]:
+    """The fields in which ``cfg`` differs from a run's ``saved`` config, as ``"name: a there, b here"``.
+
+    Fields that do not change what is computed (:data:`RUN_ONLY_FIELDS`) are ignored, and so are the
+    stage-2 fields for a stage-1 (``"pretrain"``) run.
+    """
+    ignore = RUN_ONLY_FIELDS | (STAGE2_FIELDS if stage == "pretrain" else frozenset())
+    a, b = saved.flat(), cfg.flat()
+    return [f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in b if k not in ignore and a.get(k) != b.get(k)]

@@ -29,11 +29,13 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.config import SYNTHETIC_SIZES, Config, DataConfig, ModelConfig, load_config
+from workbench.config import SYNTHETIC_SIZES, Config, DataConfig, ModelConfig, config_differences, load_config
 from workbench.data import ImageCache, MixedLoader, Sample, Split, build_test_loader, build_train_loader, load_dataset
-from workbench.evaluation import evaluate, extract_features
+from workbench.errors import CheckpointError, ConfigError, RunFolderError, WorkbenchError
+from workbench.evaluation import evaluate
 from workbench.losses import MARLoss, agent_loss
 from workbench.models import MARNet
+from workbench.paths import resolve_path
 from workbench.runs import (
     load_checkpoint,
     new_run_dir,
@@ -50,7 +52,7 @@ log = logging.getLogger("workbench.engine")
 LOSS_TERMS = ("loss", "al", "rj", "mdl", "cml")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(WorkbenchError, RuntimeError):
     """A loss term became NaN or inf; the run folder keeps the last good checkpoint."""
 
 
@@ -92,7 +94,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available here")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available here")
     return device
 
 
@@ -126,19 +128,22 @@ def load_domains(data: DataConfig) -> tuple[Split, list[Sample]]:
     def read(name: str, root: str | None) -> Split:
         if name.startswith("synthetic"):
             if data.synthetic_size not in SYNTHETIC_SIZES:
-                raise ValueError(f"synthetic_size must be one of {sorted(SYNTHETIC_SIZES)}, got {data.synthetic_size!r}")
+                raise ConfigError(f"synthetic_size must be one of {sorted(SYNTHETIC_SIZES)}, got {data.synthetic_size!r}")
             return load_dataset(name, root, seed=data.synthetic_seed, **SYNTHETIC_SIZES[data.synthetic_size])
         return load_dataset(name, root)
 
-    target = read(data.target, data.target_root)
-    reference = read(data.reference, data.reference_root).reference()
+    target = read(data.target, resolve_path(data.target_root))
+    reference = read(data.reference, resolve_path(data.reference_root)).reference()
     return target, reference
 
 
 def build_model(model: ModelConfig, num_agents: int, *, pretrained: bool = True) -> MARNet:
     """A :class:`MARNet` from the model config (``pretrained=False`` skips the backbone weights)."""
+    weights = model.pretrained if pretrained else None
+    if weights is not None and weights != "imagenet":
+        weights = resolve_path(weights)
     return MARNet(model.backbone, model.stages, model.embed_dim, num_agents=num_agents,
-                  pretrained=model.pretrained if pretrained else None, last_stride=model.last_stride)
+                  pretrained=weights, last_stride=model.last_stride)
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> MARNet:
@@ -164,7 +169,7 @@ def init_from_checkpoint(net: MARNet, checkpoint: str | Path) -> list[str]:
     bad = [k for k in state if k not in own or own[k].shape != state[k].shape]
     missing = [k for k in own if k not in state]
     if bad or any(".attn." not in k for k in missing):
-        raise ValueError(
+        raise ConfigError(
             f"{checkpoint} does not fit this model: "
             f"{len(bad)} unexpected/mismatched keys (e.g. {bad[:3]}), missing {missing[:3]}; "
             "check backbone, stages, embed_dim and the reference set (number of agents)"
@@ -174,8 +179,71 @@ def init_from_checkpoint(net: MARNet, checkpoint: str | Path) -> list[str]:
 
 
 def build_optimizer(net: MARNet, lr: float, weight_decay: float, momentum: float) -> torch.optim.SGD:
-    """SGD with momentum; no weight decay on BatchNorm parameters and biases."""
-    return torch.optim.SGD(net.param_groups(weight_decay), lr=lr, momentum=momentum)
+    """SGD with momentum; no weight decay on BatchNorm parameters and biases; frozen parameters left out."""
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in net.param_groups(weight_decay)]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, milestones: Sequence[int],
+                    gamma: float) -> torch.optim.lr_scheduler.MultiStepLR:
+    """Step decay with the official trainer's meaning of a milestone.
+
+    The official MAR trainer calls ``lr_scheduler.step()`` at the *start* of every epoch (PyTorch
+    0.4/1.0 semantics), so milestone ``m`` decays the lr from the m-th epoch on (1-based; 0-based
+    ``m - 1``): milestones (12, 17) give 0-based epochs 11 and 16. Here the scheduler steps after
+    each epoch, so the milestones are shifted by one to match.
+    """
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, [max(0, int(m) - 1) for m in milestones], gamma)
+
+
+# ----------------------------------------------------------------------------- run folders and progress
+
+def check_run_folder(stage: str, cfg: Config, run_dir: str | Path, *, resume: bool) -> None:
+    """Refuse to start in a folder that holds another run.
+
+    Raises:
+        RunFolderError: ``run_dir`` holds a checkpoint and ``resume`` is False; or ``resume`` is True
+            and its ``config.json`` differs from ``cfg`` in a field that changes what is computed
+            (the message names each field with both values). Nothing in the folder is touched.
+    """
+    run_dir = Path(run_dir)
+    if not resume:
+        if (run_dir / "checkpoint.pt").exists():
+            raise RunFolderError(f"{run_dir} already holds a checkpoint; pass resume=True (--resume) to continue "
+                                 "it or choose another run folder")
+        return
+    saved_path = run_dir / "config.json"
+    if saved_path.is_file():
+        diff = config_differences(load_config(saved_path), cfg, stage)
+        if diff:
+            raise RunFolderError(f"{run_dir} holds a {stage} run with another configuration: {'; '.join(diff)}. "
+                                 "Resume it with its own configuration, or choose another run folder")
+
+
+class _ProgressLog:
+    """Log lines during an epoch when no progress bar is shown (not a TTY: nohup, notebooks, CI).
+
+    The first step is logged at once, then one line every ``every_s`` seconds: step/steps, images/s
+    and the epoch's ETA.
+    """
+
+    def __init__(self, stage: str, epoch: int, epochs: int, steps: int, every_s: float, *, enabled: bool) -> None:
+        self.stage, self.epoch, self.epochs, self.steps = stage, epoch, epochs, steps
+        self.every_s, self.enabled = every_s, enabled
+        self.start = self.last = time.perf_counter()
+        self.logged_first = False
+
+    def step(self, done: int, images: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.logged_first and now - self.last < self.every_s and done < self.steps:
+            return
+        self.logged_first, self.last = True, now
+        elapsed = max(now - self.start, 1e-9)
+        eta = elapsed / done * (self.steps - done)
+        log.info("%s epoch %d/%d step %d/%d: loss %.4g, %.1f images/s, epoch ETA %d:%02d", self.stage,
+                 self.epoch + 1, self.epochs, done, self.steps, loss, images / elapsed, eta // 60, eta % 60)
 
 
 # ----------------------------------------------------------------------------- the epoch loop
@@ -209,6 +277,9 @@ class Trainer:
                 dist.broadcast_object_list(holder, src=0)
                 run_dir = holder[0]
         self.run_dir = Path(run_dir)
+        if self.ctx.is_main:
+            log.info("%s: preparing %s (device %s, %d process%s)", self.stage, self.run_dir, self.ctx.device,
+                     self.ctx.world_size, "es" if self.ctx.world_size > 1 else "")
         self.resume = resume
         # weights come from the checkpoint: skip downloads and stage-1 loading
         self.resuming = resume and (self.run_dir / "checkpoint.pt").is_file()
@@ -257,8 +328,14 @@ class Trainer:
     def evaluate_target(self) -> dict:
         """Rank metrics of the current network on the target query/gallery (rank 0 only)."""
         t = self.cfg.train
-        return evaluate(self.net, self.target, image_size=self.cfg.data.image_size, batch_size=t.eval_batch_size,
-                        workers=self.cfg.data.workers, device=self.device, amp=self.use_amp, flip=t.flip_test)
+        started = time.perf_counter()
+        log.info("%s: evaluating on %d query / %d gallery images", self.stage, len(self.target.query),
+                 len(self.target.gallery))
+        metrics = evaluate(self.net, self.target, image_size=self.cfg.data.image_size, batch_size=t.eval_batch_size,
+                           workers=self.cfg.data.workers, device=self.device, amp=self.use_amp, flip=t.flip_test)
+        log.info("%s: evaluated in %.0f s: rank-1 %.1f%%, mAP %.1f%%", self.stage, time.perf_counter() - started,
+                 100 * metrics["rank1"], 100 * metrics["mAP"])
+        return metrics
 
     def state_dict(self, epoch: int) -> dict:
         return {
@@ -289,13 +366,10 @@ class Trainer:
 
     def _try_resume(self) -> bool:
         path = self.run_dir / "checkpoint.pt"
-        if not self.resume:
-            if path.exists():
-                raise FileExistsError(f"{self.run_dir} already holds a checkpoint; pass resume=True "
-                                      "(--resume) to continue it or choose another run folder")
-            return False
-        if not path.exists():
-            log.warning("resume requested but %s has no checkpoint yet: starting from scratch", self.run_dir)
+        check_run_folder(self.stage, self.cfg, self.run_dir, resume=self.resume)
+        if not self.resume or not path.exists():
+            if self.resume:
+                log.info("%s has no checkpoint yet: starting from scratch", self.run_dir)
             return False
         self.load_state(load_checkpoint(path, map_location=self.device))
         log.info("resumed %s at epoch %d", self.run_dir, self.start_epoch)
@@ -345,6 +419,8 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, desc=f"{self.stage} {epoch + 1}/{self.num_epochs}",
                    disable=not show, leave=False, dynamic_ncols=True)
         start = time.perf_counter()
+        progress = _ProgressLog(self.stage, epoch, self.num_epochs, self.steps_per_epoch,
+                                self.cfg.train.log_every_s, enabled=self.ctx.is_main and not show)
         for step, batch in enumerate(self.batches(epoch)):
             with self.autocast():
                 losses = self.compute_losses(batch, epoch)
@@ -362,6 +438,7 @@ class Trainer:
             self.steps.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
             bar.update()
+            progress.step(step + 1, images * self.ctx.world_size, row["loss"])
         bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -400,11 +477,18 @@ class Trainer:
             raise RuntimeError("DDP ranks hold different model/loss state after an epoch")
 
     def fit(self) -> RunResult:
-        """Run the remaining epochs; returns the run folder, the final metrics and the history."""
+        """Run the remaining epochs; returns the run folder, the final metrics and the history.
+
+        A fresh start writes ``config.json``; a resume never rewrites it (its configuration must
+        match, see :func:`check_run_folder`). A run is finished when ``metrics.json`` exists: it is
+        written after the last checkpoint, and a run whose last epoch is checkpointed but whose
+        metrics are missing (a crash in between) is evaluated again when resumed.
+        """
         resumed = self._try_resume()
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.run_dir / "config.json", self.cfg.to_dict())
+            if not (self.run_dir / "config.json").is_file() or not resumed:
+                write_json(self.run_dir / "config.json", self.cfg.to_dict())
         if not resumed:
             self.before_training()
         every = self.cfg.train.eval_every
@@ -437,9 +521,25 @@ class Trainer:
             self.check_synced()
             for cb in self.callbacks:
                 cb(self, epoch, row)
-        if not metrics and (self.run_dir / "metrics.json").is_file():  # resumed a finished run
-            metrics = json.loads((self.run_dir / "metrics.json").read_text())
+        if not metrics:  # resumed after the last epoch's checkpoint
+            metrics = self._finish_without_training()
         return RunResult(self.run_dir, metrics, list(self.history))
+
+    def _finish_without_training(self) -> dict:
+        """All epochs are checkpointed: reload ``metrics.json``, or evaluate and write it if missing."""
+        path = self.run_dir / "metrics.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        log.info("%s: every epoch is done but %s is missing: evaluating the final checkpoint", self.stage, path)
+        metrics: dict = {}
+        if self.ctx.is_main:
+            metrics = self.final_metrics(self.evaluate_target())
+            write_json(path, metrics)
+        if self.ctx.distributed:
+            holder = [metrics]
+            dist.broadcast_object_list(holder, src=0)
+            metrics = holder[0]
+        return metrics
 
     def final_metrics(self, metrics: dict) -> dict:
         """What ``metrics.json`` holds: the last evaluation plus the stage's extra figures."""
@@ -467,7 +567,7 @@ class PretrainTrainer(Trainer):
             pad=d.pad, workers=d.workers, seed=t.seed, rank=self.ctx.rank, world_size=self.ctx.world_size,
             cache=cache, pin_memory=self.device.type == "cuda")
         self.optimizer = build_optimizer(self.net, t.pretrain_lr, t.pretrain_weight_decay, t.momentum)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(t.pretrain_milestones), t.gamma)
+        self.scheduler = build_scheduler(self.optimizer, t.pretrain_milestones, t.gamma)
 
     @property
     def num_epochs(self) -> int:
@@ -522,27 +622,33 @@ class MARTrainer(Trainer):
         self.target, self.reference = load_domains(d)
         num_agents = len({s.pid for s in self.reference})
         self.init_checkpoint = init_checkpoint
+        if lc.init_images not in ("augmented", "clean"):
+            raise ConfigError(f"init_images must be 'augmented' (official) or 'clean', got {lc.init_images!r}")
         self.net = build_model(cfg.model, num_agents, pretrained=init_checkpoint is None and not self.resuming)
         if init_checkpoint is not None and not self.resuming:
             kept = init_from_checkpoint(self.net, init_checkpoint)
             log.info("initialized from %s%s", init_checkpoint, f" ({len(kept)} new SE keys)" if kept else "")
+        # without L_AL no loss moves the agents (the others detach them): freeze them, so that the
+        # optimizer leaves them alone (no weight decay either) and DDP expects no gradient for them
+        self.net.agents.requires_grad_(lc.use_al)
         self.model = self._wrap(_TwoDomains(self.net))
         ws = self.ctx.world_size
+        self.target_cache = ImageCache(self.target.train, d.image_size) if d.cache_images else None
         self.loader = MixedLoader(
             self.target.train, self.reference, n_target=t.n_target // ws, n_reference=t.n_reference // ws,
             image_size=d.image_size, pad=d.pad, workers=d.workers, seed=t.seed, rank=self.ctx.rank, world_size=ws,
-            target_cache=ImageCache(self.target.train, d.image_size) if d.cache_images else None,
+            target_cache=self.target_cache,
             reference_cache=ImageCache(self.reference, d.image_size) if d.cache_images else None,
-            pin_memory=self.device.type == "cuda")
+            pin_memory=self.device.type == "cuda", epoch_length=t.epoch_length)
         self.criterion = MARLoss(
             len(self.target.train), num_agents, scale=lc.scale, margin=lc.margin, mining_ratio=lc.mining_ratio,
             lambda_cml=lc.lambda_cml, lambda_ref=lc.lambda_ref, beta=lc.beta,
             mdl_warmup_epochs=lc.mdl_warmup_epochs, use_mdl=lc.use_mdl, use_cml=lc.use_cml, use_al=lc.use_al,
-            use_rj=lc.use_rj).to(self.device)
-        # hidden target identities: only for the mined-pair precision diagnostic, never for a loss
+            use_rj=lc.use_rj, combine_reference_terms=lc.combine_reference_terms).to(self.device)
+        # hidden target identities: only for the mined-pair precision diagnostic, never seen by a loss
         self._target_pids = torch.tensor([s.pid for s in self.target.train], device=self.device)
         self.optimizer = build_optimizer(self.net, t.lr, t.weight_decay, t.momentum)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(t.milestones), t.gamma)
+        self.scheduler = build_scheduler(self.optimizer, t.milestones, t.gamma)
 
     @property
     def num_epochs(self) -> int:
@@ -566,28 +672,61 @@ class MARTrainer(Trainer):
             self.extra_metrics["initial"] = {k: initial[k] for k in ("rank1", "rank5", "rank10", "mAP",
                                                                       "mAP_devkit", "mINP")}
             log.info("before joint training: rank-1 %.4f, mAP %.4f", initial["rank1"], initial["mAP"])
-        loader = build_test_loader(self.target.train, image_size=self.cfg.data.image_size,
-                                   batch_size=self.cfg.train.eval_batch_size, workers=self.cfg.data.workers)
-        feats, _, camids = extract_features(self.net, loader, device=self.device, amp=self.use_amp)
-        info = self.criterion.initialize(feats.to(self.device), self.net.agents.detach(),
-                                         torch.as_tensor(camids, device=self.device))
+        feats, camids, index = self._initialization_features()
+        info = self.criterion.initialize(feats, self.net.agents.detach(), camids, index=index)
         if self.ctx.distributed:  # identical state on every rank, whatever the kernels did
             for buf in self.criterion.buffers():
                 dist.broadcast(buf, 0)
             info["threshold"] = float(self.criterion.threshold)
         self.extra_metrics["init_threshold"] = info["threshold"]
-        log.info("initialized the multilabel memory (%d × %d), threshold T = %.4f",
-                 *self.criterion.memory.shape, info["threshold"])
+        log.info("initialized the CML centres and the threshold T = %.4f from %d %s target images",
+                 info["threshold"], len(index), self.cfg.loss.init_images)
+
+    @torch.no_grad()
+    def _initialization_features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features (eval mode) of the images that initialise the CML centres and the threshold.
+
+        ``init_images="augmented"`` (official ``init_losses``): one pass of the training target
+        loader, i.e. shuffled, augmented, full batches of ``n_target`` only (the same on every rank);
+        ``"clean"``: every target training image once with the test transform.
+
+        Returns:
+            ``(features (n, D), camids (n,), dataset indices (n,))`` on the device.
+        """
+        d, t = self.cfg.data, self.cfg.train
+        if self.cfg.loss.init_images == "augmented":
+            loader = build_train_loader(self.target.train, image_size=d.image_size, batch_size=t.n_target,
+                                        pad=d.pad, workers=d.workers, seed=t.seed + 7919, cache=self.target_cache,
+                                        labeled=False)
+            loader.sampler.set_epoch(0)
+        else:
+            loader = build_test_loader(self.target.train, image_size=d.image_size, batch_size=t.eval_batch_size,
+                                       workers=d.workers, cache=self.target_cache, labeled=False)
+        was_training = self.net.training
+        self.net.eval()
+        feats, camids, index = [], [], []
+        try:
+            with self.autocast():
+                for batch in loader:
+                    feats.append(self.net(self.to_device(batch["img"])).feature.float())
+                    camids.append(batch["camid"])
+                    index.append(batch["index"])
+        finally:
+            self.net.train(was_training)
+        return (torch.cat(feats), torch.cat(camids).to(self.device), torch.cat(index).to(self.device))
 
     def compute_losses(self, batch, epoch: int) -> dict[str, torch.Tensor]:
         target, reference = batch
         out_t, out_r = self.model(self.to_device(target["img"]), self.to_device(reference["img"]))
         index = target["index"].to(self.device, non_blocking=True)
-        return self.criterion(
+        out = self.criterion(
             reference_features=out_r.feature, reference_labels=reference["pid"].to(self.device, non_blocking=True),
             target_features=out_t.feature, target_index=index,
             target_camids=target["camid"].to(self.device, non_blocking=True), agents=self.net.agents,
-            epoch=epoch, target_pids=self._target_pids[index])
+            epoch=epoch)
+        pairs, positive = out.pop("mined_pairs"), out.pop("mined_positive")
+        out["pos_precision"] = mined_pair_precision(pairs, positive, self._target_pids)
+        return out
 
     def summarize_epoch(self, means: dict, sums: dict) -> dict:
         row = {k: v for k, v in means.items() if k not in ("n_pos", "n_neg", "pos_precision", "threshold")}
@@ -629,12 +768,11 @@ def pretrain(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = F
     Args:
         cfg: configuration (``get_preset(...)`` / ``from_params(...)``).
         run_dir: run folder (default: a new ``runs/<time>-pretrain``).
-        resume: continue the checkpoint in ``run_dir`` (a finished run is only reloaded).
+        resume: continue the run in ``run_dir`` (a finished run is only reloaded; one with another
+            configuration is refused, see :func:`check_run_folder`).
         callbacks: ``cb(trainer, epoch, row)`` after every epoch.
     """
-    if resume and run_dir is not None and (done := load_result(run_dir)) is not None:
-        return done
-    return PretrainTrainer(cfg, run_dir, resume=resume, callbacks=callbacks).fit()
+    return run_stage("pretrain", cfg, run_dir, resume=resume, callbacks=callbacks)
 
 
 def train_mar(cfg: Config, run_dir: str | Path | None = None, *, init_checkpoint: str | Path | None = None,
@@ -645,20 +783,73 @@ def train_mar(cfg: Config, run_dir: str | Path | None = None, *, init_checkpoint
         cfg: configuration.
         run_dir: run folder (default: a new ``runs/<time>-mar``).
         init_checkpoint: stage-1 checkpoint (None: no reference pretraining).
-        resume: continue the checkpoint in ``run_dir``.
+        resume: continue the run in ``run_dir`` (as in :func:`pretrain`).
         callbacks: ``cb(trainer, epoch, row)`` after every epoch.
     """
-    if resume and run_dir is not None and (done := load_result(run_dir)) is not None:
-        return done
+    return run_stage("mar", cfg, run_dir, init_checkpoint=init_checkpoint, resume=resume, callbacks=callbacks)
+
+
+def run_stage(stage: str, cfg: Config, run_dir: str | Path | None = None, *,
+              init_checkpoint: str | Path | None = None, resume: bool = False,
+              callbacks: Sequence[Callable] = ()) -> RunResult:
+    """The one way a stage starts, resumes or is reloaded (CLI, :func:`resume_run` and notebooks).
+
+    * ``resume=False``: a fresh run; a folder that already holds a checkpoint is refused.
+    * ``resume=True``: the folder's ``config.json`` must match ``cfg`` (else :class:`RunFolderError`
+      naming the fields); a finished run (``metrics.json`` present) is reloaded without building
+      model or data; an interrupted one continues from its checkpoint; an empty folder starts.
+
+    Raises:
+        ConfigError: unknown stage.
+        RunFolderError: see above.
+    """
+    if stage not in ("pretrain", "mar"):
+        raise ConfigError(f"stage must be 'pretrain' or 'mar', got {stage!r}")
+    if run_dir is not None:
+        check_run_folder(stage, cfg, run_dir, resume=resume)
+        if resume and (done := load_result(run_dir)) is not None:
+            return done
+    if stage == "pretrain":
+        return PretrainTrainer(cfg, run_dir, resume=resume, callbacks=callbacks).fit()
     return MARTrainer(cfg, run_dir, init_checkpoint=init_checkpoint, resume=resume, callbacks=callbacks).fit()
 
 
-def resume_run(run_dir: str | Path, callbacks: Sequence[Callable] = ()) -> RunResult:
-    """Continue an interrupted run with the configuration saved in its folder."""
+def resume_run(run_dir: str | Path, cfg: Config | None = None, callbacks: Sequence[Callable] = ()) -> RunResult:
+    """Continue (or reload) the run in ``run_dir``.
+
+    Args:
+        run_dir: a run folder with ``config.json`` and a checkpoint.
+        cfg: the configuration the caller expects (None: the saved one); a different one is refused.
+        callbacks: passed to the trainer.
+
+    Raises:
+        CheckpointError: ``run_dir`` holds no run to resume.
+        RunFolderError: ``cfg`` differs from the saved configuration.
+    """
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.json")
-    state = load_checkpoint(run_dir / "checkpoint.pt")
-    if state["stage"] == "pretrain":
-        return pretrain(cfg, run_dir, resume=True, callbacks=callbacks)
+    config_path, checkpoint = run_dir / "config.json", run_dir / "checkpoint.pt"
+    if not config_path.is_file() or not checkpoint.is_file():
+        raise CheckpointError(f"{run_dir} holds no run to resume (it needs config.json and checkpoint.pt)")
+    state = load_checkpoint(checkpoint)
+    cfg = load_config(config_path) if cfg is None else cfg
     init = state.get("init_checkpoint") or None
-    return train_mar(cfg, run_dir, init_checkpoint=init, resume=True, callbacks=callbacks)
+    return run_stage(state["stage"], cfg, run_dir, init_checkpoint=init, resume=True, callbacks=callbacks)
+
+
+def mined_pair_precision(pairs: torch.Tensor, positive: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+    """Share of L_MDL's mined positives that truly show one person (a diagnostic: reads hidden labels).
+
+    Args:
+        pairs: (k, 2) target dataset indices of the mined pairs (``MARLoss`` output ``mined_pairs``).
+        positive: (k,) which of them were called positive.
+        pids: (N,) true identities of the target training set.
+
+    Returns:
+        0-dim float tensor; NaN when no positive was mined.
+    """
+    n_pos = positive.sum()
+    if int(n_pos) == 0:
+        return torch.full((), float("nan"), device=pids.device)
+    pairs = pairs.to(pids.device)
+    same = pids[pairs[:, 0]] == pids[pairs[:, 1]]
+    return (same & positive.to(pids.device)).sum().float() / n_pos.float()

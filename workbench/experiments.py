@@ -51,6 +51,8 @@ if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the fu
     from workbench.config import Config
     from workbench.engine import RunResult
 
+from workbench.errors import ConfigError, MissingFileError
+
 log = logging.getLogger("workbench.experiments")
 
 STATUS_FILE = "status.json"
@@ -177,29 +179,29 @@ def load_grid(grid: Mapping[str, Sequence] | Sequence[Mapping[str, Any]] | str |
 
         path = Path(grid)
         if not path.is_file():
-            raise FileNotFoundError(f"grid file not found: {path}")
+            raise MissingFileError(f"grid file not found: {path}")
         grid = _fix_yaml_scalar(yaml.safe_load(path.read_text()))
         if grid is None:
-            raise ValueError(f"grid file {path} is empty")
+            raise ConfigError(f"grid file {path} is empty")
     if isinstance(grid, Mapping):
         if not grid:
-            raise ValueError("empty grid: give at least one parameter with a list of values")
+            raise ConfigError("empty grid: give at least one parameter with a list of values")
         keys = list(grid)
         values = [list(v) if isinstance(v, (list, tuple)) else [v] for v in grid.values()]
         for key, vals in zip(keys, values):
             if not vals:
-                raise ValueError(f"grid parameter {key!r} has no values")
+                raise ConfigError(f"grid parameter {key!r} has no values")
         points = [dict(zip(keys, combo)) for combo in itertools.product(*values)]
     elif isinstance(grid, Sequence) and not isinstance(grid, (str, bytes)):
         points = []
         for i, point in enumerate(grid):
             if not isinstance(point, Mapping):
-                raise ValueError(f"grid point {i} is not a dict of parameters: {point!r}")
+                raise ConfigError(f"grid point {i} is not a dict of parameters: {point!r}")
             points.append(dict(point))
         if not points:
-            raise ValueError("empty grid: the list of points is empty")
+            raise ConfigError("empty grid: the list of points is empty")
     else:
-        raise ValueError(f"a grid is a dict of lists, a list of dicts or a YAML file, got {type(grid).__name__}")
+        raise ConfigError(f"a grid is a dict of lists, a list of dicts or a YAML file, got {type(grid).__name__}")
     unique: list[dict[str, Any]] = []
     seen: set[str] = set()
     for point in points:
@@ -227,7 +229,7 @@ def one_at_a_time(fixed: Mapping[str, Any], grids: Mapping[str, Sequence]) -> li
     """
     unknown = set(grids) - set(fixed)
     if unknown:
-        raise ValueError(f"grids for {sorted(unknown)} have no fixed value in {sorted(fixed)}")
+        raise ConfigError(f"grids for {sorted(unknown)} have no fixed value in {sorted(fixed)}")
     points = [dict(fixed, **{name: value}) for name, values in grids.items() for value in values]
     return load_grid(points) if points else [dict(fixed)]
 
@@ -295,14 +297,14 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"notebook not found: {path}")
+        raise MissingFileError(f"notebook not found: {path}")
     return {name: info.get("default") for name, info in pm.inspect_notebook(str(path)).items()}
 
 
 def _check_params(path: Path, params: Mapping[str, Any], declared: Mapping[str, Any]) -> None:
     unknown = sorted(set(params) - set(declared))
     if unknown:
-        raise ValueError(f"{path.name} declares no parameter {', '.join(map(repr, unknown))}; "
+        raise ConfigError(f"{path.name} declares no parameter {', '.join(map(repr, unknown))}; "
                          f"its parameters: {', '.join(declared) or '(none: no cell tagged parameters)'}")
 
 
@@ -431,7 +433,7 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mappi
     for point in points:
         _check_params(nb_path, {**base, **point}, declared)
         if "out_dir" in {**base, **point}:
-            raise ValueError("out_dir is the sweep's to set (each point gets its own folder); leave it out of "
+            raise ConfigError("out_dir is the sweep's to set (each point gets its own folder); leave it out of "
                              "the grid and base_params")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -720,25 +722,12 @@ def notebook_out_dir(out_dir: str | os.PathLike | None, kind: str) -> Path:
     return path
 
 
-#: fields that do not change what a run computes (a finished run with other values is reused)
-_RUN_ONLY_FIELDS = {"progress", "device", "workers", "eval_batch_size", "cache_images", "preset"}
-#: stage-2 fields that a stage-1 run ignores
-_STAGE2_FIELDS = {"epochs", "n_target", "n_reference", "lr", "weight_decay", "milestones", "mining_ratio",
-                  "lambda_cml", "lambda_ref", "beta", "use_mdl", "use_cml", "use_al", "use_rj",
-                  "mdl_warmup_epochs", "margin"}
-
-
-def _config_differences(saved: "Config", cfg: "Config", stage: str) -> list[str]:
-    ignore = _RUN_ONLY_FIELDS | (_STAGE2_FIELDS if stage == "pretrain" else set())
-    a, b = saved.flat(), cfg.flat()
-    return [f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in b if k not in ignore and a.get(k) != b.get(k)]
-
-
 def ensure_run(stage: str, cfg: "Config", run_dir: str | os.PathLike, *,
                init_checkpoint: str | os.PathLike | None = None, callbacks: Sequence[Callable] = ()) -> "RunResult":
     """Run a training stage in ``run_dir``, or reuse it: finished → reloaded, interrupted → resumed.
 
-    This is what makes a notebook re-runnable (a failed sweep point continues where it stopped).
+    This is what makes a notebook re-runnable (a failed sweep point continues where it stopped). It
+    is the engine's one resume path (:func:`workbench.engine.run_stage` with ``resume=True``).
 
     Args:
         stage: ``"pretrain"`` (stage 1) or ``"mar"`` (stage 2).
@@ -748,26 +737,13 @@ def ensure_run(stage: str, cfg: "Config", run_dir: str | os.PathLike, *,
         callbacks: passed to the engine.
 
     Raises:
-        ValueError: an unknown stage, or ``run_dir`` holding a run of another configuration (the
-            message lists the differing fields).
+        ConfigError: an unknown stage.
+        RunFolderError: ``run_dir`` holds a run of another configuration (the message lists the
+            differing fields).
     """
-    from workbench.config import load_config
-    from workbench.engine import pretrain, train_mar
+    from workbench.engine import run_stage
 
-    if stage not in ("pretrain", "mar"):
-        raise ValueError(f"stage must be 'pretrain' or 'mar', got {stage!r}")
-    run_dir = Path(run_dir)
-    resume = (run_dir / "checkpoint.pt").is_file()
-    if resume and (run_dir / "config.json").is_file():
-        diff = _config_differences(load_config(run_dir / "config.json"), cfg, stage)
-        if diff:
-            raise ValueError(f"{run_dir} holds a {stage} run with another configuration ({'; '.join(diff[:6])}); "
-                             "choose another out_dir or delete that folder")
-    if resume:
-        log.info("%s: reusing/resuming %s", stage, run_dir)
-    if stage == "pretrain":
-        return pretrain(cfg, run_dir, resume=resume, callbacks=callbacks)
-    return train_mar(cfg, run_dir, init_checkpoint=init_checkpoint, resume=resume, callbacks=callbacks)
+    return run_stage(stage, cfg, Path(run_dir), init_checkpoint=init_checkpoint, resume=True, callbacks=callbacks)
 
 
 def record_metrics(out_dir: str | os.PathLike, metrics: Mapping[str, Any], **extra: Any) -> Path:

@@ -229,16 +229,21 @@ def joint_embedding_loss(
     agents: Tensor,
     margin: float = 1.0,
     *,
-    split_reference_terms: bool = False,
+    combine_reference_terms: bool = False,
 ) -> Tensor:
     """``L_RJ``: reference agent joint embedding (agents are detached here).
 
     An agent is "within the margin" of a feature when ``||f - a||^2 < m``, i.e. ``cos > 1 - m / 2``.
-    Terms, averaged with equal weight (DESIGN.md):
+    The loss is the unweighted mean of one list of terms (the official ``JointLoss``):
 
-    * per reference image: ``||f - a_y||^2 + mean_{a != a_y within margin} [m - ||f - a||^2]_+``
-      (the hinge part only if such an agent exists);
+    * per reference image, the pull ``||f - a_y||^2``, and, as a *separate* term when any other
+      agent is within the margin, the hinge mean ``mean_{a != a_y within margin} [m - ||f - a||^2]_+``;
     * per target image with at least one agent within the margin: the hinge mean over those agents.
+
+    So the denominator is ``Br`` plus the number of images (reference or target) that had agents
+    within the margin. ``combine_reference_terms=True`` is a variant that is *not* the official
+    code: a reference image's pull and hinge are summed into one term (denominator ``Br`` plus the
+    target images with agents within the margin), which weighs the pulls more when hinges exist.
 
     Args:
         target_features: (Bt, d) target features (Bt may be 0).
@@ -246,8 +251,8 @@ def joint_embedding_loss(
         reference_labels: (Br,) reference identities.
         agents: (Np, d) agents; detached inside.
         margin: ``m`` (official: 1).
-        split_reference_terms: the official code (``JointLoss`` in ``src/utils.py``) appends a
-            reference image's pull and hinge as two separate list entries; ``True`` reproduces that.
+        combine_reference_terms: ``False`` (default, official): pull and hinge of a reference
+            image are two list entries; ``True``: one entry ``pull + hinge`` per reference image.
 
     Returns:
         Scalar float32 loss; 0 (graph kept) when there is no term at all.
@@ -273,12 +278,12 @@ def joint_embedding_loss(
     tgt_hinge, tgt_has = hinge_rows(target_features, None)  # (Bt,), (Bt,)
 
     tgt_sum = (tgt_hinge * tgt_has).sum()
-    if split_reference_terms:
-        total = pull.sum() + (ref_hinge * ref_has).sum() + tgt_sum
-        n_terms = len(pull) + ref_has.sum() + tgt_has.sum()
-    else:
+    if combine_reference_terms:
         total = (pull + ref_hinge * ref_has).sum() + tgt_sum
         n_terms = len(pull) + tgt_has.sum()
+    else:  # official: pulls and hinges are separate entries of one list
+        total = pull.sum() + (ref_hinge * ref_has).sum() + tgt_sum
+        n_terms = len(pull) + ref_has.sum() + tgt_has.sum()
     return total / torch.clamp(torch.as_tensor(n_terms, device=total.device), min=1)
 
 
@@ -426,7 +431,8 @@ class MARLoss(nn.Module):
         threshold_momentum: weight of the batch value in T's EMA (official 0.1).
         mdl_warmup_epochs: epochs with L_MDL off and memory / threshold frozen (official 1).
         use_mdl, use_cml, use_al, use_rj: switch a term off (removed from the total, reported as 0).
-        split_reference_terms: L_RJ in the official two-entries-per-reference-image form.
+        combine_reference_terms: L_RJ variant with one ``pull + hinge`` term per reference image
+            (not the official code; see :func:`joint_embedding_loss`). Default: official.
     """
 
     def __init__(
@@ -448,7 +454,7 @@ class MARLoss(nn.Module):
         use_cml: bool = True,
         use_al: bool = True,
         use_rj: bool = True,
-        split_reference_terms: bool = False,
+        combine_reference_terms: bool = False,
     ) -> None:
         super().__init__()
         self.num_target, self.num_agents = num_target, num_agents
@@ -457,7 +463,7 @@ class MARLoss(nn.Module):
         self.memory_momentum, self.threshold_momentum = memory_momentum, threshold_momentum
         self.mdl_warmup_epochs = mdl_warmup_epochs
         self.use_mdl, self.use_cml, self.use_al, self.use_rj = use_mdl, use_cml, use_al, use_rj
-        self.split_reference_terms = split_reference_terms
+        self.combine_reference_terms = combine_reference_terms
         self.register_buffer("memory", torch.zeros(num_target, num_agents))
         self.register_buffer("visited", torch.zeros(num_target, dtype=torch.bool))
         self.register_buffer("center_mean", torch.zeros(num_agents))
@@ -474,11 +480,14 @@ class MARLoss(nn.Module):
     # ---------------------------------------------------------------- state updates (no gradient)
     @torch.no_grad()
     def initialize(self, target_features: Tensor, agents: Tensor, camids: Tensor, *,
-                   block_size: int = 1024) -> dict:
-        """Initialize memory, CML centres and threshold from the whole target training set.
+                   index: Tensor | None = None, block_size: int = 1024) -> dict:
+        """Initialize memory, CML centres and threshold from the target training set.
 
-        Memory rows get every image's multilabels (``visited`` stays False: the first visit in
-        joint training still copies, as in the official code, whose memory starts empty). Centres:
+        The official code computes them from one pass of the *training* target loader (augmented,
+        shuffled, ``drop_last``), so a few images may be missing: pass their dataset ``index``.
+        Memory rows of the given images get their multilabels (``visited`` stays False: the first
+        visit in joint training still copies, as in the official code, whose memory starts empty,
+        so these values are never read by a loss). Centres:
         per-camera mean of the log multilabels averaged over all cameras, per-camera unbiased std
         averaged over cameras with >= 2 images. Threshold: the k-th largest agreement over all
         ``C(N, 2)`` pairs, ``k = max(1, int(C(N, 2) * mining_ratio))`` (1.0 when N < 2), streamed
@@ -487,25 +496,33 @@ class MARLoss(nn.Module):
         Under DDP every rank computes it and then takes rank 0's result (broadcast).
 
         Args:
-            target_features: (N, d) features of the target training set, row i = dataset index i.
+            target_features: (n, d) features of target training images; without ``index`` row i
+                is dataset index i and n must be N.
             agents: (Np, d) agents.
-            camids: (N,) camera ids.
+            camids: (n,) camera ids.
+            index: (n,) dataset indices of the rows (None: all N images in order).
             block_size: rows per block for the multilabels and the pairwise agreements.
 
         Returns:
             ``{"threshold": float, "k": int, "num_pairs": int, "num_cameras": int}``.
         """
         n = target_features.shape[0]
-        if n != self.memory.shape[0]:
-            raise ValueError(f"initialize: got {n} target features, the memory has {self.memory.shape[0]} rows")
         device = self.memory.device
+        if index is None:
+            if n != self.memory.shape[0]:
+                raise ValueError(f"initialize: got {n} target features, the memory has {self.memory.shape[0]} rows")
+            index = torch.arange(n, device=device)
+        index = torch.as_tensor(index, device=device).long()
+        if len(index) != n or (n and (int(index.min()) < 0 or int(index.max()) >= self.memory.shape[0])):
+            raise ValueError(f"initialize: {len(index)} indices for {n} features, memory rows 0..{self.memory.shape[0] - 1}")
         feats, agents = target_features.to(device), agents.to(device)
-        log_ml = torch.empty_like(self.memory)  # (N, Np)
+        log_ml = feats.new_empty((n, self.num_agents), dtype=torch.float32)  # (n, Np)
         with torch.autocast(device_type=device.type, enabled=False):
             for r0 in range(0, n, block_size):
                 logits = _scaled_cosine(feats[r0:r0 + block_size].float(), agents.float(), self.scale)
                 log_ml[r0:r0 + block_size] = torch.log_softmax(logits, dim=1)
-                self.memory[r0:r0 + block_size] = torch.softmax(logits, dim=1)
+            multilabels = log_ml.exp()  # (n, Np)
+            self.memory[index] = multilabels
             means, stds, counts = _camera_statistics(log_ml, camids)
             del log_ml
             multi = counts >= 2
@@ -516,7 +533,7 @@ class MARLoss(nn.Module):
             if num_pairs == 0:
                 self.threshold.fill_(1.0)
             else:
-                self.threshold.copy_(_kth_largest_agreement(self.memory, k, block_size))
+                self.threshold.copy_(_kth_largest_agreement(multilabels, k, block_size))
         # every rank starts from rank 0's state, whatever float noise its own features carried
         _broadcast_from_rank0(self.memory, self.center_mean, self.center_std, self.threshold)
         self.visited.zero_()
@@ -531,7 +548,15 @@ class MARLoss(nn.Module):
         Cameras with one image are skipped; the new value is the plain average over cameras; with
         no usable camera the centres stay put. Under DDP pass the batch gathered from all ranks
         (``forward`` does).
+
+        Raises:
+            RuntimeError: the momentum is not known yet (``cml_momentum=None`` is fixed by the first
+                :meth:`forward` from its batch size); an unset momentum would move the centres
+                *away* from the batch.
         """
+        if float(self.cml_momentum) < 0:
+            raise RuntimeError("MARLoss.update_centers: the CML momentum is not set yet; pass cml_momentum=... "
+                               "to MARLoss or let forward() fix it from the first batch's size")
         log_ml = log_multilabels.detach().float()
         cams = camids.to(log_ml.device)
         means, stds, counts = _camera_statistics(log_ml, cams)
@@ -582,7 +607,6 @@ class MARLoss(nn.Module):
         target_camids: Tensor,
         agents: Tensor,
         epoch: int,
-        target_pids: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """One joint step: L_AL -> L_RJ -> target multilabels -> L_CML -> memory -> L_MDL -> T.
 
@@ -595,13 +619,14 @@ class MARLoss(nn.Module):
             agents: (Np, d) agents (gradient only through L_AL).
             epoch: 0-based epoch; ``epoch < mdl_warmup_epochs`` keeps L_MDL off and memory /
                 threshold frozen (the centres still move).
-            target_pids: (Bt,) true identities, only for the ``pos_precision`` diagnostic.
 
         Returns:
             ``loss`` (differentiable total), the unweighted detached terms ``al``, ``rj``, ``mdl``,
-            ``cml`` (0 when off), ``threshold`` (after the update), ``n_pos``, ``n_neg``, and, when
-            ``target_pids`` is given, ``pos_precision`` (true-positive fraction of the mined
-            positives; NaN when none was mined).
+            ``cml`` (0 when off), ``threshold`` (after the update), ``n_pos``, ``n_neg``, and the
+            mined pairs of L_MDL as target *dataset indices*: ``mined_pairs`` (k, 2) and
+            ``mined_positive`` (k,) bool (empty when L_MDL did not run). The loss never sees
+            identities; a caller that knows them (the trainer's mined-pair precision diagnostic)
+            looks them up by these indices.
         """
         mdl_on = self.use_mdl and epoch >= self.mdl_warmup_epochs
         if (self.use_cml or mdl_on) and not bool(self.initialized):
@@ -618,14 +643,15 @@ class MARLoss(nn.Module):
             al = zero
         if self.use_rj:
             rj = joint_embedding_loss(target_features, reference_features, reference_labels, agents,
-                                      self.margin, split_reference_terms=self.split_reference_terms)
+                                      self.margin, combine_reference_terms=self.combine_reference_terms)
             total = total + self.lambda_ref * self.beta * rj
         else:
             rj = zero
 
         cml, mdl = zero, zero
         n_pos = n_neg = torch.zeros((), dtype=torch.long, device=device)
-        stats = None
+        mined_pairs = torch.zeros((0, 2), dtype=torch.long, device=device)
+        mined_positive = torch.zeros((0,), dtype=torch.bool, device=device)
         if self.use_cml or mdl_on:
             # the global target batch (identity in one process)
             features_all = _all_gather_with_grad(target_features)
@@ -646,17 +672,12 @@ class MARLoss(nn.Module):
                                                       threshold_before, self.mining_ratio)
                 self.update_threshold(top)
                 n_pos, n_neg = stats["n_pos"], stats["n_neg"]
+                mined_pairs = index.to(device)[stats["pairs"]]  # (k, 2) dataset indices
+                mined_positive = stats["is_positive"]
                 total = total + mdl
 
         out["loss"] = total
         out.update(al=al.detach(), rj=rj.detach(), mdl=mdl.detach(), cml=cml.detach(),
-                   threshold=self.threshold.detach().clone(), n_pos=n_pos, n_neg=n_neg)
-        if target_pids is not None:
-            if stats is None:
-                out["pos_precision"] = torch.full((), float("nan"), device=device)
-            else:
-                pids = _all_gather_cat(target_pids.to(device))
-                pairs, is_pos = stats["pairs"], stats["is_positive"]
-                true_pos = (is_pos & (pids[pairs[:, 0]] == pids[pairs[:, 1]])).sum()
-                out["pos_precision"] = true_pos.float() / n_pos.float()
+                   threshold=self.threshold.detach().clone(), n_pos=n_pos, n_neg=n_neg,
+                   mined_pairs=mined_pairs, mined_positive=mined_positive)
         return out

@@ -14,11 +14,6 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _CHECKOUT = _PACKAGE_DIR.parent if (_PACKAGE_DIR.parent / "pyproject.toml").is_file() else None
 
 
-def checkout_root() -> Path | None:
-    """The source checkout holding this package, or None for an installed package."""
-    return _CHECKOUT
-
-
 def data_root() -> Path:
     """Folder for generated and cached datasets (``WORKBENCH_DATA`` overrides)."""
     env = os.environ.get("WORKBENCH_DATA")
@@ -39,13 +34,37 @@ def runs_root() -> Path:
     return Path.cwd() / "runs"
 
 
-def shared_data_root() -> Path | None:
-    """``../shared/data`` beside the checkout (the project's real-data folder), if present."""
+#: placeholder in config paths for the project's shared folder (real data and weights)
+SHARED = "${WORKBENCH_SHARED}"
+
+
+def shared_root() -> Path | None:
+    """The shared folder (``WORKBENCH_SHARED``, else ``../shared`` beside a checkout), present or not."""
     env = os.environ.get("WORKBENCH_SHARED")
-    candidates = [Path(env) / "data"] if env else []
+    if env:
+        return Path(env).expanduser()
     if _CHECKOUT is not None:
-        candidates.append(_CHECKOUT.parent / "shared" / "data")
-    for path in candidates:
-        if path.is_dir():
-            return path
+        return _CHECKOUT.parent / "shared"
     return None
+
+
+def resolve_path(value: str | os.PathLike | None) -> str | None:
+    """A config path as a real path: ``${WORKBENCH_SHARED}`` expanded, ``~`` expanded.
+
+    Presets keep the placeholder (so building a preset reads no file system and ``config.json``
+    stays portable); the engine resolves paths when a run starts.
+
+    Raises:
+        ConfigError: the path uses ``${WORKBENCH_SHARED}`` but no shared folder is known.
+    """
+    if value is None:
+        return None
+    text = str(value)
+    if SHARED in text:
+        root = shared_root()
+        if root is None:
+            from workbench.errors import ConfigError
+
+            raise ConfigError(f"{text!r} needs the shared folder: set WORKBENCH_SHARED=/path/to/shared")
+        text = text.replace(SHARED, str(root))
+    return str(Path(text).expanduser())

@@ -108,11 +108,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a workbench checkpoint with ``weights_only=True``.
 
     Raises:
-        FileNotFoundError: naming the path when it is missing.
+        CheckpointError: naming the path when it is missing (a ``FileNotFoundError``).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        from workbench.errors import CheckpointError
+
+        raise CheckpointError(f"no checkpoint at {path}")
     return torch.load(path, map_location=map_location, weights_only=True)
 
 

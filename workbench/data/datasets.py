@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+from workbench.errors import WorkbenchError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 MARKET_LAYOUT = (
@@ -34,7 +36,7 @@ CSV_LAYOUT = (
 )
 
 
-class DatasetError(ValueError):
+class DatasetError(WorkbenchError, ValueError):
     """A dataset on disk does not match the layout its reader expects."""
 
 

@@ -13,7 +13,9 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
@@ -21,7 +23,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from workbench.data.datasets import Sample
+from workbench.errors import ConfigError
 from workbench.data.transforms import EvalTransform, TrainTransform, read_image, resize
+
+log = logging.getLogger("workbench.data")
+
 
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + stream * 104_729) % (2**63))
@@ -40,16 +46,25 @@ class ImageCache:
         threads: decoding threads (decoding releases the GIL).
     """
 
-    def __init__(self, samples: Sequence[Sample], image_size: tuple[int, int], threads: int = 4) -> None:
+    def __init__(self, samples: Sequence[Sample], image_size: tuple[int, int], threads: int = 4,
+                 log_every_s: float = 10.0) -> None:
         self.image_size = tuple(image_size)
         h, w = self.image_size
-        self.images = torch.empty((len(samples), 3, h, w), dtype=torch.uint8)  # (N, 3, H, W)
+        n = len(samples)
+        self.images = torch.empty((n, 3, h, w), dtype=torch.uint8)  # (N, 3, H, W)
 
         def load(i: int) -> None:
             self.images[i] = resize(read_image(samples[i].path), self.image_size)
 
+        start = last = time.perf_counter()
+        log.info("decoding %d images at %dx%d into memory (once per run)", n, h, w)
         with ThreadPoolExecutor(max(1, threads)) as pool:
-            list(pool.map(load, range(len(samples))))
+            for done, _ in enumerate(pool.map(load, range(n)), 1):
+                now = time.perf_counter()
+                if now - last >= log_every_s and done < n:
+                    last = now
+                    log.info("decoded %d/%d images (%.0f images/s)", done, n, done / (now - start))
+        log.info("decoded %d images in %.1f s", n, time.perf_counter() - start)
         self.images.share_memory_()
 
     def __len__(self) -> int:
@@ -196,7 +211,7 @@ def build_train_loader(samples: Sequence[Sample], *, image_size: tuple[int, int]
         labeled: False hides the pids.
     """
     if len(samples) // world_size < batch_size:
-        raise ValueError(f"batch_size {batch_size} exceeds the {len(samples) // world_size} images per rank")
+        raise ConfigError(f"batch_size {batch_size} exceeds the {len(samples) // world_size} images per rank")
     dataset = ImageDataset(samples, TrainTransform(image_size, pad=pad), cache=cache, labeled=labeled)
     sampler = EpochSampler(len(samples), seed=seed, rank=rank, world_size=world_size, drop_last=True,
                            batch_size=batch_size)
@@ -215,9 +230,16 @@ def build_test_loader(samples: Sequence[Sample], *, image_size: tuple[int, int],
 class MixedLoader:
     """Batches of ``n_target`` unlabeled target images and ``n_reference`` labeled reference images.
 
-    One epoch is one pass over the target training set (``epoch_length="target"``, the official
-    MAR schedule); the reference half is drawn from an endless reshuffled stream, so the shorter
-    set cycles. ``epoch_length="longer"`` makes the epoch one pass over the larger of the two.
+    ``epoch_length="reference"`` (default, the official ``ReidTrainer.train_epoch``): one epoch is
+    one shuffled pass over the reference set (full batches only), and the target half comes from an
+    endless stream of reshuffled passes over the target set, i.e. the target loader restarts
+    whenever it runs out (with MSMT17 → Market-1501 about 687 steps of 184 + 184, the target set
+    cycling about ten times). ``epoch_length="target"`` swaps the roles: one pass over the target
+    set, the reference half streamed.
+
+    One difference from the official loaders, which do not change what a step sees: the official
+    code starts a fresh target iterator at each epoch (dropping the unfinished pass), the stream
+    here continues it into the next epoch.
 
     Args:
         target: target training samples (their pids are never yielded).
@@ -228,6 +250,7 @@ class MixedLoader:
         seed, rank, world_size: determinism and DDP sharding.
         target_cache, reference_cache: optional :class:`ImageCache` objects.
         pin_memory: pin the batches.
+        epoch_length: ``"reference"`` (official) or ``"target"``: which set one epoch passes over.
 
     Yields:
         ``(target_batch, reference_batch)`` dicts; call :meth:`set_epoch` before each epoch.
@@ -237,26 +260,28 @@ class MixedLoader:
                  n_reference: int, image_size: tuple[int, int], pad: int = 7, workers: int = 0,
                  seed: int = 0, rank: int = 0, world_size: int = 1,
                  target_cache: ImageCache | None = None, reference_cache: ImageCache | None = None,
-                 pin_memory: bool = False, epoch_length: str = "target") -> None:
+                 pin_memory: bool = False, epoch_length: str = "reference") -> None:
         if len(target) // world_size < n_target:
-            raise ValueError(f"n_target {n_target} exceeds the {len(target) // world_size} target images per rank")
-        if epoch_length not in ("target", "longer"):
-            raise ValueError(f"epoch_length must be 'target' or 'longer', got {epoch_length!r}")
-        steps = (len(target) // world_size) // n_target
-        if epoch_length == "longer":
-            steps = max(steps, (len(reference) // world_size) // n_reference)
-        self.steps = steps
+            raise ConfigError(f"n_target {n_target} exceeds the {len(target) // world_size} target images per rank")
+        if len(reference) // world_size < n_reference:
+            raise ConfigError(f"n_reference {n_reference} exceeds the {len(reference) // world_size} reference "
+                              "images per rank")
+        if epoch_length not in ("reference", "target"):
+            raise ConfigError(f"epoch_length must be 'reference' (official) or 'target', got {epoch_length!r}")
+        self.epoch_length = epoch_length
         transform = TrainTransform(image_size, pad=pad)
         target_set = ImageDataset(target, transform, cache=target_cache, labeled=False)
         reference_set = ImageDataset(reference, transform, cache=reference_cache, labeled=True)
-        if steps * n_target <= len(target) // world_size:
-            self.target_sampler: Sampler = EpochSampler(len(target), seed=seed, rank=rank, world_size=world_size,
-                                                        drop_last=True, batch_size=n_target, stream=2)
+        shard = dict(seed=seed, rank=rank, world_size=world_size)
+        if epoch_length == "reference":
+            self.steps = (len(reference) // world_size) // n_reference
+            self.reference_sampler: Sampler = EpochSampler(len(reference), drop_last=True, batch_size=n_reference,
+                                                           stream=3, **shard)
+            self.target_sampler: Sampler = StreamSampler(len(target), self.steps * n_target, stream=2, **shard)
         else:
-            self.target_sampler = StreamSampler(len(target), steps * n_target, seed=seed, rank=rank,
-                                                world_size=world_size, stream=2)
-        self.reference_sampler = StreamSampler(len(reference), steps * n_reference, seed=seed, rank=rank,
-                                               world_size=world_size, stream=3)
+            self.steps = (len(target) // world_size) // n_target
+            self.target_sampler = EpochSampler(len(target), drop_last=True, batch_size=n_target, stream=2, **shard)
+            self.reference_sampler = StreamSampler(len(reference), self.steps * n_reference, stream=3, **shard)
         w_t = math.ceil(workers / 2) if workers else 0
         self.target_loader = _loader(target_set, self.target_sampler, n_target, workers=w_t,
                                      pin_memory=pin_memory, drop_last=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
+from workbench.errors import ConfigError
 from workbench.paths import data_root
 
 _SUPERSAMPLE = 2  # draw at twice the size, then downsample with antialiasing
@@ -60,13 +61,13 @@ class SyntheticSpec:
             if f.name == "target_distractors" and value >= 0:
                 continue
             if f.name != "seed" and value < 1:
-                raise ValueError(f"SyntheticSpec.{f.name} must be >= 1, got {value}")
+                raise ConfigError(f"SyntheticSpec.{f.name} must be >= 1, got {value}")
         if self.target_cameras < 2:
-            raise ValueError("SyntheticSpec.target_cameras must be >= 2 (cross-camera matches)")
+            raise ConfigError("SyntheticSpec.target_cameras must be >= 2 (cross-camera matches)")
         if self.reference_test_ids >= self.reference_ids:
-            raise ValueError("SyntheticSpec.reference_test_ids must be < reference_ids")
+            raise ConfigError("SyntheticSpec.reference_test_ids must be < reference_ids")
         if self.height < 32 or self.width < 16:
-            raise ValueError(f"synthetic images must be at least 32×16, got {self.height}×{self.width}")
+            raise ConfigError(f"synthetic images must be at least 32×16, got {self.height}×{self.width}")
 
     def key(self) -> str:
         """A short stable hash of the parameters (names the default cache folder)."""
@@ -406,7 +407,7 @@ def ensure_synthetic(root: str | Path | None = None, **params) -> Path:
     """
     unknown = set(params) - {f.name for f in fields(SyntheticSpec)}
     if unknown:
-        raise ValueError(f"unknown synthetic parameters {sorted(unknown)}; known: "
+        raise ConfigError(f"unknown synthetic parameters {sorted(unknown)}; known: "
                          f"{[f.name for f in fields(SyntheticSpec)]}")
     spec = SyntheticSpec(**params)
     folder = Path(root).expanduser() if root is not None else data_root() / f"synthetic-{spec.key()}"
@@ -415,11 +416,11 @@ def ensure_synthetic(root: str | Path | None = None, **params) -> Path:
         found = json.loads(marker.read_text())
         wanted = asdict(spec)
         if params and any(found.get(k) != v for k, v in wanted.items()):
-            raise ValueError(f"{folder} holds a synthetic dataset with other parameters "
+            raise ConfigError(f"{folder} holds a synthetic dataset with other parameters "
                              f"({marker}); pass another root or delete it")
         return folder
     if folder.exists() and any(folder.iterdir()):
-        raise ValueError(f"{folder} exists but is not a synthetic dataset (no synthetic.json)")
+        raise ConfigError(f"{folder} exists but is not a synthetic dataset (no synthetic.json)")
     if folder.exists():
         folder.rmdir()
     generate(folder, spec)

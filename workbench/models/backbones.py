@@ -25,6 +25,8 @@ from torch import nn
 from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, mobilenet_v2 as tv_mobilenet_v2
 from torchvision.models import resnet as tv_resnet
 
+from workbench.errors import ConfigError, WorkbenchError
+
 from .layers import SEModule
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
 Pretrained = Union[None, str, os.PathLike, Mapping[str, torch.Tensor]]
 
 
-class WeightsError(RuntimeError):
+class WeightsError(WorkbenchError, RuntimeError):
     """Pretrained weights could not be found, read or matched to the model."""
 
 
@@ -57,7 +59,7 @@ def parse_stages(stages: str | Iterable[str], valid: Iterable[str] = STAGES) -> 
     names = [s.strip() for s in re.split(r"[+,]", stages)] if isinstance(stages, str) else list(stages)
     bad = [s for s in names if s not in valid]
     if bad or not names or len(set(names)) != len(names):
-        raise ValueError(
+        raise ConfigError(
             f"invalid stage selection {list(names)!r}: choose one or more distinct names among "
             f"{list(valid)} (e.g. ('layer1', 'layer3', 'layer4'))"
         )
@@ -145,7 +147,7 @@ class ResNetBackbone(StageBackbone, tv_resnet.ResNet):
             self.layer4[0].conv2.stride = (1, 1)
             self.layer4[0].downsample[0].stride = (1, 1)
         elif last_stride != 2:
-            raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
+            raise ConfigError(f"last_stride must be 1 or 2, got {last_stride}")
         self.new_key_pattern = r"\.attn\." if attn_layer is not None else None
         self.stage_channels = {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
         self.stage_strides = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 16 * last_stride}
@@ -177,7 +179,7 @@ class MobileNetV2Backbone(StageBackbone):
         if last_stride == 1:
             self.features[14].conv[1][0].stride = (1, 1)  # depthwise 3×3 of the first /32 block
         elif last_stride != 2:
-            raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
+            raise ConfigError(f"last_stride must be 1 or 2, got {last_stride}")
         self.stage_channels = {"layer1": 24, "layer2": 32, "layer3": 96, "layer4": 1280}
         self.stage_strides = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 16 * last_stride}
 
@@ -254,7 +256,8 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> d
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if not path.is_file():
-            raise WeightsError(f"weights file not found: {path}")
+            raise WeightsError(f"weights file not found: {path} (point pretrained / --pretrained at the file, "
+                               "or pass --pretrained none to start from a random init)")
         try:
             source = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
@@ -371,5 +374,5 @@ def build_backbone(name: str, *, pretrained: Pretrained = None, last_stride: int
         {'layer4': 1280}
     """
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     return BACKBONES[name](pretrained=pretrained, last_stride=last_stride)

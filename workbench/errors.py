@@ -1,0 +1,28 @@
+"""The workbench's own error types: bad input that the user can fix, reported in one line.
+
+The command line prints these as ``error: <message>`` with exit status 2 (``-v`` adds the
+traceback); any other exception is a bug and keeps its traceback. Each type also derives from the
+built-in exception that callers would expect (``ValueError``, ``FileNotFoundError`` ...), so
+``except ValueError`` around a config call keeps working.
+"""
+from __future__ import annotations
+
+
+class WorkbenchError(Exception):
+    """Base class: input the user can correct (a config value, a path, a run folder)."""
+
+
+class ConfigError(WorkbenchError, ValueError):
+    """A configuration field, preset or parameter has an unknown name or a bad value."""
+
+
+class RunFolderError(WorkbenchError, FileExistsError):
+    """A run folder holds another run: a checkpoint without ``--resume``, or another configuration."""
+
+
+class MissingFileError(WorkbenchError, FileNotFoundError):
+    """A file the input names (a notebook, a grid, a checkpoint) does not exist."""
+
+
+class CheckpointError(MissingFileError):
+    """A checkpoint file is missing."""
