@@ -34,7 +34,8 @@ _EXPORTS = {
     # training
     "pretrain": "workbench.engine", "train_mar": "workbench.engine", "resume_run": "workbench.engine", "run_stage": "workbench.engine",
     "load_result": "workbench.engine",
-    "load_model": "workbench.engine", "RunResult": "workbench.engine", "TrainingDiverged": "workbench.engine",
+    "load_model": "workbench.builders", "load_domains": "workbench.builders",
+    "build_model": "workbench.builders", "RunResult": "workbench.engine", "TrainingDiverged": "workbench.engine",
     # evaluation
     "rank_metrics": "workbench.evaluation", "evaluate": "workbench.evaluation",
     "extract_features": "workbench.evaluation", "pairwise_distance": "workbench.evaluation",

@@ -196,7 +196,7 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- evaluate / extract
 
 def _model_for(args: argparse.Namespace):
-    from workbench.engine import build_model, load_model
+    from workbench.builders import build_model, load_model
 
     if args.checkpoint:
         return load_model(args.checkpoint, "cpu")
@@ -221,7 +221,7 @@ def _image_size(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from workbench.engine import resolve_device
+    from workbench.distributed import resolve_device
     from workbench.evaluation import evaluate
     from workbench.runs import write_json
 
@@ -245,7 +245,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     import torch
 
     from workbench.data import build_test_loader
-    from workbench.engine import resolve_device
+    from workbench.distributed import resolve_device
     from workbench.evaluation import extract_features
     from workbench.runs import atomic_write_bytes
 
@@ -311,7 +311,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     root = Path(args.run_dir) if args.run_dir else new_run_dir("demo")
     print(f"demo: synthetic target + reference domains, {cfg.model.backbone}, {cfg.data.image_size[0]}x"
           f"{cfg.data.image_size[1]}, {cfg.train.pretrain_epochs} + {cfg.train.epochs} epochs → {root}")
-    from workbench.engine import load_domains
+    from workbench.builders import load_domains
 
     target, reference = load_domains(cfg.data)
     print(target.describe())

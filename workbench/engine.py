@@ -29,13 +29,21 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.config import SYNTHETIC_SIZES, Config, DataConfig, ModelConfig, config_differences, load_config
-from workbench.data import ImageCache, MixedLoader, Sample, Split, build_test_loader, build_train_loader, load_dataset
+from workbench.builders import (  # noqa: F401  (re-exported: workbench.engine.load_model ...)
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    init_from_checkpoint,
+    load_domains,
+    load_model,
+)
+from workbench.config import Config, config_differences, load_config
+from workbench.data import ImageCache, MixedLoader, build_test_loader, build_train_loader
+from workbench.distributed import Context, barrier, resolve_device, setup_context  # noqa: F401  (re-exported)
 from workbench.errors import CheckpointError, ConfigError, RunFolderError, WorkbenchError
 from workbench.evaluation import evaluate
-from workbench.losses import MARLoss, agent_loss
+from workbench.losses import LOSS_TERMS, MARLoss, agent_loss
 from workbench.models import MARNet
-from workbench.paths import resolve_path
 from workbench.runs import (
     load_checkpoint,
     new_run_dir,
@@ -49,7 +57,6 @@ from workbench.runs import (
 
 log = logging.getLogger("workbench.engine")
 
-LOSS_TERMS = ("loss", "al", "rj", "mdl", "cml")
 
 
 class TrainingDiverged(WorkbenchError, RuntimeError):
@@ -67,133 +74,6 @@ class RunResult:
     @property
     def checkpoint(self) -> Path:
         return self.run_dir / "checkpoint.pt"
-
-
-# ----------------------------------------------------------------------------- devices and processes
-
-@dataclass
-class Context:
-    """Where this process runs: device and DDP rank."""
-
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; otherwise ``torch.device(name)`` (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available here")
-    return device
-
-
-def setup_context(device: str = "auto") -> Context:
-    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1), pick the device.
-
-    NCCL on CUDA, gloo on CPU. Each rank uses ``cuda:LOCAL_RANK``.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = resolve_device(device)
-    if world_size > 1:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if dev.type == "cuda":
-            torch.cuda.set_device(local_rank)
-            dev = torch.device("cuda", local_rank)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        return Context(dev, dist.get_rank(), dist.get_world_size())
-    return Context(dev)
-
-
-def _barrier(ctx: Context) -> None:
-    if ctx.distributed:
-        dist.barrier()
-
-
-# ----------------------------------------------------------------------------- builders (config → objects)
-
-def load_domains(data: DataConfig) -> tuple[Split, list[Sample]]:
-    """The target split and the reference set (all reference identities, relabeled ``0..Np-1``)."""
-    def read(name: str, root: str | None) -> Split:
-        if name.startswith("synthetic"):
-            if data.synthetic_size not in SYNTHETIC_SIZES:
-                raise ConfigError(f"synthetic_size must be one of {sorted(SYNTHETIC_SIZES)}, got {data.synthetic_size!r}")
-            return load_dataset(name, root, seed=data.synthetic_seed, **SYNTHETIC_SIZES[data.synthetic_size])
-        return load_dataset(name, root)
-
-    target = read(data.target, resolve_path(data.target_root))
-    reference = read(data.reference, resolve_path(data.reference_root)).reference()
-    return target, reference
-
-
-def build_model(model: ModelConfig, num_agents: int, *, pretrained: bool = True) -> MARNet:
-    """A :class:`MARNet` from the model config (``pretrained=False`` skips the backbone weights)."""
-    weights = model.pretrained if pretrained else None
-    if weights is not None and weights != "imagenet":
-        weights = resolve_path(weights)
-    return MARNet(model.backbone, model.stages, model.embed_dim, num_agents=num_agents,
-                  pretrained=weights, last_stride=model.last_stride)
-
-
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> MARNet:
-    """Rebuild the network stored in a workbench checkpoint (eval mode)."""
-    state = load_checkpoint(checkpoint)
-    model_cfg = ModelConfig(**{**state["model_config"], "stages": tuple(state["model_config"]["stages"])})
-    net = build_model(model_cfg, state["num_agents"], pretrained=False)
-    net.load_state_dict(state["model"])
-    return net.to(device).eval()
-
-
-def init_from_checkpoint(net: MARNet, checkpoint: str | Path) -> list[str]:
-    """Load a stage-1 checkpoint into ``net``; keys only ``net`` has (SE modules) keep their init.
-
-    Returns:
-        The keys that kept their init.
-
-    Raises:
-        ValueError: unexpected keys or shape mismatches (another backbone, fusion or reference set).
-    """
-    state = load_checkpoint(checkpoint)["model"]
-    own = net.state_dict()
-    bad = [k for k in state if k not in own or own[k].shape != state[k].shape]
-    missing = [k for k in own if k not in state]
-    if bad or any(".attn." not in k for k in missing):
-        raise ConfigError(
-            f"{checkpoint} does not fit this model: "
-            f"{len(bad)} unexpected/mismatched keys (e.g. {bad[:3]}), missing {missing[:3]}; "
-            "check backbone, stages, embed_dim and the reference set (number of agents)"
-        )
-    net.load_state_dict(state, strict=False)
-    return missing
-
-
-def build_optimizer(net: MARNet, lr: float, weight_decay: float, momentum: float) -> torch.optim.SGD:
-    """SGD with momentum; no weight decay on BatchNorm parameters and biases; frozen parameters left out."""
-    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in net.param_groups(weight_decay)]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, milestones: Sequence[int],
-                    gamma: float) -> torch.optim.lr_scheduler.MultiStepLR:
-    """Step decay with the official trainer's meaning of a milestone.
-
-    The official MAR trainer calls ``lr_scheduler.step()`` at the *start* of every epoch (PyTorch
-    0.4/1.0 semantics), so milestone ``m`` decays the lr from the m-th epoch on (1-based; 0-based
-    ``m - 1``): milestones (12, 17) give 0-based epochs 11 and 16. Here the scheduler steps after
-    each epoch, so the milestones are shifted by one to match.
-    """
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, [max(0, int(m) - 1) for m in milestones], gamma)
 
 
 # ----------------------------------------------------------------------------- run folders and progress
@@ -292,6 +172,8 @@ class Trainer:
         if cuda:
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(cfg.train.seed)
+        self.target, self.reference = load_domains(cfg.data)
+        self.num_agents = len({s.pid for s in self.reference})
         self.history: list[dict] = []
         self.steps: list[dict] = []
         self.start_epoch = 0
@@ -309,6 +191,14 @@ class Trainer:
         raise NotImplementedError
 
     # -- shared pieces
+    def _image_cache(self, samples) -> ImageCache | None:
+        d = self.cfg.data
+        return ImageCache(samples, d.image_size) if d.cache_images else None
+
+    def _set_optimizer(self, lr: float, weight_decay: float, milestones) -> None:
+        self.optimizer = build_optimizer(self.net, lr, weight_decay, self.cfg.train.momentum)
+        self.scheduler = build_scheduler(self.optimizer, milestones, self.cfg.train.gamma)
+
     def _wrap(self, module: nn.Module) -> nn.Module:
         module = module.to(self.device)
         if self.channels_last:
@@ -502,7 +392,7 @@ class Trainer:
                 if self.ctx.is_main:
                     metrics = self.evaluate_target()
                     row |= {k: metrics[k] for k in ("rank1", "rank5", "rank10", "mAP", "mAP_devkit", "mINP")}
-                _barrier(self.ctx)
+                barrier(self.ctx)
             self.history.append(row)
             log.info("%s epoch %d/%d: %s", self.stage, epoch + 1, self.num_epochs,
                      ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
@@ -517,7 +407,7 @@ class Trainer:
                 self._write_logs()
                 if last:
                     write_json(self.run_dir / "metrics.json", metrics)
-            _barrier(self.ctx)
+            barrier(self.ctx)
             self.check_synced()
             for cb in self.callbacks:
                 cb(self, epoch, row)
@@ -557,17 +447,13 @@ class PretrainTrainer(Trainer):
     def __init__(self, cfg: Config, run_dir=None, **kw) -> None:
         super().__init__(cfg, run_dir, **kw)
         d, t = cfg.data, cfg.train
-        self.target, self.reference = load_domains(d)
-        num_agents = len({s.pid for s in self.reference})
-        self.net = build_model(cfg.model, num_agents, pretrained=not self.resuming)
+        self.net = build_model(cfg.model, self.num_agents, pretrained=not self.resuming)
         self.model = self._wrap(self.net)
-        cache = ImageCache(self.reference, d.image_size) if d.cache_images else None
         self.loader = build_train_loader(
             self.reference, image_size=d.image_size, batch_size=t.pretrain_batch_size // self.ctx.world_size,
             pad=d.pad, workers=d.workers, seed=t.seed, rank=self.ctx.rank, world_size=self.ctx.world_size,
-            cache=cache, pin_memory=self.device.type == "cuda")
-        self.optimizer = build_optimizer(self.net, t.pretrain_lr, t.pretrain_weight_decay, t.momentum)
-        self.scheduler = build_scheduler(self.optimizer, t.pretrain_milestones, t.gamma)
+            cache=self._image_cache(self.reference), pin_memory=self.device.type == "cuda")
+        self._set_optimizer(t.pretrain_lr, t.pretrain_weight_decay, t.pretrain_milestones)
 
     @property
     def num_epochs(self) -> int:
@@ -619,12 +505,10 @@ class MARTrainer(Trainer):
     def __init__(self, cfg: Config, run_dir=None, *, init_checkpoint: str | Path | None = None, **kw) -> None:
         super().__init__(cfg, run_dir, **kw)
         d, t, lc = cfg.data, cfg.train, cfg.loss
-        self.target, self.reference = load_domains(d)
-        num_agents = len({s.pid for s in self.reference})
         self.init_checkpoint = init_checkpoint
         if lc.init_images not in ("augmented", "clean"):
             raise ConfigError(f"init_images must be 'augmented' (official) or 'clean', got {lc.init_images!r}")
-        self.net = build_model(cfg.model, num_agents, pretrained=init_checkpoint is None and not self.resuming)
+        self.net = build_model(cfg.model, self.num_agents, pretrained=init_checkpoint is None and not self.resuming)
         if init_checkpoint is not None and not self.resuming:
             kept = init_from_checkpoint(self.net, init_checkpoint)
             log.info("initialized from %s%s", init_checkpoint, f" ({len(kept)} new SE keys)" if kept else "")
@@ -633,22 +517,21 @@ class MARTrainer(Trainer):
         self.net.agents.requires_grad_(lc.use_al)
         self.model = self._wrap(_TwoDomains(self.net))
         ws = self.ctx.world_size
-        self.target_cache = ImageCache(self.target.train, d.image_size) if d.cache_images else None
+        self.target_cache = self._image_cache(self.target.train)
         self.loader = MixedLoader(
             self.target.train, self.reference, n_target=t.n_target // ws, n_reference=t.n_reference // ws,
             image_size=d.image_size, pad=d.pad, workers=d.workers, seed=t.seed, rank=self.ctx.rank, world_size=ws,
             target_cache=self.target_cache,
-            reference_cache=ImageCache(self.reference, d.image_size) if d.cache_images else None,
+            reference_cache=self._image_cache(self.reference),
             pin_memory=self.device.type == "cuda", epoch_length=t.epoch_length)
         self.criterion = MARLoss(
-            len(self.target.train), num_agents, scale=lc.scale, margin=lc.margin, mining_ratio=lc.mining_ratio,
+            len(self.target.train), self.num_agents, scale=lc.scale, margin=lc.margin, mining_ratio=lc.mining_ratio,
             lambda_cml=lc.lambda_cml, lambda_ref=lc.lambda_ref, beta=lc.beta,
             mdl_warmup_epochs=lc.mdl_warmup_epochs, use_mdl=lc.use_mdl, use_cml=lc.use_cml, use_al=lc.use_al,
             use_rj=lc.use_rj, combine_reference_terms=lc.combine_reference_terms).to(self.device)
         # hidden target identities: only for the mined-pair precision diagnostic, never seen by a loss
         self._target_pids = torch.tensor([s.pid for s in self.target.train], device=self.device)
-        self.optimizer = build_optimizer(self.net, t.lr, t.weight_decay, t.momentum)
-        self.scheduler = build_scheduler(self.optimizer, t.milestones, t.gamma)
+        self._set_optimizer(t.lr, t.weight_decay, t.milestones)
 
     @property
     def num_epochs(self) -> int:

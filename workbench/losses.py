@@ -13,7 +13,7 @@ Functions map tensors to a scalar tensor (or to labels / agreements):
 agreement threshold) as buffers with ``@torch.no_grad()`` update methods, MoCo style, and runs one
 joint step in the order of the official implementation.
 
-Every function normalizes features and agents with :func:`workbench.models.layers.l2_normalize` and
+Every function normalizes features and agents with :func:`workbench.ops.l2_normalize` and
 computes in float32 with autocast disabled, whatever dtype the inputs come in.
 """
 from __future__ import annotations
@@ -23,13 +23,14 @@ import math
 from typing import Callable, TypeVar
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workbench.models.layers import l2_normalize
+from workbench.distributed import all_gather_cat, all_gather_with_grad, broadcast_from_rank0, world_size
+from workbench.ops import l2_normalize
 
 __all__ = [
+    "LOSS_TERMS",
     "soft_multilabel",
     "log_soft_multilabel",
     "agreement",
@@ -42,9 +43,12 @@ __all__ = [
 
 _F = TypeVar("_F", bound=Callable)
 
+#: the logged loss terms of a stage-2 step: the total and its four parts (unweighted)
+LOSS_TERMS = ("loss", "al", "rj", "mdl", "cml")
+
 
 # --------------------------------------------------------------------------------------------------
-# helpers: float32 without autocast, distributed gathers
+# helpers: float32 without autocast
 # --------------------------------------------------------------------------------------------------
 def _float32(fn: _F) -> _F:
     """Run ``fn`` with autocast off and its floating tensor arguments cast to float32."""
@@ -58,54 +62,6 @@ def _float32(fn: _F) -> _F:
             return fn(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()})
 
     return wrapper  # type: ignore[return-value]
-
-
-def _world_size() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
-@torch.no_grad()
-def _all_gather_cat(x: Tensor) -> Tensor:
-    """Concatenate ``x`` from all ranks along dim 0 (rank order); sizes may differ. Identity alone."""
-    world = _world_size()
-    if world == 1:
-        return x
-    x = x.contiguous()
-    size = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    sizes_int = [int(s.item()) for s in sizes]
-    longest = max(sizes_int)
-    padded = x.new_zeros((longest, *x.shape[1:]))
-    padded[: x.shape[0]] = x
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:n] for p, n in zip(parts, sizes_int)], dim=0)
-
-
-def _all_gather_with_grad(x: Tensor) -> Tensor:
-    """Concatenate equal-sized ``x`` from all ranks, keeping the autograd graph (rank order).
-
-    The backward pass sums each rank's gradient for its own slice, so a loss computed on the
-    gathered batch (identical on every rank) trains every rank's features; DDP's gradient
-    averaging then yields exactly the single-process gradient of that loss.
-    """
-    if _world_size() == 1:
-        return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x.contiguous()), dim=0)
-
-
-@torch.no_grad()
-def _broadcast_from_rank0(*tensors: Tensor) -> None:
-    """Overwrite ``tensors`` in place with rank 0's values. No-op alone."""
-    if _world_size() == 1:
-        return
-    for t in tensors:
-        dist.broadcast(t, src=0)
 
 
 def _scaled_cosine(features: Tensor, agents: Tensor, scale: float) -> Tensor:
@@ -535,7 +491,7 @@ class MARLoss(nn.Module):
             else:
                 self.threshold.copy_(_kth_largest_agreement(multilabels, k, block_size))
         # every rank starts from rank 0's state, whatever float noise its own features carried
-        _broadcast_from_rank0(self.memory, self.center_mean, self.center_std, self.threshold)
+        broadcast_from_rank0(self.memory, self.center_mean, self.center_std, self.threshold)
         self.visited.zero_()
         self.initialized.fill_(True)
         return {"threshold": float(self.threshold), "k": k, "num_pairs": num_pairs,
@@ -593,7 +549,7 @@ class MARLoss(nn.Module):
 
     @torch.no_grad()
     def _fix_cml_momentum(self, batch_images: int) -> None:
-        value = torch.tensor(batch_images * _world_size() / 10000.0, device=self.cml_momentum.device)
+        value = torch.tensor(batch_images * world_size() / 10000.0, device=self.cml_momentum.device)
         self.cml_momentum.copy_(torch.where(self.cml_momentum < 0, value, self.cml_momentum))
 
     # ---------------------------------------------------------------- one joint step
@@ -654,8 +610,8 @@ class MARLoss(nn.Module):
         mined_positive = torch.zeros((0,), dtype=torch.bool, device=device)
         if self.use_cml or mdl_on:
             # the global target batch (identity in one process)
-            features_all = _all_gather_with_grad(target_features)
-            camids_all = _all_gather_cat(target_camids.to(device))
+            features_all = all_gather_with_grad(target_features)
+            camids_all = all_gather_cat(target_camids.to(device))
             with torch.autocast(device_type=device.type, enabled=False):
                 logits = _scaled_cosine(features_all.float(), agents.detach().float(), self.scale)
             if self.use_cml:
@@ -665,7 +621,7 @@ class MARLoss(nn.Module):
                 cml = cross_view_loss(log_ml, camids_all, self.center_mean, self.center_std)
                 total = total + self.lambda_cml * cml
             if mdl_on:
-                index = _all_gather_cat(target_index.to(self.memory.device).long())
+                index = all_gather_cat(target_index.to(self.memory.device).long())
                 self.update_memory(index, torch.softmax(logits.detach(), dim=1))
                 threshold_before = self.threshold.clone()
                 mdl, top, stats = discriminative_loss(features_all, self.memory[index].to(device),

@@ -1,25 +1,10 @@
-"""Small layers shared by the model and the losses."""
+"""Small layers of the model (``l2_normalize`` lives in :mod:`workbench.ops`, shared with the losses)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-#: The official MAR code normalizes with ``x / (||x|| + 1e-7)`` (features and agents alike).
-NORM_EPS = 1e-7
-
-
-def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = NORM_EPS) -> torch.Tensor:
-    """Divide ``x`` by its L2 norm along ``dim`` plus ``eps`` (the official implementation's form).
-
-    Args:
-        x: tensor of any shape.
-        dim: dimension to normalize.
-        eps: added to the norm (not clamped), as in the official MAR code.
-
-    Returns:
-        Tensor of the same shape with (near) unit-norm slices along ``dim``.
-    """
-    return x / (x.norm(p=2, dim=dim, keepdim=True) + eps)
+from workbench.ops import NORM_EPS, l2_normalize  # noqa: F401  (re-exported)
 
 
 class SEModule(nn.Module):
