@@ -62,7 +62,7 @@ def test_marnet_output(backbone, stages):
     assert net.fusion.out_dim == fused and net.feature_dim == 32 and net.num_agents == 7
     out = net(images(4))
     assert isinstance(out, Output)
-    assert out.feature_map.shape == (4, fused) and out.feature.shape == (4, 32) and out.sim.shape == (4, 7)
+    assert out.fused.shape == (4, fused) and out.feature.shape == (4, 32) and out.sim.shape == (4, 7)
     for t in out:
         assert torch.isfinite(t).all()
     assert torch.allclose(out.feature.norm(dim=1), torch.ones(4), atol=1e-5)
@@ -78,7 +78,7 @@ def test_paper_fusion_dims_and_no_embedding():
     net = MARNet("mobilenet_v2", ("layer3", "layer4"), embed_dim=None, num_agents=3)
     out = net(images())
     assert net.feature_dim == 96 + 1280 == out.feature.shape[1]
-    assert torch.allclose(out.feature, l2_normalize(out.feature_map), atol=1e-6)  # no embedding layer
+    assert torch.allclose(out.feature, l2_normalize(out.fused), atol=1e-6)  # no embedding layer
 
 
 def test_bad_stage_name_lists_valid_names():

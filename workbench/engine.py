@@ -47,7 +47,7 @@ from workbench.models import MARNet
 from workbench.runs import (
     load_checkpoint,
     new_run_dir,
-    read_csv,
+    read_rows,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -640,7 +640,7 @@ def load_result(run_dir: str | Path) -> RunResult | None:
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").is_file():
         return None
-    history = read_csv(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else []
+    history = read_rows(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else []
     return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), history)
 
 

@@ -83,7 +83,7 @@ def write_csv(path: str | Path, rows: Iterable[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def read_csv(path: str | Path) -> list[dict]:
+def read_rows(path: str | Path) -> list[dict]:
     """Rows of a CSV written by :func:`write_csv`; numbers come back as floats, empty cells as NaN."""
     def value(text: str):
         if text == "":

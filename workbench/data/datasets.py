@@ -77,10 +77,6 @@ class Split:
     def num_train_pids(self) -> int:
         return len({s.pid for s in self.train})
 
-    @property
-    def num_train_cams(self) -> int:
-        return len({s.camid for s in self.train})
-
     def counts(self) -> dict[str, dict[str, int]]:
         """Images, identities and cameras per split."""
         out = {}
@@ -265,7 +261,7 @@ def read_msmt17(root: str | Path, name: str = "msmt17") -> Split:
 
 # ----------------------------------------------------------------------------- CSV
 
-def read_csv(path: str | Path, name: str = "csv") -> Split:
+def read_csv_dataset(path: str | Path, name: str = "csv") -> Split:
     """Read a CSV file with columns ``path,pid,camid,split`` (split: train / query / gallery).
 
     Args:
@@ -328,7 +324,7 @@ READERS: dict[str, Callable[..., Split]] = {
     "market1501": read_market1501,
     "dukemtmc": lambda root: read_market1501(root, name="dukemtmc"),
     "msmt17": read_msmt17,
-    "csv": read_csv,
+    "csv": read_csv_dataset,
     "synthetic": _synthetic("target"),
     "synthetic_reference": _synthetic("reference"),
 }

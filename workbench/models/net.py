@@ -22,7 +22,7 @@ from .layers import l2_normalize
 class Output(NamedTuple):
     """What ``MARNet`` returns, in training and in evaluation alike."""
 
-    feature_map: torch.Tensor  # (B, fused_dim) pooled + concatenated stages, before the embedding
+    fused: torch.Tensor  # (B, fused_dim) pooled + concatenated stages, before the embedding
     feature: torch.Tensor  # (B, D) L2-normalized embedding (at least float32, also under autocast)
     sim: torch.Tensor  # (B, Np) cosine similarity to the L2-normalized agents (at least float32)
 
@@ -47,7 +47,7 @@ class MARNet(nn.Module):
     Example:
         >>> net = MARNet("mobilenet_v2", ("layer3", "layer4"), 128, num_agents=10)
         >>> out = net(torch.randn(2, 3, 64, 32))
-        >>> out.feature_map.shape, out.feature.shape, out.sim.shape
+        >>> out.fused.shape, out.feature.shape, out.sim.shape
         (torch.Size([2, 1376]), torch.Size([2, 128]), torch.Size([2, 10]))
     """
 
@@ -77,7 +77,7 @@ class MARNet(nn.Module):
         return self.agents.shape[0]
 
     def forward(self, x: torch.Tensor) -> Output:
-        """Args: x: images (B, 3, H, W). Returns: ``Output(feature_map, feature, sim)``."""
+        """Args: x: images (B, 3, H, W). Returns: ``Output(fused, feature, sim)``."""
         maps = self.backbone(x, self.stages)
         fused = self.fusion(maps)  # (B, fused_dim)
         embedded = self.embedding(fused)  # (B, D)
