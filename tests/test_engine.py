@@ -303,3 +303,36 @@ def test_progress_lines_when_stderr_is_not_a_tty(data_env, tmp_path, caplog) -> 
     assert "decoding" in text and "images" in text  # the image cache says what it does
     assert "pretrain epoch 1/1 step 1/" in text and "images/s" in text and "ETA" in text
     assert "evaluating on" in text
+
+
+def test_tensorboard_events_and_projector_are_readable(stage1, tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = from_params({"preset": "smoke", "epochs": 2, "eval_every": 1})
+    result = train_mar(cfg, tmp_path / "tb", init_checkpoint=stage1.checkpoint)
+    events = EventAccumulator(str(result.run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/al", "train/rj", "train/mdl", "train/cml", "train/threshold", "train/n_pos",
+                "train/n_neg", "train/lr", "train/images_per_s", "eval/rank1", "eval/mAP", "eval/mINP"):
+        assert tag in tags, tag
+    steps = len(_rows(result.run_dir / "steps.csv"))
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(steps))
+    losses = [float(r["loss"]) for r in _rows(result.run_dir / "steps.csv")]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(losses, rel=1e-6)
+    evals = events.Scalars("eval/mAP")  # before training (step 0) and after each epoch, in percent
+    assert len(evals) == 3 and evals[-1].value == pytest.approx(100 * result.metrics["mAP"], rel=1e-5)
+    # the projector: soft multilabels and features of the target training set, sprites, metadata
+    config = (result.run_dir / "tensorboard" / "projector_config.pbtxt").read_text()
+    assert "target/soft_multilabels" in config and "target/features" in config and "sprite" in config
+    target, _ = load_domains(cfg.data)
+    meta = sorted((result.run_dir / "tensorboard").rglob("metadata.tsv"))
+    assert len(meta) == 2
+    lines = meta[0].read_text().splitlines()
+    assert lines[0] == "pid\tcamera" and len(lines) == len(target.train) + 1
+
+
+def test_no_tensorboard_writes_no_events(stage1, tmp_path) -> None:
+    cfg = from_params({"preset": "smoke", "epochs": 1, "eval_every": 0, "tensorboard": False})
+    result = train_mar(cfg, tmp_path / "notb", init_checkpoint=stage1.checkpoint)
+    assert not (result.run_dir / "tensorboard").exists()

@@ -92,6 +92,8 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", dest="amp", action="store_true", default=None,
                    help="mixed precision (fp16 on CUDA, bf16 on CPU)")
     g.add_argument("--no-amp", dest="amp", action="store_false")
+    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+                   help="write no TensorBoard event files into the run folder")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="any config field, e.g. --set lambda_cml=0 --set use_rj=false (repeatable)")
 
@@ -104,6 +106,8 @@ def _config_from_args(args: argparse.Namespace, default_preset: str = "demo", sa
     params = {name: getattr(args, name) for name in _FLAGS if getattr(args, name, None) is not None}
     if getattr(args, "amp", None) is not None:
         params["amp"] = args.amp
+    if getattr(args, "tensorboard", None) is not None:
+        params["tensorboard"] = args.tensorboard
     for item in getattr(args, "overrides", []):
         key, eq, value = item.partition("=")
         if not eq:

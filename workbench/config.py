@@ -98,6 +98,7 @@ class TrainConfig:
     channels_last: bool = True                # channels_last memory format (CUDA only)
     progress: bool = True                     # tqdm bars on a TTY; otherwise a log line every log_every_s
     log_every_s: float = 30.0                 # seconds between progress lines when stderr is not a TTY
+    tensorboard: bool = True                  # event files in <run>/tensorboard (tensorboard --logdir runs)
 
 
 @dataclass
@@ -321,7 +322,7 @@ def load_config(path: str | Path) -> Config:
 
 
 #: fields that do not change what a run computes (a run may be resumed or reused with other values)
-RUN_ONLY_FIELDS = frozenset({"progress", "log_every_s", "device", "workers", "eval_batch_size", "cache_images",
+RUN_ONLY_FIELDS = frozenset({"progress", "log_every_s", "tensorboard", "device", "workers", "eval_batch_size", "cache_images",
                              "preset"})
 #: stage-2 fields that a stage-1 run ignores
 STAGE2_FIELDS = frozenset({"epochs", "epoch_length", "n_target", "n_reference", "lr", "weight_decay", "milestones",

@@ -42,8 +42,9 @@ from workbench.data import ImageCache, MixedLoader, build_test_loader, build_tra
 from workbench.distributed import Context, barrier, resolve_device, setup_context  # noqa: F401  (re-exported)
 from workbench.errors import CheckpointError, ConfigError, RunFolderError, WorkbenchError
 from workbench.evaluation import evaluate
-from workbench.losses import LOSS_TERMS, MARLoss, agent_loss
+from workbench.losses import LOSS_TERMS, MARLoss, agent_loss, soft_multilabel
 from workbench.models import MARNet
+from workbench.tensorboard import TensorBoardLog
 from workbench.runs import (
     load_checkpoint,
     new_run_dir,
@@ -178,6 +179,7 @@ class Trainer:
         self.steps: list[dict] = []
         self.start_epoch = 0
         self.extra_metrics: dict = {}
+        self.tb: TensorBoardLog | None = None
 
     # -- to implement
     def compute_losses(self, batch, epoch: int) -> dict[str, torch.Tensor]:
@@ -311,6 +313,7 @@ class Trainer:
         start = time.perf_counter()
         progress = _ProgressLog(self.stage, epoch, self.num_epochs, self.steps_per_epoch,
                                 self.cfg.train.log_every_s, enabled=self.ctx.is_main and not show)
+        last = start
         for step, batch in enumerate(self.batches(epoch)):
             with self.autocast():
                 losses = self.compute_losses(batch, epoch)
@@ -326,6 +329,11 @@ class Trainer:
                     sums[k] += value
                     counts[k] += 1
             self.steps.append(row)
+            if self.tb is not None:
+                now = time.perf_counter()
+                self.tb.step(epoch * self.steps_per_epoch + step, row, self.optimizer.param_groups[0]["lr"],
+                             self.batch_images(batch) * self.ctx.world_size / max(now - last, 1e-9))
+                last = now
             bar.set_postfix(loss=f"{row['loss']:.3f}")
             bar.update()
             progress.step(step + 1, images * self.ctx.world_size, row["loss"])
@@ -379,6 +387,15 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not (self.run_dir / "config.json").is_file() or not resumed:
                 write_json(self.run_dir / "config.json", self.cfg.to_dict())
+            if self.cfg.train.tensorboard:
+                self.tb = TensorBoardLog(self.run_dir, purge_step=self.start_epoch * self.steps_per_epoch)
+        try:
+            return self._fit(resumed)
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+
+    def _fit(self, resumed: bool) -> RunResult:
         if not resumed:
             self.before_training()
         every = self.cfg.train.eval_every
@@ -392,6 +409,8 @@ class Trainer:
                 if self.ctx.is_main:
                     metrics = self.evaluate_target()
                     row |= {k: metrics[k] for k in ("rank1", "rank5", "rank10", "mAP", "mAP_devkit", "mINP")}
+                    if self.tb is not None:
+                        self.tb.evaluation((epoch + 1) * self.steps_per_epoch, metrics)
                 barrier(self.ctx)
             self.history.append(row)
             log.info("%s epoch %d/%d: %s", self.stage, epoch + 1, self.num_epochs,
@@ -406,6 +425,8 @@ class Trainer:
                 save_checkpoint(self.run_dir / "checkpoint.pt", self.state_dict(epoch))
                 self._write_logs()
                 if last:
+                    if self.tb is not None:
+                        self.write_projector((epoch + 1) * self.steps_per_epoch)
                     write_json(self.run_dir / "metrics.json", metrics)
             barrier(self.ctx)
             self.check_synced()
@@ -430,6 +451,9 @@ class Trainer:
             dist.broadcast_object_list(holder, src=0)
             metrics = holder[0]
         return metrics
+
+    def write_projector(self, global_step: int) -> None:
+        """Hook at the end of a run, with TensorBoard on: embeddings for the projector (stage 2)."""
 
     def final_metrics(self, metrics: dict) -> dict:
         """What ``metrics.json`` holds: the last evaluation plus the stage's extra figures."""
@@ -555,6 +579,8 @@ class MARTrainer(Trainer):
             self.extra_metrics["initial"] = {k: initial[k] for k in ("rank1", "rank5", "rank10", "mAP",
                                                                       "mAP_devkit", "mINP")}
             log.info("before joint training: rank-1 %.4f, mAP %.4f", initial["rank1"], initial["mAP"])
+            if self.tb is not None:
+                self.tb.evaluation(0, initial)
         feats, camids, index = self._initialization_features()
         info = self.criterion.initialize(feats, self.net.agents.detach(), camids, index=index)
         if self.ctx.distributed:  # identical state on every rank, whatever the kernels did
@@ -564,6 +590,26 @@ class MARTrainer(Trainer):
         self.extra_metrics["init_threshold"] = info["threshold"]
         log.info("initialized the CML centres and the threshold T = %.4f from %d %s target images",
                  info["threshold"], len(index), self.cfg.loss.init_images)
+
+    @torch.no_grad()
+    def write_projector(self, global_step: int) -> None:
+        """The target training set in TensorBoard's projector: soft multilabels and features as points,
+        the images as sprites (when cached), identity and camera as metadata."""
+        loader = build_test_loader(self.target.train, image_size=self.cfg.data.image_size,
+                                   batch_size=self.cfg.train.eval_batch_size, workers=self.cfg.data.workers,
+                                   cache=self.target_cache, labeled=False)
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            with self.autocast():
+                feats = torch.cat([self.net(self.to_device(b["img"])).feature.float() for b in loader])
+        finally:
+            self.net.train(was_training)
+        multilabels = soft_multilabel(feats, self.net.agents.detach(), self.cfg.loss.scale)  # (N, Np)
+        labels = [(s.pid, s.camid) for s in self.target.train]
+        images = self.target_cache.images if self.target_cache is not None else None
+        self.tb.projector("target/soft_multilabels", multilabels, labels, images, global_step)
+        self.tb.projector("target/features", feats, labels, images, global_step)
 
     @torch.no_grad()
     def _initialization_features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
