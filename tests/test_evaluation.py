@@ -225,7 +225,7 @@ def test_equals_reference_loop(seed, variant):
 
 def test_equals_reference_with_few_buckets(monkeypatch):
     # two buckets: almost every distance is placed by the exact (lexicographic) path
-    monkeypatch.setattr(ev, "_NUM_BUCKETS", 2)
+    monkeypatch.setattr(ev.metrics, "_NUM_BUCKETS", 2)
     qf, gf, qp, gp, qc, gc = market_like(5)
     d = pairwise_distance(qf, gf)
     d[:, ::7] = d[:, 3:4]  # ties with positives and negatives alike

@@ -1,0 +1,332 @@
+"""k-reciprocal re-ranking (Zhong et al., CVPR 2017) from features, with bounded memory.
+
+Neighbour lists from a blocked, symmetric pass over the (Q+G)² distances (never stored), sparse
+k-reciprocal vectors, and the query × gallery Jaccard distance through an inverted index.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+
+from workbench.evaluation.distance import (
+    ArrayLike,
+    Metric,
+    _block_distance,
+    _features,
+    _prepare,
+    _torch_threads,
+)
+
+__all__ = ["re_ranking"]
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# k-reciprocal re-ranking
+# --------------------------------------------------------------------------------------------
+
+def _merge_rows(top_d: torch.Tensor, top_i: torch.Tensor, r0: int, r1: int, cand_d: torch.Tensor,
+                cand_i: torch.Tensor) -> None:
+    """Keep the ``K`` smallest of the running lists of rows ``r0:r1`` and the candidates (sorted)."""
+    all_d = torch.cat([top_d[r0:r1], cand_d], dim=1)
+    all_i = torch.cat([top_i[r0:r1], cand_i], dim=1)
+    v, j = torch.topk(all_d, top_d.shape[1], dim=1, largest=False, sorted=True)
+    top_d[r0:r1] = v
+    top_i[r0:r1] = all_i.gather(1, j)
+
+
+def _offer(top_d: torch.Tensor, top_i: torch.Tensor, r0: int, r1: int, rows: torch.Tensor,
+           cols: torch.Tensor, vals: torch.Tensor) -> None:
+    """Offer candidate neighbours (row, col, distance), rows sorted, to the lists of rows r0:r1."""
+    if rows.numel() == 0:
+        return
+    count = torch.bincount(rows, minlength=r1 - r0)
+    slot = torch.arange(rows.shape[0], device=rows.device) - (torch.cumsum(count, 0) - count)[rows]
+    width = int(count.max())
+    cand_d = torch.full((r1 - r0, width), math.inf, device=vals.device)
+    cand_i = torch.full((r1 - r0, width), -1, dtype=torch.int64, device=vals.device)
+    cand_d[rows, slot] = vals
+    cand_i[rows, slot] = cols
+    _merge_rows(top_d, top_i, r0, r1, cand_d, cand_i)
+
+
+def _update_block(top_d: torch.Tensor, top_i: torch.Tensor, dblk: torch.Tensor, a0: int, b0: int) -> None:
+    """Update the neighbour lists of the rows (a0..) and, off the diagonal, of the columns (b0..)
+    of the distance block ``dblk``. Lists not yet full take the block's top-K; full lists only
+    look at the distances below their current K-th (a cheap mask), which are few."""
+    num_k = top_d.shape[1]
+    na, nb = dblk.shape
+    sides = [(a0, dblk, b0)] if a0 == b0 else [(a0, dblk, b0), (b0, dblk.t(), a0)]
+    filtered = []
+    for r0, mat, c0 in sides:
+        thr = top_d[r0:r0 + mat.shape[0], num_k - 1]
+        if bool(torch.isinf(thr).any()):  # first visit: plain top-k of the block
+            v, i = torch.topk(mat, min(num_k, mat.shape[1]), dim=1, largest=False, sorted=False)
+            _merge_rows(top_d, top_i, r0, r0 + mat.shape[0], v, i.add_(c0))
+        else:
+            filtered.append((r0, c0, thr))
+    if not filtered:
+        return
+    # one pass finds the distances below a row's or a column's current K-th distance
+    mask = None
+    for r0, c0, thr in filtered:
+        m = dblk < (thr[:, None] if r0 == a0 else thr[None, :])
+        mask = m if mask is None else mask.logical_or_(m)
+    r, c = mask.nonzero(as_tuple=True)
+    vals = dblk[r, c]
+    for r0, c0, thr in filtered:
+        if r0 == a0:  # row side (rows come sorted)
+            keep = vals < thr[r]
+            _offer(top_d, top_i, a0, a0 + na, r[keep], c[keep] + b0, vals[keep])
+        else:  # column side: group by column
+            keep = vals < thr[c]
+            cc, rr, vv = c[keep], r[keep], vals[keep]
+            order = torch.argsort(cc, stable=True)
+            _offer(top_d, top_i, b0, b0 + nb, cc[order], rr[order] + a0, vv[order])
+
+
+def _neighbours(xp: torch.Tensor, x_sq: torch.Tensor | None, num_q: int, num_k: int, block: int,
+                out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One blocked pass over the symmetric (N, N) distances (each block computed once, used for its
+    rows and its columns): the ``num_k`` nearest neighbours of every image (sorted, distances and
+    indices), every row's maximum, and the raw query × gallery distances written into ``out``."""
+    n, dev = xp.shape[0], xp.device
+    top_d = torch.full((n, num_k), math.inf, device=dev)
+    top_i = torch.full((n, num_k), -1, dtype=torch.int64, device=dev)
+    row_max = torch.zeros(n, device=dev)
+    starts = list(range(0, n, block))
+    for bi, a0 in enumerate(starts):
+        a1 = min(a0 + block, n)
+        a_sq = None if x_sq is None else x_sq[a0:a1]
+        for b0 in starts[bi:]:
+            b1 = min(b0 + block, n)
+            b_sq = None if x_sq is None else x_sq[b0:b1]
+            dblk = _block_distance(xp[a0:a1], a_sq, xp[b0:b1], b_sq)  # (na, nb)
+            torch.maximum(row_max[a0:a1], dblk.amax(1), out=row_max[a0:a1])
+            if b0 != a0:
+                torch.maximum(row_max[b0:b1], dblk.amax(0), out=row_max[b0:b1])
+            _update_block(top_d, top_i, dblk, a0, b0)
+            r1, c0 = min(a1, num_q), max(b0, num_q)  # query rows × gallery columns of this block
+            if r1 > a0 and b1 > c0:
+                out[a0:r1, c0 - num_q:b1 - num_q].copy_(dblk[: r1 - a0, c0 - b0:])
+    return top_d, top_i, row_max
+
+
+def _reciprocal(nb: torch.Tensor, width: int, rows: slice) -> torch.Tensor:
+    """(n, width) bool: is ``nb[i, t]`` (t < width) a k-reciprocal neighbour of ``i``, i.e. is ``i``
+    among the first ``width`` neighbours of ``nb[i, t]``?"""
+    fwd = nb[rows, :width]  # (n, w)
+    me = torch.arange(rows.start, rows.stop, device=nb.device)
+    return (nb[:, :width][fwd] == me[:, None, None]).any(2)  # (n, w, w) → (n, w)
+
+
+def _expansion_sets(nb: torch.Tensor, k1: int, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-reciprocal expansion sets R*(i, k1) of every image as CSR-like flat arrays ``(rows, cols)``
+    sorted by (row, col): R(i, k1) plus the R(c, k1/2) of its candidates c that share more than
+    2/3 of their members with R(i, k1)."""
+    n = nb.shape[0]
+    w1 = min(k1 + 1, n)
+    w2 = min(int(np.around(k1 / 2.0)) + 1, n)
+    rec2 = torch.cat([_reciprocal(nb, w2, slice(s, min(s + chunk, n))) for s in range(0, n, chunk)])
+    out_rows, out_cols = [], []
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        fwd = nb[s:e, :w1]  # (c, w1) candidates
+        rec1 = _reciprocal(nb, w1, slice(s, e))  # (c, w1) R(i, k1)
+        sets = nb[:, :w2][fwd]  # (c, w1, w2) first k1/2 neighbours of each candidate
+        in_set = rec2[fwd]  # (c, w1, w2) R(candidate, k1/2)
+        member = ((sets[..., None] == fwd[:, None, None, :]) & rec1[:, None, None, :]).any(-1)
+        inter = (member & in_set).sum(-1)  # (c, w1) |R(cand, k1/2) ∩ R(i, k1)|
+        size = in_set.sum(-1)
+        accept = rec1 & (inter.double() > (2.0 / 3) * size.double())
+        take = torch.cat([rec1, (in_set & accept[..., None]).flatten(1)], dim=1)
+        cols = torch.cat([fwd, sets.flatten(1)], dim=1).masked_fill_(~take, n)
+        cols = cols.sort(dim=1).values
+        first = torch.ones_like(cols, dtype=torch.bool)
+        first[:, 1:] = cols[:, 1:] != cols[:, :-1]
+        keep = first & (cols < n)
+        r, c = keep.nonzero(as_tuple=True)
+        out_rows.append(r + s)
+        out_cols.append(cols[r, c])
+    return torch.cat(out_rows), torch.cat(out_cols)
+
+
+def _pair_distance(xp: torch.Tensor, x_sq: torch.Tensor | None, i: torch.Tensor, j: torch.Tensor,
+                   chunk: int = 1 << 14) -> torch.Tensor:
+    """Distances of the pairs (i[t], j[t]), computed element-wise in chunks."""
+    out = torch.empty(i.shape[0], device=xp.device)
+    for s in range(0, i.shape[0], chunk):
+        a, b = i[s:s + chunk], j[s:s + chunk]
+        dot = (xp[a] * xp[b]).sum(1)
+        out[s:s + chunk] = (1.0 - dot) if x_sq is None else (x_sq[a] + x_sq[b] - 2.0 * dot)
+    return out.clamp_(min=0.0)
+
+
+def _segment_sum(values: torch.Tensor, segment: torch.Tensor, num: int) -> torch.Tensor:
+    return torch.zeros(num, dtype=values.dtype, device=values.device).index_add_(0, segment, values)
+
+
+def _expand_ranges(starts: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenated ranges ``starts[t] .. starts[t] + lens[t]``: (owner t of each item, item)."""
+    owner = torch.repeat_interleave(torch.arange(lens.shape[0], device=lens.device), lens)
+    first = torch.cumsum(lens, 0) - lens
+    item = torch.arange(owner.shape[0], device=lens.device) - first[owner] + starts[owner]
+    return owner, item
+
+
+def re_ranking(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,
+               metric: Metric = "cosine", device: str | torch.device | None = None,
+               block_size: int = 2048, num_stored: int = 64, jaccard_budget: int = 1 << 22,
+               num_threads: int | None = None) -> np.ndarray:
+    """k-reciprocal re-ranking (Zhong et al., CVPR 2017) from features, with bounded memory.
+
+    Same result (to float rounding) as the reference formulation on the dense distance matrices
+    (torchreid's ``re_ranking(q_g_dist, q_q_dist, g_g_dist, k1, k2, lambda_value)``): distances
+    squared and divided by their column maximum over all query + gallery images, k-reciprocal sets
+    with the 2/3 expansion, Gaussian-weighted sparse vectors V, local query expansion over the k2
+    nearest neighbours, Jaccard distance, ``final = (1 − λ)·jaccard + λ·original``.
+
+    Memory: no (Q+G)² matrix is formed. The neighbour lists come from one blocked pass over the
+    symmetric distances (each ``block_size``² block computed once); V is sparse (the expansion sets);
+    the query × gallery Jaccard distance goes through an inverted index of V, ``jaccard_budget``
+    (query entry, gallery entry) pairs at a time. The output (Q, G) float32 is the largest array.
+
+    Args:
+        qf: query features (Q, D); gf: gallery features (G, D); numpy or torch.
+        k1, k2, lambda_value: the paper's parameters (20, 6, 0.3).
+        metric: base distance, ``"cosine"`` or ``"euclidean"`` (squared), as :func:`pairwise_distance`.
+        device: where to compute (default: the device of ``qf`` if a tensor, else CPU).
+        block_size: rows/columns of one distance block.
+        num_stored: neighbours kept per image (≥ k1 + 1); distances to expansion-set members outside
+            them are recomputed from the features.
+        jaccard_budget: pairs handled at once in the Jaccard step.
+        num_threads: torch threads to use (default: the current ``torch.get_num_threads()``). On a
+            machine whose cores are busy with other work, 1 can be several times faster.
+
+    Returns:
+        float32 numpy array (Q, G): the re-ranked distances.
+
+    Example:
+        >>> q, g = torch.randn(4, 16), torch.randn(30, 16)
+        >>> re_ranking(q, g, k1=5, k2=3).shape
+        (4, 30)
+    """
+    for name, v in (("k1", k1), ("k2", k2)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if not 0.0 <= float(lambda_value) <= 1.0:
+        raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value!r}")
+    q, g = _features(qf, "qf"), _features(gf, "gf")
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"feature dimensions differ: qf has shape {tuple(q.shape)}, "
+                         f"gf has shape {tuple(g.shape)}")
+    dev = torch.device(device) if device is not None else q.device
+    num_q, num_g = q.shape[0], g.shape[0]
+    n = num_q + num_g
+    out = np.empty((num_q, num_g), dtype=np.float32)
+    if num_q == 0 or num_g == 0:
+        return out
+    x = torch.cat([q.to(dev), g.to(dev)])  # (N, D)
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+        raise ValueError("features contain NaN or inf")
+    xp, x_sq = _prepare(x, metric, inplace=True)
+    k1, k2 = int(k1), int(k2)
+    num_k = min(n, max(k1 + 1, k2, int(num_stored)))
+    with _torch_threads(num_threads):
+        return _re_rank(xp, x_sq, num_q, k1, k2, float(lambda_value), num_k, block_size, jaccard_budget, out)
+
+
+def _re_rank(xp: torch.Tensor, x_sq: torch.Tensor | None, num_q: int, k1: int, k2: int, lam: float,
+             num_k: int, block_size: int, jaccard_budget: int, out: np.ndarray) -> np.ndarray:
+    """The body of :func:`re_ranking` on prepared features ``xp`` (N, D), queries first."""
+    dev = xp.device
+    n = xp.shape[0]
+    num_g = n - num_q
+    raw = torch.empty((num_q, num_g), device=dev) if dev.type != "cpu" else torch.from_numpy(out)
+
+    # 1. neighbour lists, row maxima and the raw query × gallery distances: one blocked pass
+    top_d, nb, row_max = _neighbours(xp, x_sq, num_q, num_k, block_size, raw)
+    max_sq = (row_max * row_max).clamp_(min=torch.finfo(torch.float32).tiny)  # max of d² per row
+
+    # 2. sparse V: Gaussian weights of the (normalized, squared) distances over the expansion sets
+    v_rows, v_cols = _expansion_sets(nb, k1)
+    stored_keys = (torch.arange(n, device=dev)[:, None] * n + nb).flatten()
+    stored_keys, perm = stored_keys.sort()
+    stored_d = top_d.flatten()[perm]
+    keys = v_rows * n + v_cols
+    at = torch.searchsorted(stored_keys, keys).clamp_(max=stored_keys.shape[0] - 1)
+    found = stored_keys[at] == keys
+    dist = torch.where(found, stored_d[at], torch.zeros((), device=dev))
+    miss = (~found).nonzero(as_tuple=True)[0]
+    if miss.numel():
+        dist[miss] = _pair_distance(xp, x_sq, v_rows[miss], v_cols[miss])
+    weight = torch.exp(-(dist * dist / max_sq[v_rows]))
+    v_vals = weight / _segment_sum(weight, v_rows, n)[v_rows]
+    del stored_keys, stored_d, keys, at, found, dist, weight, top_d
+    logger.debug("re_ranking: %d V entries, %d distances recomputed", v_rows.numel(), miss.numel())
+
+    # 3. local query expansion: V_qe[i] = mean of V over the k2 nearest neighbours of i
+    if k2 != 1:
+        v_rows, v_cols, v_vals = _query_expansion(v_rows, v_cols, v_vals, nb[:, :min(k2, n)], n)
+    del nb
+
+    # 4. Jaccard distance query × gallery via an inverted index of the gallery rows of V
+    is_g = v_rows >= num_q
+    g_rows, g_cols, g_vals = v_rows[is_g] - num_q, v_cols[is_g], v_vals[is_g]
+    order = torch.argsort(g_cols, stable=True)
+    g_rows, g_cols, g_vals = g_rows[order], g_cols[order], g_vals[order]
+    col_count = torch.bincount(g_cols, minlength=n)
+    col_start = torch.cumsum(col_count, 0) - col_count
+    q_rows, q_cols, q_vals = v_rows[~is_g], v_cols[~is_g], v_vals[~is_g]
+    del v_rows, v_cols, v_vals, is_g, order
+    pairs = col_count[q_cols]  # gallery entries met by each query entry
+    q_start = torch.searchsorted(q_rows, torch.arange(num_q + 1, device=dev))
+    cum_pairs = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), torch.cumsum(pairs, 0)])
+    per_query = cum_pairs[q_start].cpu().numpy()  # pairs before each query's first entry
+    max_rows = max(1, jaccard_budget // num_g)  # dense (rows, G) scratch of the same size
+    r0 = 0
+    while r0 < num_q:
+        r1 = int(np.searchsorted(per_query, per_query[r0] + jaccard_budget, "right")) - 1
+        r1 = min(max(r1, r0 + 1), num_q, r0 + max_rows)
+        e0, e1 = int(q_start[r0]), int(q_start[r1])
+        owner, item = _expand_ranges(col_start[q_cols[e0:e1]], pairs[e0:e1])
+        vmin = torch.minimum(q_vals[e0:e1][owner], g_vals[item])
+        flat = (q_rows[e0:e1][owner] - r0) * num_g + g_rows[item]
+        del owner
+        tmin = torch.zeros((r1 - r0) * num_g, device=dev).index_add_(0, flat, vmin).view(r1 - r0, num_g)
+        del item, vmin, flat
+        jaccard = 1.0 - tmin / (2.0 - tmin)
+        block = raw[r0:r1]
+        original = block * block / max_sq[r0:r1, None]
+        block.copy_(jaccard * (1.0 - lam) + original * lam)
+        r0 = r1
+    if dev.type != "cpu":
+        out[:] = raw.cpu().numpy()
+    return out
+
+
+def _query_expansion(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, nbk: torch.Tensor,
+                     n: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sparse V_qe[i] = mean_t V[nbk[i, t]] for the CSR-like (rows, cols, vals) sorted by row."""
+    dev = rows.device
+    count = torch.bincount(rows, minlength=n)
+    start = torch.cumsum(count, 0) - count
+    k = nbk.shape[1]
+    out_r, out_c, out_v = [], [], []
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        src = nbk[s:e].flatten()  # (c*k,) rows of V to average, in neighbour order
+        owner, item = _expand_ranges(start[src], count[src])
+        dst = owner // k + s  # the row of V_qe they go to
+        keys = dst * n + cols[item]
+        keys, order = torch.sort(keys, stable=True)
+        uniq, inverse = torch.unique_consecutive(keys, return_inverse=True)
+        summed = _segment_sum(vals[item][order], inverse, uniq.shape[0])
+        out_r.append(uniq // n)
+        out_c.append(uniq % n)
+        out_v.append(summed / k)
+    return torch.cat(out_r), torch.cat(out_c), torch.cat(out_v)
