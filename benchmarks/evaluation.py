@@ -9,8 +9,8 @@ distance matrix.
 Rows of the table:
 
 * ``rank_metrics``: :func:`workbench.evaluation.rank_metrics` (both AP conventions, one pass).
-* ``per-query loop``: the straightforward numpy loop (argsort of each row, as torchreid's python
-  path), on the first ``--loop-queries`` queries, extrapolated linearly to all queries; its
+* ``per-query loop``: :func:`workbench.evaluation.rank_metrics_reference`, the straightforward numpy
+  loop (argsort of each row, as torchreid's python path), on the first ``--loop-queries`` queries, extrapolated linearly to all queries; its
   results are checked equal to ``rank_metrics`` on the same queries.
 * ``argsort of the matrix``: sorting every row alone (``np.argsort(distmat, axis=1)``).
 * ``re_ranking``: :func:`workbench.evaluation.re_ranking` from the features (Q + G = 19,281 images at
@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from workbench.evaluation import pairwise_distance, rank_metrics, re_ranking
+from workbench.evaluation import pairwise_distance, rank_metrics, rank_metrics_reference, re_ranking
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -106,29 +106,6 @@ def market_problem(seed: int, dim: int, fraction: float = 1.0, noise: float = 1.
     return features(q_pids, q_cams), features(g_pids, g_cams), q_pids, g_pids, q_cams, g_cams
 
 
-def loop_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
-    """The straightforward per-query loop: argsort each row (stable), remove, accumulate."""
-    cmcs, aps, aps_dev, inps = [], [], [], []
-    for i in range(distmat.shape[0]):
-        order = np.argsort(distmat[i], kind="stable")
-        gp, gc = g_pids[order], g_camids[order]
-        removed = (gp == -1) | ((gp == q_pids[i]) & (gc == q_camids[i]))
-        matches = (gp[~removed] == q_pids[i]).astype(np.int64)
-        if not matches.any():
-            continue
-        cmc = np.minimum(matches.cumsum(), 1)[:max_rank]
-        cmcs.append(cmc)
-        hits = np.flatnonzero(matches)
-        n = hits.size
-        precision = np.arange(1, n + 1) / (hits + 1)
-        old = np.where(hits == 0, 1.0, np.arange(n) / np.maximum(hits, 1))
-        aps.append(precision.mean())
-        aps_dev.append(np.sum((old + precision) / 2) / n)
-        inps.append(n / (hits[-1] + 1))
-    return dict(cmc=np.mean(cmcs, 0), mAP=np.mean(aps), mAP_devkit=np.mean(aps_dev),
-                mINP=np.mean(inps), num_valid=len(cmcs))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -164,7 +141,7 @@ def main() -> None:
 
     n_loop = num_q if args.loop_queries <= 0 else min(args.loop_queries, num_q)
     sub = slice(0, n_loop)
-    ref, loop_s, loop_mb, method = measure(lambda: loop_metrics(distmat[sub], qp[sub], gp, qc[sub], gc))
+    ref, loop_s, loop_mb, method = measure(lambda: rank_metrics_reference(distmat[sub], qp[sub], gp, qc[sub], gc))
     note = "all queries" if n_loop == num_q else f"{n_loop} queries: {loop_s:.2f} s, x{num_q / n_loop:.2f}"
     rows.append(("per-query loop (argsort per row)", loop_s * num_q / n_loop, loop_mb,
                  note + ("" if n_loop == num_q else " (extrapolated)")))

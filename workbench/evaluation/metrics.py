@@ -36,12 +36,36 @@ from workbench.evaluation.distance import (
     _torch_threads,
 )
 
-__all__ = ["APConvention", "rank_metrics"]
+__all__ = ["APConvention", "JUNK_PID", "valid_gallery_mask", "rank_metrics", "rank_metrics_reference"]
 
 APConvention = Literal["standard", "devkit", "both"]
 
 _NUM_BUCKETS = 4096  # resolution of the per-row bucketing in rank_metrics
 _CHUNK_ELEMENTS = 1 << 22  # distances handled at once in rank_metrics (≈ 4M, tens of MB of scratch)
+JUNK_PID = -1  # gallery images with this pid never count
+
+
+def valid_gallery_mask(q_pid: Any, q_camid: Any, g_pids: Any, g_camids: Any) -> np.ndarray:
+    """The Market-1501 junk rule: which gallery images count for a query (True = kept).
+
+    Removed: junk images (pid −1) and the images of the query's identity taken by the query's
+    camera. Distractors (pid 0) are kept: they count as wrong matches.
+
+    Args:
+        q_pid, q_camid: the query's labels; scalars, or arrays that broadcast against the gallery
+            labels, e.g. (R, 1) for R queries at once.
+        g_pids, g_camids: gallery labels, e.g. (G,).
+
+    Returns:
+        bool array of the broadcast shape, e.g. (G,) or (R, G).
+
+    Example:
+        >>> valid_gallery_mask(1, 0, [1, 1, 2, -1, 0], [0, 1, 0, 1, 0]).tolist()
+        [False, True, True, False, True]
+    """
+    g_pids, g_camids = np.asarray(g_pids), np.asarray(g_camids)
+    same_view = (g_pids == np.asarray(q_pid)) & (g_camids == np.asarray(q_camid))
+    return (g_pids != JUNK_PID) & ~same_view
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,8 +173,8 @@ def _positive_ranks(dist: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_
     — ``k`` is the positive's index within its query — and the number of positives per query.
     """
     num_q, num_g = dist.shape
-    real = np.flatnonzero(g_pids != -1)  # junk never counts
-    junk = None if real.shape[0] == num_g else torch.from_numpy(np.flatnonzero(g_pids == -1))
+    real = np.flatnonzero(g_pids != JUNK_PID)  # junk columns: left out of every row
+    junk = None if real.shape[0] == num_g else torch.from_numpy(np.flatnonzero(g_pids == JUNK_PID))
 
     # Gallery items with the query's pid: contiguous runs of the pid-sorted (non-junk) gallery.
     order = real[np.argsort(g_pids[real], kind="stable")]
@@ -161,7 +185,7 @@ def _positive_ranks(dist: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_
     within = np.arange(rows.shape[0]) - np.repeat(np.cumsum(lens) - lens, lens)
     cols = order[np.repeat(lo, lens) + within]
     d = dist[rows, cols]
-    is_pos = g_camids[cols] != q_camids[rows]
+    is_pos = valid_gallery_mask(q_pids[rows], q_camids[rows], g_pids[cols], g_camids[cols])
 
     # Positives, sorted by (query, distance, column); same-id same-camera items are removed.
     p_rows, p_cols, p_d = rows[is_pos], cols[is_pos], d[is_pos]
@@ -306,3 +330,43 @@ def rank_metrics(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_cam
             result["AP_devkit"] = spread(ap_dev)
         result.update(INP=spread(inp), first_hit=first, valid=valid)
     return result
+
+
+def rank_metrics_reference(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike,
+                           q_camids: ArrayLike, g_camids: ArrayLike, *, max_rank: int = 50,
+                           ) -> dict[str, Any]:
+    """What :func:`rank_metrics` computes, written as the plain per-query loop (slow; for tests
+    and benchmarks): stable argsort of each row, :func:`valid_gallery_mask`, ranks of the hits.
+
+    Returns:
+        the keys of ``rank_metrics(..., ap="both", per_query=True)``: ``cmc``, ``mAP``,
+        ``mAP_devkit``, ``mINP``, ``num_valid``, ``num_query`` and the per-query ``AP``,
+        ``AP_devkit``, ``INP`` (NaN where skipped), ``first_hit`` (−1 where skipped), ``valid``.
+    """
+    distmat = np.asarray(distmat)
+    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+    q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
+    num_q = distmat.shape[0]
+    ap, ap_dev, inp = np.full(num_q, np.nan), np.full(num_q, np.nan), np.full(num_q, np.nan)
+    first = np.full(num_q, -1, dtype=np.int64)
+    cmc_rows = []
+    for i in range(num_q):
+        order = np.argsort(distmat[i], kind="stable")
+        keep = valid_gallery_mask(q_pids[i], q_camids[i], g_pids[order], g_camids[order])
+        hits = np.flatnonzero(g_pids[order][keep] == q_pids[i])  # 0-based ranks of the matches
+        if hits.size == 0:
+            continue
+        n = hits.size
+        precision = np.arange(1, n + 1) / (hits + 1)
+        old_precision = np.where(hits == 0, 1.0, np.arange(n) / np.maximum(hits, 1))
+        ap[i] = precision.mean()
+        ap_dev[i] = np.sum((old_precision + precision) / 2) / n
+        inp[i] = n / (hits[-1] + 1)
+        first[i] = hits[0]
+        cmc_rows.append(np.arange(max_rank) >= hits[0])
+    valid = first >= 0
+    if not valid.any():
+        raise ValueError("no query has a valid match")
+    return dict(cmc=np.mean(cmc_rows, axis=0), mAP=ap[valid].mean(), mAP_devkit=ap_dev[valid].mean(),
+                mINP=inp[valid].mean(), num_valid=int(valid.sum()), num_query=num_q, AP=ap,
+                AP_devkit=ap_dev, INP=inp, first_hit=first, valid=valid)
