@@ -99,19 +99,25 @@ def _prepare(x: torch.Tensor, metric: str, inplace: bool = False) -> tuple[torch
             return x.div_(x.norm(dim=1, keepdim=True).clamp_min_(1e-12)), None
         return F.normalize(x, dim=1), None
     if metric == "euclidean":
-        return x, (x * x).sum(1)
+        return x, torch.bmm(x[:, None, :], x[:, :, None]).view(-1)  # (N,) row dot products, no (N, D) temporary
     raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
 
 
 def _block_distance(a: torch.Tensor, a_sq: torch.Tensor | None, b: torch.Tensor,
                     b_sq: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Distances between prepared rows ``a`` (n, D) and ``b`` (m, D), clamped at 0 → (n, m)."""
-    d = torch.mm(a, b.t(), out=out)  # (n, m)
-    if a_sq is None:  # cosine: 1 - cos
-        d.neg_().add_(1.0)
-    else:  # squared euclidean: |a|² + |b|² - 2 a·b
-        d.mul_(-2.0).add_(a_sq[:, None]).add_(b_sq[None, :])
-    return d.clamp_(min=0.0)
+    """Distances between prepared rows ``a`` (n, D) and ``b`` (m, D), clamped at 0 → (n, m).
+
+    One GEMM with the constant part already in the output (``beta = 1``), then an in-place clamp:
+    ``1 − a·b`` (cosine) or ``|a|² + |b|² − 2 a·b`` (squared Euclidean). ``out`` may be a
+    preallocated (n, m) buffer (reused: no fresh pages to fault in).
+    """
+    if out is None:
+        out = torch.empty(a.shape[0], b.shape[0], dtype=a.dtype, device=a.device)
+    if a_sq is None:  # cosine
+        out.fill_(1.0).addmm_(a, b.t(), alpha=-1.0)
+    else:  # squared euclidean
+        torch.add(a_sq[:, None], b_sq[None, :], out=out).addmm_(a, b.t(), alpha=-2.0)
+    return out.clamp_(min=0.0)
 
 
 def pairwise_distance(qf: ArrayLike, gf: ArrayLike, metric: Metric = "cosine", *,
@@ -124,7 +130,8 @@ def pairwise_distance(qf: ArrayLike, gf: ArrayLike, metric: Metric = "cosine", *
         metric: ``"cosine"`` = 1 − cosine similarity (features L2-normalized here), in [0, 2];
             ``"euclidean"`` = *squared* Euclidean distance, as torchreid's ``compute_distance_matrix``.
             Both are clamped at 0 (float rounding can make them slightly negative).
-        chunk_size: query rows per matrix product (default: about 16M distances at once).
+        chunk_size: query rows per matrix product (default: all at once on the CPU, where the
+            product is written straight into the output; about 16M distances elsewhere).
 
     Returns:
         float32 numpy array (Q, G).
@@ -146,8 +153,9 @@ def pairwise_distance(qf: ArrayLike, gf: ArrayLike, metric: Metric = "cosine", *
     if num_q == 0 or num_g == 0:
         return out
     out_t = torch.from_numpy(out)
-    step = chunk_size or max(1, (1 << 24) // max(num_g, 1))
     on_cpu = q.device.type == "cpu"
+    # on the CPU one GEMM straight into the output; elsewhere chunks of about 16M distances
+    step = chunk_size or (num_q if on_cpu else max(1, (1 << 24) // num_g))
     for s in range(0, num_q, step):
         e = min(s + step, num_q)
         a_sq = None if q_sq is None else q_sq[s:e]
