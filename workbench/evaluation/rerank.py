@@ -29,91 +29,85 @@ logger = logging.getLogger(__name__)
 # k-reciprocal re-ranking
 # --------------------------------------------------------------------------------------------
 
-def _merge_rows(top_d: torch.Tensor, top_i: torch.Tensor, r0: int, r1: int, cand_d: torch.Tensor,
-                cand_i: torch.Tensor) -> None:
-    """Keep the ``K`` smallest of the running lists of rows ``r0:r1`` and the candidates (sorted)."""
-    all_d = torch.cat([top_d[r0:r1], cand_d], dim=1)
-    all_i = torch.cat([top_i[r0:r1], cand_i], dim=1)
-    v, j = torch.topk(all_d, top_d.shape[1], dim=1, largest=False, sorted=True)
-    top_d[r0:r1] = v
-    top_i[r0:r1] = all_i.gather(1, j)
-
-
-def _offer(top_d: torch.Tensor, top_i: torch.Tensor, r0: int, r1: int, rows: torch.Tensor,
+def _offer(top_d: torch.Tensor, top_i: torch.Tensor, bound: torch.Tensor, rows: torch.Tensor,
            cols: torch.Tensor, vals: torch.Tensor) -> None:
-    """Offer candidate neighbours (row, col, distance), rows sorted, to the lists of rows r0:r1."""
+    """Merge candidate neighbours (row, col, distance), grouped by row, into the running lists of
+    the rows they touch (unsorted, ``K`` wide) and update those rows' bounds (their K-th distance)."""
     if rows.numel() == 0:
         return
-    count = torch.bincount(rows, minlength=r1 - r0)
-    slot = torch.arange(rows.shape[0], device=rows.device) - (torch.cumsum(count, 0) - count)[rows]
-    width = int(count.max())
-    cand_d = torch.full((r1 - r0, width), math.inf, device=vals.device)
-    cand_i = torch.full((r1 - r0, width), -1, dtype=torch.int64, device=vals.device)
-    cand_d[rows, slot] = vals
-    cand_i[rows, slot] = cols
-    _merge_rows(top_d, top_i, r0, r1, cand_d, cand_i)
-
-
-def _update_block(top_d: torch.Tensor, top_i: torch.Tensor, dblk: torch.Tensor, a0: int, b0: int) -> None:
-    """Update the neighbour lists of the rows (a0..) and, off the diagonal, of the columns (b0..)
-    of the distance block ``dblk``. Lists not yet full take the block's top-K; full lists only
-    look at the distances below their current K-th (a cheap mask), which are few."""
     num_k = top_d.shape[1]
-    na, nb = dblk.shape
-    sides = [(a0, dblk, b0)] if a0 == b0 else [(a0, dblk, b0), (b0, dblk.t(), a0)]
-    filtered = []
-    for r0, mat, c0 in sides:
-        thr = top_d[r0:r0 + mat.shape[0], num_k - 1]
-        if bool(torch.isinf(thr).any()):  # first visit: plain top-k of the block
-            v, i = torch.topk(mat, min(num_k, mat.shape[1]), dim=1, largest=False, sorted=False)
-            _merge_rows(top_d, top_i, r0, r0 + mat.shape[0], v, i.add_(c0))
-        else:
-            filtered.append((r0, c0, thr))
-    if not filtered:
-        return
-    # one pass finds the distances below a row's or a column's current K-th distance
-    mask = None
-    for r0, c0, thr in filtered:
-        m = dblk < (thr[:, None] if r0 == a0 else thr[None, :])
-        mask = m if mask is None else mask.logical_or_(m)
-    r, c = mask.nonzero(as_tuple=True)
-    vals = dblk[r, c]
-    for r0, c0, thr in filtered:
-        if r0 == a0:  # row side (rows come sorted)
-            keep = vals < thr[r]
-            _offer(top_d, top_i, a0, a0 + na, r[keep], c[keep] + b0, vals[keep])
-        else:  # column side: group by column
-            keep = vals < thr[c]
-            cc, rr, vv = c[keep], r[keep], vals[keep]
-            order = torch.argsort(cc, stable=True)
-            _offer(top_d, top_i, b0, b0 + nb, cc[order], rr[order] + a0, vv[order])
+    touched, count = torch.unique_consecutive(rows, return_counts=True)
+    owner = torch.repeat_interleave(torch.arange(touched.shape[0], device=rows.device), count)
+    slot = torch.arange(rows.shape[0], device=rows.device) - (torch.cumsum(count, 0) - count)[owner]
+    width = num_k + int(count.max())
+    cand_d = torch.full((touched.shape[0], width), math.inf, device=vals.device)  # (T, K + c)
+    cand_i = torch.empty((touched.shape[0], width), dtype=top_i.dtype, device=vals.device)
+    cand_d[:, :num_k], cand_i[:, :num_k] = top_d[touched], top_i[touched]
+    cand_d[owner, num_k + slot], cand_i[owner, num_k + slot] = vals, cols
+    v, j = torch.topk(cand_d, num_k, dim=1, largest=False, sorted=False)
+    top_d[touched], top_i[touched] = v, cand_i.gather(1, j)
+    bound[touched] = v.amax(1)
 
 
 def _neighbours(xp: torch.Tensor, x_sq: torch.Tensor | None, num_q: int, num_k: int, block: int,
                 out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One blocked pass over the symmetric (N, N) distances (each block computed once, used for its
-    rows and its columns): the ``num_k`` nearest neighbours of every image (sorted, distances and
-    indices), every row's maximum, and the raw query × gallery distances written into ``out``."""
+    """One blocked pass over the symmetric (N, N) distances, each block computed once and used for
+    its rows and its columns: the ``num_k`` nearest neighbours of every image (sorted: distances and
+    indices), every row's maximum, and the raw query × gallery distances written into ``out``.
+
+    The diagonal blocks come first: the top-``num_k`` of a row within its own block is its first
+    list, and the list's largest distance bounds the row's true ``num_k``-th distance from above.
+    Every other block then only offers the few distances below the bound of their row or column
+    (two compares and a nonzero over the block), and the bounds tighten as the lists improve.
+    """
     n, dev = xp.shape[0], xp.device
-    top_d = torch.full((n, num_k), math.inf, device=dev)
-    top_i = torch.full((n, num_k), -1, dtype=torch.int64, device=dev)
-    row_max = torch.zeros(n, device=dev)
     starts = list(range(0, n, block))
-    for bi, a0 in enumerate(starts):
+    top_d = torch.full((n, num_k), math.inf, device=dev)  # (N, K) unsorted until the end
+    top_i = torch.full((n, num_k), -1, dtype=torch.int64, device=dev)
+    row_max = torch.empty(n, device=dev)
+    side = min(block, n)
+    scratch = torch.empty(side * side, device=dev)  # one block of distances, reused
+    below_row = torch.empty(side * side, dtype=torch.bool, device=dev)
+    below_col = torch.empty(side * side, dtype=torch.bool, device=dev)
+
+    def distances(a0: int, a1: int, b0: int, b1: int) -> torch.Tensor:
+        d = scratch[:(a1 - a0) * (b1 - b0)].view(a1 - a0, b1 - b0)
+        _block_distance(xp[a0:a1], None if x_sq is None else x_sq[a0:a1], xp[b0:b1],
+                        None if x_sq is None else x_sq[b0:b1], out=d)
+        r1, c0 = min(a1, num_q), max(b0, num_q)  # query rows × gallery columns of this block
+        if r1 > a0 and b1 > c0:
+            out[a0:r1, c0 - num_q:b1 - num_q].copy_(d[:r1 - a0, c0 - b0:])
+        return d
+
+    for a0 in starts:  # diagonal blocks: first lists and bounds
         a1 = min(a0 + block, n)
-        a_sq = None if x_sq is None else x_sq[a0:a1]
-        for b0 in starts[bi:]:
+        d = distances(a0, a1, a0, a1)  # (na, na)
+        row_max[a0:a1] = d.amax(1)
+        k = min(num_k, a1 - a0)
+        v, i = torch.topk(d, k, dim=1, largest=False, sorted=False)
+        top_d[a0:a1, :k], top_i[a0:a1, :k] = v, i.add_(a0)
+    bound = top_d.amax(1)  # (N,) inf while a list holds fewer than K images
+
+    for bi, a0 in enumerate(starts):  # the blocks above the diagonal, for their rows and columns
+        a1 = min(a0 + block, n)
+        for b0 in starts[bi + 1:]:
             b1 = min(b0 + block, n)
-            b_sq = None if x_sq is None else x_sq[b0:b1]
-            dblk = _block_distance(xp[a0:a1], a_sq, xp[b0:b1], b_sq)  # (na, nb)
-            torch.maximum(row_max[a0:a1], dblk.amax(1), out=row_max[a0:a1])
-            if b0 != a0:
-                torch.maximum(row_max[b0:b1], dblk.amax(0), out=row_max[b0:b1])
-            _update_block(top_d, top_i, dblk, a0, b0)
-            r1, c0 = min(a1, num_q), max(b0, num_q)  # query rows × gallery columns of this block
-            if r1 > a0 and b1 > c0:
-                out[a0:r1, c0 - num_q:b1 - num_q].copy_(dblk[: r1 - a0, c0 - b0:])
-    return top_d, top_i, row_max
+            d = distances(a0, a1, b0, b1)  # (na, nb)
+            torch.maximum(row_max[a0:a1], d.amax(1), out=row_max[a0:a1])
+            torch.maximum(row_max[b0:b1], d.amax(0), out=row_max[b0:b1])
+            size = d.numel()
+            bound_a, bound_b = bound[a0:a1], bound[b0:b1]
+            mask = torch.lt(d, bound_a[:, None], out=below_row[:size].view_as(d))
+            mask.logical_or_(torch.lt(d, bound_b[None, :], out=below_col[:size].view_as(d)))
+            r, c = mask.nonzero(as_tuple=True)  # row-major: grouped by row
+            vals = d[r, c]
+            keep = vals < bound_a[r]
+            _offer(top_d, top_i, bound, r[keep] + a0, c[keep] + b0, vals[keep])
+            keep = vals < bound_b[c]
+            c, order = torch.sort(c[keep], stable=True)  # group the column side by column
+            _offer(top_d, top_i, bound, c + b0, r[keep][order] + a0, vals[keep][order])
+    top_d, order = torch.sort(top_d, dim=1)
+    return top_d, top_i.gather(1, order), row_max
 
 
 def _reciprocal(nb: torch.Tensor, width: int, rows: slice) -> torch.Tensor:
