@@ -150,12 +150,16 @@ def _expansion_sets(nb: torch.Tensor, k1: int, chunk: int = 2048) -> tuple[torch
 
 
 def _pair_distance(xp: torch.Tensor, x_sq: torch.Tensor | None, i: torch.Tensor, j: torch.Tensor,
-                   chunk: int = 1 << 14) -> torch.Tensor:
-    """Distances of the pairs (i[t], j[t]), computed element-wise in chunks."""
+                   chunk: int = 1024) -> torch.Tensor:
+    """Distances of the pairs (i[t], j[t]): rows gathered ``chunk`` pairs at a time into two reused
+    (chunk, D) buffers (small enough to stay in cache), then row-wise dot products."""
     out = torch.empty(i.shape[0], device=xp.device)
+    a_buf = torch.empty(min(chunk, i.shape[0]), xp.shape[1], device=xp.device)
+    b_buf = torch.empty_like(a_buf)
     for s in range(0, i.shape[0], chunk):
         a, b = i[s:s + chunk], j[s:s + chunk]
-        dot = (xp[a] * xp[b]).sum(1)
+        rows_a = torch.index_select(xp, 0, a, out=a_buf[:a.shape[0]])
+        dot = rows_a.mul_(torch.index_select(xp, 0, b, out=b_buf[:b.shape[0]])).sum(1)
         out[s:s + chunk] = (1.0 - dot) if x_sq is None else (x_sq[a] + x_sq[b] - 2.0 * dot)
     return out.clamp_(min=0.0)
 
@@ -164,12 +168,13 @@ def _segment_sum(values: torch.Tensor, segment: torch.Tensor, num: int) -> torch
     return torch.zeros(num, dtype=values.dtype, device=values.device).index_add_(0, segment, values)
 
 
-def _expand_ranges(starts: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenated ranges ``starts[t] .. starts[t] + lens[t]``: (owner t of each item, item)."""
-    owner = torch.repeat_interleave(torch.arange(lens.shape[0], device=lens.device), lens)
+def _expand_ranges(starts: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """The concatenated ranges ``starts[t] .. starts[t] + lens[t]`` (the owner t of each item is
+    ``repeat_interleave(arange(T), lens)``; callers repeat the owners' values the same way)."""
     first = torch.cumsum(lens, 0) - lens
-    item = torch.arange(owner.shape[0], device=lens.device) - first[owner] + starts[owner]
-    return owner, item
+    total = int(first[-1] + lens[-1]) if lens.numel() else 0
+    shift = torch.repeat_interleave(starts - first, lens, output_size=total)
+    return shift.add_(torch.arange(total, device=lens.device))
 
 
 def re_ranking(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,
@@ -248,59 +253,88 @@ def _re_rank(xp: torch.Tensor, x_sq: torch.Tensor | None, num_q: int, k1: int, k
 
     # 2. sparse V: Gaussian weights of the (normalized, squared) distances over the expansion sets
     v_rows, v_cols = _expansion_sets(nb, k1)
-    stored_keys = (torch.arange(n, device=dev)[:, None] * n + nb).flatten()
-    stored_keys, perm = stored_keys.sort()
-    stored_d = top_d.flatten()[perm]
-    keys = v_rows * n + v_cols
-    at = torch.searchsorted(stored_keys, keys).clamp_(max=stored_keys.shape[0] - 1)
-    found = stored_keys[at] == keys
-    dist = torch.where(found, stored_d[at], torch.zeros((), device=dev))
-    miss = (~found).nonzero(as_tuple=True)[0]
-    if miss.numel():
-        dist[miss] = _pair_distance(xp, x_sq, v_rows[miss], v_cols[miss])
-    weight = torch.exp(-(dist * dist / max_sq[v_rows]))
-    v_vals = weight / _segment_sum(weight, v_rows, n)[v_rows]
-    del stored_keys, stored_d, keys, at, found, dist, weight, top_d
-    logger.debug("re_ranking: %d V entries, %d distances recomputed", v_rows.numel(), miss.numel())
+    v_vals = _expansion_weights(xp, x_sq, top_d, nb, max_sq, v_rows, v_cols)
+    del top_d
 
     # 3. local query expansion: V_qe[i] = mean of V over the k2 nearest neighbours of i
     if k2 != 1:
         v_rows, v_cols, v_vals = _query_expansion(v_rows, v_cols, v_vals, nb[:, :min(k2, n)], n)
     del nb
 
-    # 4. Jaccard distance query × gallery via an inverted index of the gallery rows of V
+    # 4. Jaccard distance query × gallery, blended with the original distance, written over raw
+    _jaccard_blend(raw, max_sq, v_rows, v_cols, v_vals, lam, jaccard_budget)
+    if dev.type != "cpu":
+        out[:] = raw.cpu().numpy()
+    return out
+
+
+def _expansion_weights(xp: torch.Tensor, x_sq: torch.Tensor | None, top_d: torch.Tensor,
+                       nb: torch.Tensor, max_sq: torch.Tensor, v_rows: torch.Tensor,
+                       v_cols: torch.Tensor) -> torch.Tensor:
+    """Values of V at its entries (rows sorted): ``exp(−d²/max²)`` normalized to sum 1 per row.
+    Distances come from the stored neighbour lists, the few others are recomputed."""
+    n = nb.shape[0]
+    stored_keys = (torch.arange(n, device=nb.device)[:, None] * n + nb).flatten()
+    stored_keys, perm = stored_keys.sort()
+    stored_d = top_d.flatten()[perm]
+    keys = v_rows * n + v_cols
+    at = torch.searchsorted(stored_keys, keys).clamp_(max=stored_keys.shape[0] - 1)
+    found = stored_keys[at] == keys
+    dist = torch.where(found, stored_d[at], torch.zeros((), device=nb.device))
+    miss = (~found).nonzero(as_tuple=True)[0]
+    if miss.numel():
+        dist[miss] = _pair_distance(xp, x_sq, v_rows[miss], v_cols[miss])
+    logger.debug("re_ranking: %d V entries, %d distances recomputed", v_rows.numel(), miss.numel())
+    weight = torch.exp(-(dist * dist / max_sq[v_rows]))
+    return weight / _segment_sum(weight, v_rows, n)[v_rows]
+
+
+def _jaccard_blend(raw: torch.Tensor, max_sq: torch.Tensor, v_rows: torch.Tensor, v_cols: torch.Tensor,
+                   v_vals: torch.Tensor, lam: float, budget: int) -> None:
+    """``raw`` (Q, G) ← (1 − λ)·jaccard + λ·raw²/max², in place, from the sparse V (rows sorted).
+
+    Σ_k min(V_q[k], V_g[k]) goes through an inverted index of the gallery rows of V: each query
+    entry meets the gallery entries of its column; ``budget`` such pairs (and a dense (rows, G)
+    scratch of that size) at a time, in buffers reused from chunk to chunk.
+    """
+    dev = raw.device
+    num_q, num_g = raw.shape
+    n = num_q + num_g
     is_g = v_rows >= num_q
-    g_rows, g_cols, g_vals = v_rows[is_g] - num_q, v_cols[is_g], v_vals[is_g]
-    order = torch.argsort(g_cols, stable=True)
-    g_rows, g_cols, g_vals = g_rows[order], g_cols[order], g_vals[order]
+    g_cols, order = torch.sort(v_cols[is_g], stable=True)  # gallery entries grouped by column
+    g_rows, g_vals = (v_rows[is_g] - num_q)[order], v_vals[is_g][order]
     col_count = torch.bincount(g_cols, minlength=n)
     col_start = torch.cumsum(col_count, 0) - col_count
     q_rows, q_cols, q_vals = v_rows[~is_g], v_cols[~is_g], v_vals[~is_g]
-    del v_rows, v_cols, v_vals, is_g, order
+    del v_rows, v_cols, v_vals, is_g, order, g_cols
     pairs = col_count[q_cols]  # gallery entries met by each query entry
     q_start = torch.searchsorted(q_rows, torch.arange(num_q + 1, device=dev))
     cum_pairs = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), torch.cumsum(pairs, 0)])
     per_query = cum_pairs[q_start].cpu().numpy()  # pairs before each query's first entry
-    max_rows = max(1, jaccard_budget // num_g)  # dense (rows, G) scratch of the same size
+    max_rows = max(1, budget // num_g)
+    tmin_buf = torch.empty(min(max_rows, num_q) * num_g, device=dev)
+    den_buf = torch.empty_like(tmin_buf)
     r0 = 0
     while r0 < num_q:
-        r1 = int(np.searchsorted(per_query, per_query[r0] + jaccard_budget, "right")) - 1
+        r1 = int(np.searchsorted(per_query, per_query[r0] + budget, "right")) - 1
         r1 = min(max(r1, r0 + 1), num_q, r0 + max_rows)
         e0, e1 = int(q_start[r0]), int(q_start[r1])
-        owner, item = _expand_ranges(col_start[q_cols[e0:e1]], pairs[e0:e1])
-        vmin = torch.minimum(q_vals[e0:e1][owner], g_vals[item])
-        flat = (q_rows[e0:e1][owner] - r0) * num_g + g_rows[item]
-        del owner
-        tmin = torch.zeros((r1 - r0) * num_g, device=dev).index_add_(0, flat, vmin).view(r1 - r0, num_g)
-        del item, vmin, flat
-        jaccard = 1.0 - tmin / (2.0 - tmin)
+        lens = pairs[e0:e1]
+        item = _expand_ranges(col_start[q_cols[e0:e1]], lens)  # the gallery entries met, in order
+        vmin = torch.minimum(torch.repeat_interleave(q_vals[e0:e1], lens, output_size=item.shape[0]),
+                             g_vals.index_select(0, item))
+        flat = torch.repeat_interleave((q_rows[e0:e1] - r0).mul_(num_g), lens, output_size=item.shape[0])
+        flat.add_(g_rows.index_select(0, item))  # (query row, gallery row) in the dense block
+        del item
+        size = (r1 - r0) * num_g
+        tmin = tmin_buf[:size].zero_().index_add_(0, flat, vmin).view(r1 - r0, num_g)  # Σ min
+        del vmin, flat
+        den = torch.mul(tmin, -1.0, out=den_buf[:size].view_as(tmin)).add_(2.0)  # 2 − Σ min
         block = raw[r0:r1]
-        original = block * block / max_sq[r0:r1, None]
-        block.copy_(jaccard * (1.0 - lam) + original * lam)
+        # λ·raw²/max² + (1 − λ)·(1 − tmin / (2 − tmin))
+        block.mul_(block).mul_(lam / max_sq[r0:r1, None]).add_(1.0 - lam)
+        block.addcdiv_(tmin, den, value=-(1.0 - lam))
         r0 = r1
-    if dev.type != "cpu":
-        out[:] = raw.cpu().numpy()
-    return out
 
 
 def _query_expansion(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, nbk: torch.Tensor,
@@ -314,12 +348,13 @@ def _query_expansion(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         src = nbk[s:e].flatten()  # (c*k,) rows of V to average, in neighbour order
-        owner, item = _expand_ranges(start[src], count[src])
-        dst = owner // k + s  # the row of V_qe they go to
-        keys = dst * n + cols[item]
+        lens = count[src]
+        item = _expand_ranges(start[src], lens)
+        dst = torch.arange(s, e, device=dev).repeat_interleave(k).mul_(n)  # the V_qe row of each src
+        keys = torch.repeat_interleave(dst, lens, output_size=item.shape[0]).add_(cols.index_select(0, item))
         keys, order = torch.sort(keys, stable=True)
         uniq, inverse = torch.unique_consecutive(keys, return_inverse=True)
-        summed = _segment_sum(vals[item][order], inverse, uniq.shape[0])
+        summed = _segment_sum(vals.index_select(0, item.index_select(0, order)), inverse, uniq.shape[0])
         out_r.append(uniq // n)
         out_c.append(uniq % n)
         out_v.append(summed / k)
