@@ -50,7 +50,8 @@ def _offer(top_d: torch.Tensor, top_i: torch.Tensor, bound: torch.Tensor, rows: 
 
 
 def _neighbours(xp: torch.Tensor, x_sq: torch.Tensor | None, num_q: int, num_k: int, block: int,
-                out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                out: torch.Tensor, gemm_threads: int | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One blocked pass over the symmetric (N, N) distances, each block computed once and used for
     its rows and its columns: the ``num_k`` nearest neighbours of every image (sorted: distances and
     indices), every row's maximum, and the raw query × gallery distances written into ``out``.
@@ -59,6 +60,7 @@ def _neighbours(xp: torch.Tensor, x_sq: torch.Tensor | None, num_q: int, num_k: 
     list, and the list's largest distance bounds the row's true ``num_k``-th distance from above.
     Every other block then only offers the few distances below the bound of their row or column
     (two compares and a nonzero over the block), and the bounds tighten as the lists improve.
+    The GEMMs run with ``gemm_threads`` torch threads (None: as set), the rest as set.
     """
     n, dev = xp.shape[0], xp.device
     starts = list(range(0, n, block))
@@ -72,8 +74,9 @@ def _neighbours(xp: torch.Tensor, x_sq: torch.Tensor | None, num_q: int, num_k: 
 
     def distances(a0: int, a1: int, b0: int, b1: int) -> torch.Tensor:
         d = scratch[:(a1 - a0) * (b1 - b0)].view(a1 - a0, b1 - b0)
-        _block_distance(xp[a0:a1], None if x_sq is None else x_sq[a0:a1], xp[b0:b1],
-                        None if x_sq is None else x_sq[b0:b1], out=d)
+        with _torch_threads(gemm_threads):
+            _block_distance(xp[a0:a1], None if x_sq is None else x_sq[a0:a1], xp[b0:b1],
+                            None if x_sq is None else x_sq[b0:b1], out=d)
         r1, c0 = min(a1, num_q), max(b0, num_q)  # query rows × gallery columns of this block
         if r1 > a0 and b1 > c0:
             out[a0:r1, c0 - num_q:b1 - num_q].copy_(d[:r1 - a0, c0 - b0:])
@@ -133,7 +136,10 @@ def _expansion_sets(nb: torch.Tensor, k1: int, chunk: int = 2048) -> tuple[torch
         rec1 = _reciprocal(nb, w1, slice(s, e))  # (c, w1) R(i, k1)
         sets = nb[:, :w2][fwd]  # (c, w1, w2) first k1/2 neighbours of each candidate
         in_set = rec2[fwd]  # (c, w1, w2) R(candidate, k1/2)
-        member = ((sets[..., None] == fwd[:, None, None, :]) & rec1[:, None, None, :]).any(-1)
+        members = fwd.masked_fill(~rec1, n).sort(dim=1).values  # (c, w1) R(i, k1) sorted, n = none
+        flat = sets.flatten(1)  # (c, w1 * w2)
+        at = torch.searchsorted(members, flat).clamp_(max=w1 - 1)
+        member = (members.gather(1, at) == flat).view_as(sets)  # (c, w1, w2) in R(i, k1)
         inter = (member & in_set).sum(-1)  # (c, w1) |R(cand, k1/2) ∩ R(i, k1)|
         size = in_set.sum(-1)
         accept = rec1 & (inter.double() > (2.0 / 3) * size.double())
@@ -180,7 +186,7 @@ def _expand_ranges(starts: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
 def re_ranking(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,
                metric: Metric = "cosine", device: str | torch.device | None = None,
                block_size: int = 2048, num_stored: int = 64, jaccard_budget: int = 1 << 22,
-               num_threads: int | None = None) -> np.ndarray:
+               num_threads: int | None = None, sparse_threads: int | None = 1) -> np.ndarray:
     """k-reciprocal re-ranking (Zhong et al., CVPR 2017) from features, with bounded memory.
 
     Same result (to float rounding) as the reference formulation on the dense distance matrices
@@ -203,8 +209,13 @@ def re_ranking(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6, lambda_v
         num_stored: neighbours kept per image (≥ k1 + 1); distances to expansion-set members outside
             them are recomputed from the features.
         jaccard_budget: pairs handled at once in the Jaccard step.
-        num_threads: torch threads to use (default: the current ``torch.get_num_threads()``). On a
-            machine whose cores are busy with other work, 1 can be several times faster.
+        num_threads: torch threads of the distance GEMMs (default: the current
+            ``torch.get_num_threads()``).
+        sparse_threads: torch threads of everything else (neighbour bookkeeping, V, query
+            expansion, Jaccard): many short, memory-bound passes. Default 1, as in
+            :func:`rank_metrics`: on a machine whose cores are busy with other work a second thread
+            costs more in synchronization than it saves (measured several times slower). ``None``:
+            the same as ``num_threads``.
 
     Returns:
         float32 numpy array (Q, G): the re-ranked distances.
@@ -235,12 +246,15 @@ def re_ranking(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6, lambda_v
     xp, x_sq = _prepare(x, metric, inplace=True)
     k1, k2 = int(k1), int(k2)
     num_k = min(n, max(k1 + 1, k2, int(num_stored)))
-    with _torch_threads(num_threads):
-        return _re_rank(xp, x_sq, num_q, k1, k2, float(lambda_value), num_k, block_size, jaccard_budget, out)
+    gemm_threads = torch.get_num_threads() if num_threads is None else max(1, int(num_threads))
+    with _torch_threads(gemm_threads if sparse_threads is None else sparse_threads):
+        return _re_rank(xp, x_sq, num_q, k1, k2, float(lambda_value), num_k, block_size, jaccard_budget,
+                        gemm_threads, out)
 
 
 def _re_rank(xp: torch.Tensor, x_sq: torch.Tensor | None, num_q: int, k1: int, k2: int, lam: float,
-             num_k: int, block_size: int, jaccard_budget: int, out: np.ndarray) -> np.ndarray:
+             num_k: int, block_size: int, jaccard_budget: int, gemm_threads: int,
+             out: np.ndarray) -> np.ndarray:
     """The body of :func:`re_ranking` on prepared features ``xp`` (N, D), queries first."""
     dev = xp.device
     n = xp.shape[0]
@@ -248,7 +262,7 @@ def _re_rank(xp: torch.Tensor, x_sq: torch.Tensor | None, num_q: int, k1: int, k
     raw = torch.empty((num_q, num_g), device=dev) if dev.type != "cpu" else torch.from_numpy(out)
 
     # 1. neighbour lists, row maxima and the raw query × gallery distances: one blocked pass
-    top_d, nb, row_max = _neighbours(xp, x_sq, num_q, num_k, block_size, raw)
+    top_d, nb, row_max = _neighbours(xp, x_sq, num_q, num_k, block_size, raw, gemm_threads)
     max_sq = (row_max * row_max).clamp_(min=torch.finfo(torch.float32).tiny)  # max of d² per row
 
     # 2. sparse V: Gaussian weights of the (normalized, squared) distances over the expansion sets
