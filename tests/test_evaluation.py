@@ -350,6 +350,15 @@ def test_re_ranking_arguments():
     assert np.isfinite(out).all()
 
 
+def test_re_ranking_thread_settings_agree():
+    qf, gf, *_ = market_like(4)
+    default = re_ranking(qf, gf)  # GEMMs on the current threads, the rest on one
+    np.testing.assert_allclose(re_ranking(qf, gf, num_threads=1, sparse_threads=None), default,
+                               atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(re_ranking(qf, gf, num_threads=2, sparse_threads=2), default,
+                               atol=2e-6, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------
 # feature extraction and evaluate
 # ----------------------------------------------------------------------------------------------

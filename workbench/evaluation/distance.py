@@ -1,7 +1,8 @@
 """Input checks shared by the evaluation modules, and query × gallery distances.
 
-``pairwise_distance`` is one matrix product per chunk of queries with the norms folded in:
-``1 − q̂·ĝ`` (cosine) or ``‖q‖² + ‖g‖² − 2 q·g`` (squared Euclidean), clamped at 0.
+``pairwise_distance`` is one GEMM written straight into the output, the constant part put there
+first (``beta = 1``): ``1 − q̂·ĝ`` (cosine) or ``‖q‖² + ‖g‖² − 2 q·g`` (squared Euclidean), then
+clamped at 0 in place.
 """
 from __future__ import annotations
 
