@@ -9,12 +9,21 @@ distance matrix.
 Rows of the table:
 
 * ``rank_metrics``: :func:`workbench.evaluation.rank_metrics` (both AP conventions, one pass).
-* ``per-query loop``: the straightforward numpy loop (argsort of each row, as torchreid's python
-  path), on the first ``--loop-queries`` queries, extrapolated linearly to all queries; its
+* ``per-query loop``: :func:`workbench.evaluation.rank_metrics_reference`, the straightforward numpy
+  loop (argsort of each row, as torchreid's python path), on the first ``--loop-queries`` queries, extrapolated linearly to all queries; its
   results are checked equal to ``rank_metrics`` on the same queries.
 * ``argsort of the matrix``: sorting every row alone (``np.argsort(distmat, axis=1)``).
 * ``re_ranking``: :func:`workbench.evaluation.re_ranking` from the features (Q + G = 19,281 images at
   Market size, ``--rerank-fraction`` to run a smaller problem).
+
+Ratios measured side by side (the calls alternate, ``--side-repeats`` rounds, medians):
+
+* ``pairwise_distance / torch.cdist``: the cosine and the squared Euclidean ``pairwise_distance``
+  (float32 numpy output) against ``torch.cdist(qf, gf)`` (Euclidean, the same GEMM plus a square
+  root) and torchreid's cosine ``1 − normalize(qf) · normalize(gf)ᵀ``, at 3,368 × 15,913 × ``--dim``.
+* ``re_ranking / GEMM``: ``re_ranking`` against the (Q+G)² distance GEMM it must compute, timed as
+  ``x @ xᵀ`` for all Q + G images in row strips of 2,048 into one reused buffer (a lower bound for
+  the dense distance matrix that the reference formulation builds).
 
 Memory: peak resident set size (RSS) above the RSS just before the call, read from the kernel's
 high-water mark (``VmHWM`` after resetting it through ``/proc/self/clear_refs``; where that is not
@@ -22,8 +31,9 @@ possible, ``resource.getrusage`` max RSS, which cannot be reset and may then und
 inputs (distance matrix, features) are already resident and are *not* counted; the outputs are.
 
 Usage: ``python benchmarks/evaluation.py [--loop-queries 400] [--dim 2048] [--rerank-fraction 1.0]
-[--threads N] [--skip-rerank] [--skip-sort]``.
-Targets (2-core CPU): rank_metrics ≤ 1.5 s and ≤ 1 GB; re_ranking ≤ 20 s and ≤ 3 GB.
+[--side-repeats 3] [--threads N] [--skip-rerank] [--skip-sort]``.
+Targets (2-core CPU): rank_metrics ≤ 1.5 s and ≤ 1 GB; re_ranking ≤ 20 s and ≤ 3 GB;
+pairwise_distance / torch.cdist ≤ 1; re_ranking / GEMM < 1.5.
 """
 from __future__ import annotations
 
@@ -37,8 +47,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from workbench.evaluation import pairwise_distance, rank_metrics, re_ranking
+from workbench.evaluation import pairwise_distance, rank_metrics, rank_metrics_reference, re_ranking
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -78,6 +89,27 @@ def measure(fn: Callable[[], Any]) -> tuple[Any, float, float, str]:
     return result, seconds, max(peak_kb, 0) / 1024, method
 
 
+def side_by_side(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """Alternate the calls ``repeats`` times: name → [(seconds, peak MB), ...] (results dropped)."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            _, seconds, mb, _ = measure(fn)
+            runs[name].append((seconds, mb))
+    return runs
+
+
+def median_s(runs: list[tuple[float, float]]) -> float:
+    return statistics.median(r[0] for r in runs)
+
+
+def gemm_strips(x: torch.Tensor, rows: int = 2048) -> None:
+    """The (N, N) product ``x @ xᵀ`` in row strips written into one reused buffer."""
+    buf = torch.empty(min(rows, x.shape[0]), x.shape[0])
+    for s in range(0, x.shape[0], rows):
+        torch.mm(x[s:s + rows], x.t(), out=buf[:min(rows, x.shape[0] - s)])
+
+
 def market_problem(seed: int, dim: int, fraction: float = 1.0, noise: float = 1.6):
     """Labels and features of a Market-1501-sized test set (scaled by ``fraction``)."""
     rng = np.random.default_rng(seed)
@@ -106,29 +138,6 @@ def market_problem(seed: int, dim: int, fraction: float = 1.0, noise: float = 1.
     return features(q_pids, q_cams), features(g_pids, g_cams), q_pids, g_pids, q_cams, g_cams
 
 
-def loop_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
-    """The straightforward per-query loop: argsort each row (stable), remove, accumulate."""
-    cmcs, aps, aps_dev, inps = [], [], [], []
-    for i in range(distmat.shape[0]):
-        order = np.argsort(distmat[i], kind="stable")
-        gp, gc = g_pids[order], g_camids[order]
-        removed = (gp == -1) | ((gp == q_pids[i]) & (gc == q_camids[i]))
-        matches = (gp[~removed] == q_pids[i]).astype(np.int64)
-        if not matches.any():
-            continue
-        cmc = np.minimum(matches.cumsum(), 1)[:max_rank]
-        cmcs.append(cmc)
-        hits = np.flatnonzero(matches)
-        n = hits.size
-        precision = np.arange(1, n + 1) / (hits + 1)
-        old = np.where(hits == 0, 1.0, np.arange(n) / np.maximum(hits, 1))
-        aps.append(precision.mean())
-        aps_dev.append(np.sum((old + precision) / 2) / n)
-        inps.append(n / (hits[-1] + 1))
-    return dict(cmc=np.mean(cmcs, 0), mAP=np.mean(aps), mAP_devkit=np.mean(aps_dev),
-                mINP=np.mean(inps), num_valid=len(cmcs))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -138,6 +147,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of rank_metrics (median)")
     parser.add_argument("--rerank-fraction", type=float, default=1.0,
                         help="scale of the re-ranking problem (1.0 = Market size, 19,281 images)")
+    parser.add_argument("--side-repeats", type=int, default=3,
+                        help="rounds of the side-by-side timings (pairwise vs cdist; re_ranking vs GEMM: "
+                             "at most 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as is)")
     parser.add_argument("--skip-rerank", action="store_true")
     parser.add_argument("--skip-sort", action="store_true", help="skip the argsort-of-the-matrix row")
@@ -155,7 +167,25 @@ def main() -> None:
           f"{(gp == -1).sum()} junk), 6 cameras, {args.dim}-d features, float32 distmat "
           f"({distmat.nbytes / 2**20:.0f} MB)")
     rows: list[tuple[str, float, float, str]] = [
-        ("pairwise_distance (cosine)", dist_s, dist_mb, "output included")]
+        ("pairwise_distance (cosine), first call", dist_s, dist_mb, "output included")]
+    ratios: list[str] = []
+
+    reps = max(1, args.side_repeats)
+    side = side_by_side({
+        "pairwise_distance (cosine)": lambda: pairwise_distance(qf, gf, "cosine"),
+        "pairwise_distance (euclidean)": lambda: pairwise_distance(qf, gf, "euclidean"),
+        "torch.cdist (euclidean)": lambda: torch.cdist(qf, gf).numpy(),
+        "torchreid cosine": lambda: (1 - torch.mm(F.normalize(qf, dim=1), F.normalize(gf, dim=1).t())).numpy(),
+    }, reps)
+    for name, runs in side.items():
+        rows.append((f"{name} (median of {reps})", median_s(runs), max(r[1] for r in runs),
+                     "side by side, output included"))
+    cdist_s = median_s(side["torch.cdist (euclidean)"])
+    for metric in ("cosine", "euclidean"):
+        ratios.append(f"pairwise_distance ({metric}) / torch.cdist: "
+                      f"{median_s(side[f'pairwise_distance ({metric})']) / cdist_s:.2f}")
+    ratios.append(f"pairwise_distance (cosine) / torchreid cosine: "
+                  f"{median_s(side['pairwise_distance (cosine)']) / median_s(side['torchreid cosine']):.2f}")
 
     runs = [measure(lambda: rank_metrics(distmat, qp, gp, qc, gc, ap="both")) for _ in range(args.repeats)]
     metrics = runs[0][0]
@@ -164,7 +194,7 @@ def main() -> None:
 
     n_loop = num_q if args.loop_queries <= 0 else min(args.loop_queries, num_q)
     sub = slice(0, n_loop)
-    ref, loop_s, loop_mb, method = measure(lambda: loop_metrics(distmat[sub], qp[sub], gp, qc[sub], gc))
+    ref, loop_s, loop_mb, method = measure(lambda: rank_metrics_reference(distmat[sub], qp[sub], gp, qc[sub], gc))
     note = "all queries" if n_loop == num_q else f"{n_loop} queries: {loop_s:.2f} s, x{num_q / n_loop:.2f}"
     rows.append(("per-query loop (argsort per row)", loop_s * num_q / n_loop, loop_mb,
                  note + ("" if n_loop == num_q else " (extrapolated)")))
@@ -183,11 +213,23 @@ def main() -> None:
         else:
             rq, rg, *_ = market_problem(args.seed, args.dim, args.rerank_fraction)
         del distmat
-        out, rr_s, rr_mb, _ = measure(lambda: re_ranking(rq, rg))
-        rows.append((f"re_ranking ({rq.shape[0]} + {rg.shape[0]} = {rq.shape[0] + rg.shape[0]} images)",
-                     rr_s, rr_mb, "k1=20 k2=6 lambda=0.3, output included"))
+        num_images = rq.shape[0] + rg.shape[0]
+        x = torch.cat([rq, rg])
+        rr_reps = min(reps, 2)
+        result: dict[str, np.ndarray] = {}  # the last re-ranked matrix, for the quality line
+        side = side_by_side({"gemm": lambda: gemm_strips(x),
+                             "re_ranking": lambda: result.update(out=re_ranking(rq, rg))}, rr_reps)
+        del x
+        rows.append((f"(Q+G)^2 GEMM, x @ x.T in strips ({num_images}^2, median of {rr_reps})",
+                     median_s(side["gemm"]), max(r[1] for r in side["gemm"]), "side by side"))
+        rows.append((f"re_ranking ({rq.shape[0]} + {rg.shape[0]} = {num_images} images, median of {rr_reps})",
+                     median_s(side["re_ranking"]), max(r[1] for r in side["re_ranking"]),
+                     "k1=20 k2=6 lambda=0.3, output included"))
+        ratios.append(f"re_ranking / (Q+G)^2 GEMM: {median_s(side['re_ranking']) / median_s(side['gemm']):.2f}"
+                      f"  (runs: re_ranking {', '.join(f'{r[0]:.2f}' for r in side['re_ranking'])} s; "
+                      f"GEMM {', '.join(f'{r[0]:.2f}' for r in side['gemm'])} s)")
         if args.rerank_fraction == 1.0:
-            m_rr = rank_metrics(out, qp, gp, qc, gc, ap="both")
+            m_rr = rank_metrics(result["out"], qp, gp, qc, gc, ap="both")
             rerank_info = (f"re-ranked: rank-1 {100 * m_rr['cmc'][0]:.1f}%  mAP {100 * m_rr['mAP']:.1f}%  "
                            f"mINP {100 * m_rr['mINP']:.1f}%")
 
@@ -197,7 +239,8 @@ def main() -> None:
     if rerank_info:
         print(rerank_info)
     print(f"rank_metrics == per-query loop on the first {n_loop} queries: {agree}")
-    print(f"memory: peak RSS above the RSS before the call ({method}); inputs not counted\n")
+    print(f"memory: peak RSS above the RSS before the call ({method}); inputs not counted")
+    print("ratios (side by side, medians): " + "; ".join(ratios) + "\n")
     width = max(len(r[0]) for r in rows)
     print(f"{'step':<{width}}  {'seconds':>8}  {'peak MB':>8}  note")
     for name, seconds, mb, note in rows:

@@ -17,39 +17,15 @@ from workbench.evaluation import (
     extract_features,
     pairwise_distance,
     rank_metrics,
+    rank_metrics_reference,
     re_ranking,
+    valid_gallery_mask,
 )
 
 
 # ----------------------------------------------------------------------------------------------
 # references written out plainly
 # ----------------------------------------------------------------------------------------------
-
-def reference_rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
-    """Per-query loop: stable argsort of each row, Market protocol, both AP conventions."""
-    cmcs, ap_std, ap_dev, inps, first = [], [], [], [], []
-    for i in range(distmat.shape[0]):
-        order = np.argsort(distmat[i], kind="stable")
-        gp, gc = g_pids[order], g_camids[order]
-        removed = (gp == -1) | ((gp == q_pids[i]) & (gc == q_camids[i]))
-        matches = (gp[~removed] == q_pids[i]).astype(np.int64)
-        if not matches.any():
-            continue
-        cmc = np.minimum(matches.cumsum(), 1)
-        cmc = np.concatenate([cmc, np.ones(max(0, max_rank - cmc.size), np.int64)])[:max_rank]
-        cmcs.append(cmc)
-        hits = np.flatnonzero(matches)
-        n = hits.size
-        precision = np.arange(1, n + 1) / (hits + 1)
-        old = np.where(hits == 0, 1.0, np.arange(n) / np.maximum(hits, 1))
-        ap_std.append(precision.mean())
-        ap_dev.append(np.sum((old + precision) / 2) / n)
-        inps.append(n / (hits[-1] + 1))
-        first.append(hits[0])
-    return dict(cmc=np.mean(cmcs, 0), mAP=np.mean(ap_std), mAP_devkit=np.mean(ap_dev),
-                mINP=np.mean(inps), num_valid=len(cmcs), AP=np.array(ap_std),
-                AP_devkit=np.array(ap_dev), INP=np.array(inps), first=np.array(first))
-
 
 def dense_re_ranking(q_g, q_q, g_g, k1=20, k2=6, lam=0.3):
     """Straightforward dense k-reciprocal re-ranking on the distance matrices (torchreid's
@@ -145,6 +121,19 @@ DIST = np.array([
 ])
 
 
+def test_valid_gallery_mask_is_the_market_junk_rule():
+    # query pid 1 from camera 0: same pid + same camera removed, junk removed, distractor kept
+    keep = valid_gallery_mask(1, 0, [1, 1, 2, -1, 0, 2], [0, 1, 0, 1, 0, 1])
+    assert keep.tolist() == [False, True, True, False, True, True]
+    # several queries at once broadcast to (R, G); a junk query (pid −1) removes only junk
+    many = valid_gallery_mask(Q_PIDS[:, None], Q_CAMS[:, None], G_PIDS, G_CAMS)
+    assert many.shape == (4, 6)
+    for i in range(4):
+        assert many[i].tolist() == valid_gallery_mask(Q_PIDS[i], Q_CAMS[i], G_PIDS, G_CAMS).tolist()
+    assert many[0].tolist() == [True, True, True, False, False, True]  # q0: g3 junk, g4 same cam
+    assert valid_gallery_mask(-1, 1, [-1, 1], [1, 1]).tolist() == [False, True]
+
+
 def test_multi_query_by_hand_junk_and_distractors():
     m = rank_metrics(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, max_rank=4, ap="both", per_query=True)
     # first hits at ranks 2, 3, 0
@@ -157,6 +146,8 @@ def test_multi_query_by_hand_junk_and_distractors():
     assert m["valid"].tolist() == [True, True, True, False]
     np.testing.assert_allclose(m["AP"][:3], [1 / 3, 1 / 4, 1])
     assert np.isnan(m["AP"][3]) and np.isnan(m["INP"][3])
+    # the reference loop gives the same hand-computed values
+    _assert_same(m, rank_metrics_reference(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, max_rank=4))
 
 
 def test_junk_would_change_the_result_if_counted():
@@ -206,7 +197,7 @@ def test_equals_reference_loop(seed, variant):
         d = np.round(d, 2).astype(np.float32)
     elif variant == "coarse":  # few distinct values: most rows tie everywhere
         d = np.round(d * 4).astype(np.float32)
-    ref = reference_rank_metrics(d, qp, gp, qc, gc)
+    ref = rank_metrics_reference(d, qp, gp, qc, gc)
     if variant == "torch":
         args = (torch.from_numpy(d), torch.from_numpy(qp), torch.from_numpy(gp), torch.from_numpy(qc),
                 torch.from_numpy(gc))
@@ -216,20 +207,20 @@ def test_equals_reference_loop(seed, variant):
         args = (d, qp, gp, qc, gc)
     m = rank_metrics(*args, ap="both", per_query=True, chunk_size=7)
     _assert_same(m, ref)
-    valid = m["valid"]
-    np.testing.assert_allclose(m["AP"][valid], ref["AP"], rtol=1e-12)
-    np.testing.assert_allclose(m["AP_devkit"][valid], ref["AP_devkit"], rtol=1e-12)
-    np.testing.assert_allclose(m["INP"][valid], ref["INP"], rtol=1e-12)
-    np.testing.assert_array_equal(m["first_hit"][valid], ref["first"])
+    np.testing.assert_array_equal(m["valid"], ref["valid"])
+    np.testing.assert_allclose(m["AP"], ref["AP"], rtol=1e-12)  # NaN at the same (skipped) queries
+    np.testing.assert_allclose(m["AP_devkit"], ref["AP_devkit"], rtol=1e-12)
+    np.testing.assert_allclose(m["INP"], ref["INP"], rtol=1e-12)
+    np.testing.assert_array_equal(m["first_hit"], ref["first_hit"])
 
 
 def test_equals_reference_with_few_buckets(monkeypatch):
     # two buckets: almost every distance is placed by the exact (lexicographic) path
-    monkeypatch.setattr(ev, "_NUM_BUCKETS", 2)
+    monkeypatch.setattr(ev.metrics, "_NUM_BUCKETS", 2)
     qf, gf, qp, gp, qc, gc = market_like(5)
     d = pairwise_distance(qf, gf)
     d[:, ::7] = d[:, 3:4]  # ties with positives and negatives alike
-    _assert_same(rank_metrics(d, qp, gp, qc, gc, ap="both"), reference_rank_metrics(d, qp, gp, qc, gc))
+    _assert_same(rank_metrics(d, qp, gp, qc, gc, ap="both"), rank_metrics_reference(d, qp, gp, qc, gc))
 
 
 def test_equals_reference_on_degenerate_rows():
@@ -244,7 +235,7 @@ def test_equals_reference_on_degenerate_rows():
     q_pids = np.array([1, 2, 3, 1, 2, 3])
     q_cams = np.array([0, 1, 2, 0, 1, 2])
     _assert_same(rank_metrics(d, q_pids, g_pids, q_cams, g_cams, ap="both"),
-                 reference_rank_metrics(d, q_pids, g_pids, q_cams, g_cams))
+                 rank_metrics_reference(d, q_pids, g_pids, q_cams, g_cams))
 
 
 def test_queries_without_valid_match_are_skipped():
@@ -254,7 +245,7 @@ def test_queries_without_valid_match_are_skipped():
     qp[5] = -1  # a junk query never matches
     d = pairwise_distance(qf, gf)
     m = rank_metrics(d, qp, gp, qc, gc, per_query=True)
-    ref = reference_rank_metrics(d, qp, gp, qc, gc)
+    ref = rank_metrics_reference(d, qp, gp, qc, gc)
     assert m["num_valid"] == ref["num_valid"] <= len(qp) - 6
     assert not m["valid"][:6].any()
     _assert_same(rank_metrics(d, qp, gp, qc, gc, ap="both"), ref)
@@ -357,6 +348,15 @@ def test_re_ranking_arguments():
         re_ranking(np.full((2, 3), np.nan), g)
     out = re_ranking(q, g)  # identical features: no division by zero
     assert np.isfinite(out).all()
+
+
+def test_re_ranking_thread_settings_agree():
+    qf, gf, *_ = market_like(4)
+    default = re_ranking(qf, gf)  # GEMMs on the current threads, the rest on one
+    np.testing.assert_allclose(re_ranking(qf, gf, num_threads=1, sparse_threads=None), default,
+                               atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(re_ranking(qf, gf, num_threads=2, sparse_threads=2), default,
+                               atol=2e-6, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,37 @@
+"""Evaluation: features → distances → rank metrics (CMC, mAP, mINP), and k-reciprocal re-ranking.
+
+One module per stage, every public name re-exported here::
+
+    distance.py   input checks, pairwise_distance (cosine / squared Euclidean)
+    metrics.py    rank_metrics (Market-1501 protocol, both AP conventions), the junk rule
+                  valid_gallery_mask, and the per-query loop rank_metrics_reference
+    rerank.py     re_ranking (k-reciprocal, Zhong et al. 2017), bounded memory
+    features.py   extract_features (optional flip), evaluate_features, evaluate
+"""
+from __future__ import annotations
+
+from workbench.evaluation.distance import ArrayLike, Metric, pairwise_distance
+from workbench.evaluation.features import evaluate, evaluate_features, extract_features
+from workbench.evaluation.metrics import (
+    APConvention,
+    JUNK_PID,
+    rank_metrics,
+    rank_metrics_reference,
+    valid_gallery_mask,
+)
+from workbench.evaluation.rerank import re_ranking
+
+__all__ = [
+    "pairwise_distance",
+    "rank_metrics",
+    "rank_metrics_reference",
+    "valid_gallery_mask",
+    "JUNK_PID",
+    "re_ranking",
+    "extract_features",
+    "evaluate_features",
+    "evaluate",
+    "ArrayLike",
+    "Metric",
+    "APConvention",
+]
