@@ -143,9 +143,9 @@ def _print_main(text: str) -> None:
 def _print_metrics(title: str, metrics: dict) -> None:
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 speaks for all
         return
-    print(f"{title}: rank-1 {100 * metrics['rank1']:.1f}  rank-5 {100 * metrics['rank5']:.1f}  "
-          f"rank-10 {100 * metrics['rank10']:.1f}  mAP {100 * metrics['mAP']:.1f} "
-          f"(devkit {100 * metrics['mAP_devkit']:.1f})  mINP {100 * metrics['mINP']:.1f}")
+    from workbench.evaluation.metrics import format_metrics
+
+    print(f"{title}: {format_metrics(metrics)}")
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:

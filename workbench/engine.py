@@ -41,7 +41,7 @@ from workbench.config import Config, config_differences, load_config
 from workbench.data import ImageCache, MixedLoader, build_test_loader, build_train_loader
 from workbench.distributed import Context, barrier, resolve_device, setup_context  # noqa: F401  (re-exported)
 from workbench.errors import CheckpointError, ConfigError, RunFolderError, WorkbenchError
-from workbench.evaluation import evaluate
+from workbench.evaluation import METRIC_KEYS, evaluate, format_metrics
 from workbench.losses import LOSS_TERMS, MARLoss, agent_loss, soft_multilabel
 from workbench.models import MARNet
 from workbench.tensorboard import TensorBoardLog
@@ -225,8 +225,8 @@ class Trainer:
                  len(self.target.gallery))
         metrics = evaluate(self.net, self.target, image_size=self.cfg.data.image_size, batch_size=t.eval_batch_size,
                            workers=self.cfg.data.workers, device=self.device, amp=self.use_amp, flip=t.flip_test)
-        log.info("%s: evaluated in %.0f s: rank-1 %.1f%%, mAP %.1f%%", self.stage, time.perf_counter() - started,
-                 100 * metrics["rank1"], 100 * metrics["mAP"])
+        log.info("%s: evaluated in %.0f s: %s (%%)", self.stage, time.perf_counter() - started,
+                 format_metrics(metrics))
         return metrics
 
     def state_dict(self, epoch: int) -> dict:
@@ -408,7 +408,7 @@ class Trainer:
             if last or (every > 0 and (epoch + 1) % every == 0):
                 if self.ctx.is_main:
                     metrics = self.evaluate_target()
-                    row |= {k: metrics[k] for k in ("rank1", "rank5", "rank10", "mAP", "mAP_devkit", "mINP")}
+                    row |= {k: metrics[k] for k in METRIC_KEYS}
                     if self.tb is not None:
                         self.tb.evaluation((epoch + 1) * self.steps_per_epoch, metrics)
                 barrier(self.ctx)
@@ -576,9 +576,8 @@ class MARTrainer(Trainer):
         """Evaluate the starting point and initialize memory, centres and threshold."""
         if self.ctx.is_main:
             initial = self.evaluate_target()
-            self.extra_metrics["initial"] = {k: initial[k] for k in ("rank1", "rank5", "rank10", "mAP",
-                                                                      "mAP_devkit", "mINP")}
-            log.info("before joint training: rank-1 %.4f, mAP %.4f", initial["rank1"], initial["mAP"])
+            self.extra_metrics["initial"] = {k: initial[k] for k in METRIC_KEYS}
+            log.info("before joint training: %s (%%)", format_metrics(initial))
             if self.tb is not None:
                 self.tb.evaluation(0, initial)
         feats, camids, index = self._initialization_features()

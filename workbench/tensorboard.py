@@ -21,10 +21,10 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from workbench.evaluation.metrics import METRIC_KEYS
+
 log = logging.getLogger("workbench.tensorboard")
 
-#: evaluation metrics logged as ``eval/<name>`` (percent)
-EVAL_METRICS = ("rank1", "rank5", "rank10", "mAP", "mAP_devkit", "mINP")
 
 
 class TensorBoardLog:
@@ -55,7 +55,7 @@ class TensorBoardLog:
 
     def evaluation(self, global_step: int, metrics: Mapping[str, float]) -> None:
         """One evaluation on the target query/gallery, in percent."""
-        for name in EVAL_METRICS:
+        for name in METRIC_KEYS:
             if name in metrics:
                 self.writer.add_scalar(f"eval/{name}", 100.0 * float(metrics[name]), global_step)
 

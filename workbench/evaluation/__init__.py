@@ -15,6 +15,8 @@ from workbench.evaluation.features import evaluate, evaluate_features, extract_f
 from workbench.evaluation.metrics import (
     APConvention,
     JUNK_PID,
+    METRIC_KEYS,
+    format_metrics,
     rank_metrics,
     rank_metrics_reference,
     valid_gallery_mask,
@@ -27,6 +29,8 @@ __all__ = [
     "rank_metrics_reference",
     "valid_gallery_mask",
     "JUNK_PID",
+    "METRIC_KEYS",
+    "format_metrics",
     "re_ranking",
     "extract_features",
     "evaluate_features",

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from workbench.evaluation.distance import ArrayLike, Metric, pairwise_distance
-from workbench.evaluation.metrics import rank_metrics
+from workbench.evaluation.metrics import format_metrics, rank_metrics
 from workbench.evaluation.rerank import re_ranking
 
 __all__ = ["extract_features", "evaluate_features", "evaluate"]
@@ -194,8 +194,6 @@ def evaluate(model: torch.nn.Module, split: Any, *, image_size: tuple[int, int] 
     if return_distmat:
         result.update(qf=qf, gf=gf, q_pids=q_pids, g_pids=g_pids, q_camids=q_camids,
                       g_camids=g_camids)
-    logger.info("evaluation: rank-1 %.1f%%  mAP %.1f%% (devkit %.1f%%)  mINP %.1f%%  (%d queries, "
-                "%d gallery, %.1fs)", 100 * result["rank1"], 100 * result["mAP"],
-                100 * result["mAP_devkit"], 100 * result["mINP"], result["num_valid"],
-                result["num_gallery"], result["seconds"])
+    logger.info("evaluation: %s (%%)  (%d queries, %d gallery, %.1fs)", format_metrics(result),
+                result["num_valid"], result["num_gallery"], result["seconds"])
     return result

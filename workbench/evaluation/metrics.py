@@ -36,13 +36,23 @@ from workbench.evaluation.distance import (
     _torch_threads,
 )
 
-__all__ = ["APConvention", "JUNK_PID", "valid_gallery_mask", "rank_metrics", "rank_metrics_reference"]
+__all__ = ["APConvention", "JUNK_PID", "METRIC_KEYS", "format_metrics", "valid_gallery_mask", "rank_metrics",
+           "rank_metrics_reference"]
 
 APConvention = Literal["standard", "devkit", "both"]
 
 _NUM_BUCKETS = 4096  # resolution of the per-row bucketing in rank_metrics
 _CHUNK_ELEMENTS = 1 << 22  # distances handled at once in rank_metrics (≈ 4M, tens of MB of scratch)
 JUNK_PID = -1  # gallery images with this pid never count
+#: the scalar metrics every run reports (fractions in [0, 1]); mAP_devkit is the Market devkit / MAR AP
+METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mAP_devkit", "mINP")
+
+
+def format_metrics(metrics: Any) -> str:
+    """One line in percent: ``rank-1 61.2  rank-5 80.1  rank-10 85.3  mAP 40.0 (devkit 38.1)  mINP 12.3``."""
+    m = {k: 100.0 * float(metrics[k]) for k in METRIC_KEYS}
+    return (f"rank-1 {m['rank1']:.1f}  rank-5 {m['rank5']:.1f}  rank-10 {m['rank10']:.1f}  mAP {m['mAP']:.1f} "
+            f"(devkit {m['mAP_devkit']:.1f})  mINP {m['mINP']:.1f}")
 
 
 def valid_gallery_mask(q_pid: Any, q_camid: Any, g_pids: Any, g_camids: Any) -> np.ndarray:
