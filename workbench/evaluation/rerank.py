@@ -182,8 +182,8 @@ def _expand_ranges(starts: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     ``repeat_interleave(arange(T), lens)``; callers repeat the owners' values the same way)."""
     first = torch.cumsum(lens, 0) - lens
     total = int(first[-1] + lens[-1]) if lens.numel() else 0
-    shift = torch.repeat_interleave(starts - first, lens, output_size=total)
-    return shift.add_(torch.arange(total, device=lens.device))
+    shift = torch.repeat_interleave((starts - first).to(starts.dtype), lens, output_size=total)
+    return shift.add_(torch.arange(total, dtype=starts.dtype, device=lens.device))
 
 
 def re_ranking(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,
@@ -319,9 +319,9 @@ def _jaccard_blend(raw: torch.Tensor, max_sq: torch.Tensor, v_rows: torch.Tensor
     n = num_q + num_g
     is_g = v_rows >= num_q
     g_cols, order = torch.sort(v_cols[is_g], stable=True)  # gallery entries grouped by column
-    g_rows, g_vals = (v_rows[is_g] - num_q)[order], v_vals[is_g][order]
+    g_rows, g_vals = (v_rows[is_g] - num_q)[order].int(), v_vals[is_g][order]  # int32: half the traffic
     col_count = torch.bincount(g_cols, minlength=n)
-    col_start = torch.cumsum(col_count, 0) - col_count
+    col_start = (torch.cumsum(col_count, 0) - col_count).int()
     q_rows, q_cols, q_vals = v_rows[~is_g], v_cols[~is_g], v_vals[~is_g]
     del v_rows, v_cols, v_vals, is_g, order, g_cols
     pairs = col_count[q_cols]  # gallery entries met by each query entry
@@ -340,7 +340,7 @@ def _jaccard_blend(raw: torch.Tensor, max_sq: torch.Tensor, v_rows: torch.Tensor
         item = _expand_ranges(col_start[q_cols[e0:e1]], lens)  # the gallery entries met, in order
         vmin = torch.minimum(torch.repeat_interleave(q_vals[e0:e1], lens, output_size=item.shape[0]),
                              g_vals.index_select(0, item))
-        flat = torch.repeat_interleave((q_rows[e0:e1] - r0).mul_(num_g), lens, output_size=item.shape[0])
+        flat = torch.repeat_interleave((q_rows[e0:e1] - r0).mul_(num_g).int(), lens, output_size=item.shape[0])
         flat.add_(g_rows.index_select(0, item))  # (query row, gallery row) in the dense block
         del item
         size = (r1 - r0) * num_g
