@@ -53,6 +53,8 @@ def test_pretrain_run_folder(stage1) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("rank1", "rank5", "rank10", "mAP", "mAP_devkit", "mINP"):
         assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["seed"] == 0 and metrics["stage"] == "pretrain"
+    assert metrics["commit"] is None or len(metrics["commit"].split("-")[0]) == 12  # the code that ran
     state = load_checkpoint(run / "checkpoint.pt")  # weights_only=True
     assert state["stage"] == "pretrain" and state["epoch"] == 1
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "history"} <= set(state)

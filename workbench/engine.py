@@ -44,11 +44,13 @@ from workbench.errors import CheckpointError, ConfigError, RunFolderError, Workb
 from workbench.evaluation import METRIC_KEYS, evaluate, format_metrics
 from workbench.losses import LOSS_TERMS, MARLoss, agent_loss, soft_multilabel
 from workbench.models import MARNet
+from workbench.paths import source_commit
 from workbench.tensorboard import TensorBoardLog
 from workbench.runs import (
     load_checkpoint,
     new_run_dir,
     read_rows,
+
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -458,7 +460,8 @@ class Trainer:
     def final_metrics(self, metrics: dict) -> dict:
         """What ``metrics.json`` holds: the last evaluation plus the stage's extra figures."""
         out = {k: v for k, v in metrics.items() if k not in ("distmat", "qf", "gf")}
-        return out | {"stage": self.stage, "epochs": self.num_epochs, **self.extra_metrics}
+        return out | {"stage": self.stage, "epochs": self.num_epochs, "seed": self.cfg.train.seed,
+                      "commit": source_commit(), **self.extra_metrics}
 
 
 # ----------------------------------------------------------------------------- stage 1

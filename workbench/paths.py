@@ -14,6 +14,22 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _CHECKOUT = _PACKAGE_DIR.parent if (_PACKAGE_DIR.parent / "pyproject.toml").is_file() else None
 
 
+def source_commit() -> str | None:
+    """The git commit of this checkout (``<hash>`` or ``<hash>-dirty``), None outside a git checkout."""
+    import subprocess
+
+    if _CHECKOUT is None:
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(_CHECKOUT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(_CHECKOUT), "status", "--porcelain", "--untracked-files=no",
+                                "--", "workbench"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty.strip() else "") if head else None
+
+
 def data_root() -> Path:
     """Folder for generated and cached datasets (``WORKBENCH_DATA`` overrides)."""
     env = os.environ.get("WORKBENCH_DATA")
