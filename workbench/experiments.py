@@ -843,6 +843,22 @@ def paper_table(df: "pd.DataFrame", rows: Mapping[str, Mapping[str, Any]],
     return pd.DataFrame(table)
 
 
+def paper_rows(paper: Mapping[str, Mapping[str, Any]], dataset: str = "market1501",
+               metrics: Sequence[str] = PAPER_METRICS) -> "pd.DataFrame":
+    """Published rows as a table (percent; NaN: not reported) with each row's source.
+
+    Example:
+        >>> paper_rows(PAPER_RESULTS["reference"]).loc["MAR (Yu et al. 2019)", "mAP"]
+        40.0
+    """
+    import pandas as pd
+
+    label = {"rank1": "rank-1", "rank5": "rank-5", "rank10": "rank-10"}
+    return pd.DataFrame({name: {**{label.get(m, m): row[dataset][m] for m in metrics},
+                                "source": row.get("paper", row[dataset]["source"])}
+                         for name, row in paper.items()}).T
+
+
 def curve(df: "pd.DataFrame", param: str, fixed: Mapping[str, Any],
           metrics: Sequence[str] = ("rank1", "mAP")) -> "pd.DataFrame":
     """A metric-against-one-parameter curve from a one-at-a-time sweep (see :func:`one_at_a_time`).

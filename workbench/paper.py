@@ -118,9 +118,9 @@ PAPER_RESULTS: dict[str, dict[str, dict[str, Any]]] = {
 #: The two methods every table is read against: MAR (Yu et al. 2019) and Zhang et al. 2020's best
 #: model, as Zhang et al.'s Table 4 reports them. Neither is a row of the ablation tables.
 PAPER_RESULTS["reference"] = {
-    "MAR (Yu et al. 2019)": {**PAPER_RESULTS["comparison"]["MAR"], "paper": "Yu et al., CVPR 2019"},
+    "MAR (Yu et al. 2019)": {**PAPER_RESULTS["comparison"]["MAR"], "paper": "Yu et al., CVPR 2019 (as quoted in Zhang et al. 2020, Table 4)"},
     "Zhang et al. 2020 (layer1+layer3+layer4)": {**PAPER_RESULTS["comparison"]["Zhang et al. 2020"],
-                                                 "paper": ZHANG_2020},
+                                                 "paper": f"{ZHANG_2020}, Table 4"},
 }
 
 #: Zhang et al. 2020 Table 3: the loss switches of each ablation row (L_RAL = L_AL + β·L_RJ).
