@@ -393,6 +393,9 @@ def test_image_explorer_title_agrees_with_its_slider(views) -> None:
     ex = ImageExplorer(views, part="train")
     ex.index.value = 4
     assert ex.output.outputs[0]["data"]["text/plain"].startswith("after · train #4 ·")
+    y = views["after"].multilabels["train"][4]
+    top = int(np.argmax(y))  # the label itself in words: what a reader (and the browser test) compares
+    assert ex.output.outputs[1]["data"]["text/plain"].startswith(f"soft multilabel: a{top} {y[top]:.3f}, ")
     pid = ex.identity.options[2][1]
     ex.identity.value = pid
     ex.index.value = ex.index.max

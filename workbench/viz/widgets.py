@@ -204,8 +204,10 @@ class ImageExplorer(_Explorer):
         if collapsed:
             _show(self.output, title, collapsed)
             return self.last
-        figures: list[Figure | str] = [title, plot_soft_label(y, agent_images=v.agent_images, k=self.k,
-                                                              image=sample.path)]
+        label = ("soft multilabel: " + ", ".join(f"a{j} {y[j]:.3f}" for j in top[:5])
+                 + f" … (top {len(top)} of {len(y)} agents hold {y[top].sum():.2f})")
+        figures: list[Figure | str] = [title, label, plot_soft_label(y, agent_images=v.agent_images, k=self.k,
+                                                                     image=sample.path)]
         retrieval = None
         if part == "query":
             retrieval = rank_gallery(v.distmat, v.samples["query"], v.samples["gallery"], (i,),
