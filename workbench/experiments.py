@@ -15,7 +15,9 @@ folder into one DataFrame row per point (parameters + metrics + status), :func:`
 our numbers beside the paper's.
 
 The notebook-side helpers (:func:`notebook_config`, :func:`ensure_run`, :func:`record_metrics`,
-:func:`agent_similarity`) keep the notebooks to wiring and display.
+:func:`agent_similarity`, :func:`resolve_notebook`, :func:`repo_path`, :func:`find_run`,
+:func:`in_percent`, :func:`paper_rows`) keep the notebooks to wiring and display. The paper's numbers
+live in :mod:`workbench.paper` and are re-exported here (``PAPER_RESULTS`` ...).
 
 Example:
     >>> df = sweep("notebooks/03_train_mar.ipynb", {"use_cml": [True, False]}, "runs/sweeps/cml",
@@ -44,6 +46,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from workbench.paper import (  # re-exported: the notebooks read them as ex.PAPER_RESULTS ...
+    FUSION_COMBINATIONS,
+    LOSS_ABLATION,
+    PAPER_METRICS,
+    PAPER_NETWORKS,
+    PAPER_RESULTS,
+    PRETRAINING_ABLATION,
+    pretraining_points,
+)
+
 if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the functions that need them
     import pandas as pd
     import torch
@@ -57,16 +69,6 @@ STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
 #: the metrics shown first by :func:`collect` and the CLI (fractions in [0, 1])
 MAIN_METRICS = ("rank1", "rank5", "rank10", "mAP", "mAP_devkit", "mINP")
-
-from workbench.paper import (  # re-exported: the notebooks read them as ex.PAPER_RESULTS ...
-    FUSION_COMBINATIONS,
-    LOSS_ABLATION,
-    PAPER_METRICS,
-    PAPER_NETWORKS,
-    PAPER_RESULTS,
-    PRETRAINING_ABLATION,
-    pretraining_points,
-)
 
 # ----------------------------------------------------------------------------- grids and point names
 

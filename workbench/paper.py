@@ -17,7 +17,8 @@ from typing import Any
 
 _NAN = float("nan")
 #: where every published number comes from (``../shared/docs/PAPER.md`` transcribes them)
-ZHANG_2020 = "Zhang et al. 2020 (Opto-Electronic Engineering 47(12): 190636)"
+#: the publication (Opto-Electronic Engineering 47(12): 190636), as the sources name it
+ZHANG_2020 = "Zhang et al. 2020"
 PAPER_METRICS = ("rank1", "rank5", "rank10", "mAP")
 _DATASET_NAMES = {"market1501": "Market-1501", "dukemtmc": "DukeMTMC-reID"}
 

@@ -237,7 +237,8 @@ def plot_cmc(runs: Mapping[str, Any], *, max_rank: int = 20, save_to: PathLike |
     ax.set_ylabel("matching rate (%)")
     ax.set_ylim(0, 100)
     ax.set_xlim(1, max_rank)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    step = 5 if max_rank > 10 else 1
+    ax.set_xticks(sorted({1, *range(step, max_rank + 1, step)}))  # whole ranks, rank 1 included
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("CMC")
