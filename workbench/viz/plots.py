@@ -148,6 +148,17 @@ def _has_values(df: pd.DataFrame, column: str) -> bool:
     return column in df and pd.to_numeric(df[column], errors="coerce").notna().any()
 
 
+def _whole_number_ticks(ax, xs: np.ndarray) -> None:
+    """Whole-number x ticks (epochs, steps): each value when there are few, else a few integers."""
+    values = np.unique(np.asarray(xs, dtype=float)[np.isfinite(np.asarray(xs, dtype=float))])
+    if 0 < len(values) <= 12 and np.all(values == np.round(values)):
+        ax.set_xticks(values.astype(int))
+        if len(values) == 1:
+            ax.set_xlim(values[0] - 1, values[0] + 1)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_training_curves(history: Any, terms: Sequence[str] | None = None, *, x: str = "epoch",
                          title: str | None = None, save_to: PathLike | None = None) -> Figure:
     """Loss terms, threshold, mined pairs and rank metrics over training, one small axis each.
@@ -188,7 +199,7 @@ def plot_training_curves(history: Any, terms: Sequence[str] | None = None, *, x:
             ax.plot(xs[keep], y[keep], marker="o" if keep.sum() < 30 else None, ms=3, label=labels.get(c, c))
         ax.set_title(TERM_TITLES.get(name, name), fontsize=10)
         ax.set_xlabel("step" if x == "step" else x)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs / steps
+        _whole_number_ticks(ax, xs)
         if name == "target metrics":
             ax.set_ylabel("%")
         if len(columns) > 1:
