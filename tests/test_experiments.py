@@ -468,6 +468,8 @@ def test_notebook_paths_and_parameter_errors(tmp_path: Path, monkeypatch) -> Non
     with pytest.raises(ex.NotebookParameterError, match=f"target_root = 'no-such-dataset': no such folder or "
                                                         f"file {re.escape(str(missing))}"):
         ex.notebook_config("smoke", {"target": "market1501", "target_root": "no-such-dataset"})
+    with pytest.raises(ex.NotebookParameterError, match=r"variants: unknown 'ful'; choose from 'full', 'w/o CML'"):
+        ex.check_choices("variants", ["full", "ful"], ex.LOSS_ABLATION)
     cfg = ex.notebook_config("smoke", {"target_root": "notebooks"})  # relative to the repository root
     assert cfg.data.target_root == str(root / "notebooks")
     assert ex.notebook_out_dir("runs-test-tmp/x", "k") == root / "runs-test-tmp" / "x"

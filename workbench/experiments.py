@@ -352,6 +352,22 @@ class NotebookParameterError(ValueError):
         return [f"NotebookParameterError: {self}"]
 
 
+def check_choices(parameter: str, values: Sequence[Any], allowed: Iterable[Any]) -> None:
+    """Every value of a list parameter (``variants``, ``rows`` ...) must be one of ``allowed``.
+
+    Raises:
+        NotebookParameterError: naming the parameter, the unknown values and the choices.
+
+    Example:
+        >>> check_choices("variants", ["full"], LOSS_ABLATION)
+    """
+    allowed = list(allowed)
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise NotebookParameterError(f"{parameter}: unknown {', '.join(map(repr, unknown))}; choose from "
+                                     f"{', '.join(map(repr, allowed))}")
+
+
 def repo_root() -> Path:
     """The repository root (the checkout holding ``workbench/``); the current folder for an installed
     package."""
