@@ -420,7 +420,7 @@ def _top_agents(panels: Mapping[str, np.ndarray], k: int) -> np.ndarray:
     return np.argsort(-mass, kind="stable")[:k]
 
 
-def plot_camera_heatmap(multilabels: Any, camids: Any, *, k: int = 20, titles: Sequence[str] | None = None,
+def plot_camera_heatmap(multilabels: Any, camids: Any, *, k: int = 16, titles: Sequence[str] | None = None,
                         save_to: PathLike | None = None) -> Figure:
     """Mean soft multilabel per camera as a heatmap (cameras × the top-k agents by overall mass).
 
@@ -443,7 +443,7 @@ def plot_camera_heatmap(multilabels: Any, camids: Any, *, k: int = 20, titles: S
     columns = _top_agents(panels, k)  # (k,)
     means = {t: camera_means(y, cams_of[t]) for t, y in panels.items()}
     vmax = max(float(m[:, columns].max()) for _, m in means.values())
-    fig = Figure(figsize=(0.42 * len(columns) * len(panels) + 2.0, 0.45 * max(len(c) for c, _ in means.values()) + 2.0),
+    fig = Figure(figsize=(0.32 * len(columns) * len(panels) + 2.0, 0.45 * max(len(c) for c, _ in means.values()) + 2.0),
                  layout="constrained")
     grid = fig.add_gridspec(1, len(panels) + 1, width_ratios=[1.0] * len(panels) + [0.05])
     cbar_ax = fig.add_subplot(grid[0, -1])
@@ -462,7 +462,7 @@ def plot_camera_heatmap(multilabels: Any, camids: Any, *, k: int = 20, titles: S
     return fig
 
 
-def plot_camera_profile(multilabels: Any, camids: Any, camera: int, *, k: int = 20,
+def plot_camera_profile(multilabels: Any, camids: Any, camera: int, *, k: int = 16,
                         titles: Sequence[str] | None = None, save_to: PathLike | None = None) -> Figure:
     """One camera's mean soft multilabel against the all-camera mean, over the top-k agents.
 
@@ -477,7 +477,7 @@ def plot_camera_profile(multilabels: Any, camids: Any, camera: int, *, k: int = 
     panels = _as_panels(multilabels, titles, "soft multilabel")
     cams_of = _per_panel(camids, panels, "camids")
     columns = _top_agents(panels, k)
-    fig, axes = _grid(len(panels), ncols=3, size=(0.3 * len(columns) + 2.0, 2.6))
+    fig, axes = _grid(len(panels), ncols=2, size=(0.3 * len(columns) + 1.5, 3.0))
     pos = np.arange(len(columns))
     for ax, (title, y) in zip(axes, panels.items()):
         y = _numpy(y)
@@ -486,7 +486,9 @@ def plot_camera_profile(multilabels: Any, camids: Any, camera: int, *, k: int = 
             raise ValueError(f"camera {camera} not among {cams.tolist()}")
         ax.bar(pos - 0.2, y.mean(0)[columns], width=0.4, color="0.7", label="all cameras")
         ax.bar(pos + 0.2, means[list(cams).index(camera), columns], width=0.4, color=QUERY, label=f"cam {camera}")
-        ax.set_xticks(pos, [f"a{a}" for a in columns], fontsize=6, rotation=90)
+        ax.set_xticks(pos, [f"a{a}" for a in columns], fontsize=8, rotation=90)
+        ax.set_xlabel(f"agent (top {len(columns)} by mean mass)", fontsize=8)
+        ax.set_ylabel("mean mass", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
     save_figure(fig, save_to, f"camera_{camera}")

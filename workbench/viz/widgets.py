@@ -235,7 +235,7 @@ class CameraExplorer(_Explorer):
         last: ``{"camera", "agents", "means": {name: (k,) mean multilabel of the camera or (C, k)}}``.
     """
 
-    def __init__(self, views_by_name: ViewsArg, *, part: str = "train", k: int = 20) -> None:
+    def __init__(self, views_by_name: ViewsArg, *, part: str = "train", k: int = 16) -> None:
         self.views = as_views(views_by_name)
         self.part, self.k = part, int(k)
         first = next(iter(self.views.values()))
@@ -390,10 +390,10 @@ class ThresholdExplorer(_Explorer):
         fig = Figure(figsize=(5.5, 3.2), layout="constrained")
         ax = fig.add_subplot()
         draw_agreement(ax, self.agreements, self.same, c["threshold"], self._bins)
-        ax.set_title(f"{self.name}: {c['n_pos']} positive pairs, precision {100 * c['precision']:.1f} %", fontsize=9)
+        precision = f"{100 * c['precision']:.1f} %" if c["n_pos"] else "– (no positive pair)"
+        ax.set_title(f"{self.name}: {c['n_pos']} positive pairs, precision {precision}", fontsize=9)
         text = (f"T = {c['threshold']:.3f}: {c['n_pos']} of {c['n_pairs']} pairs are positives, "
-                f"{c['n_true']} of them true (precision {100 * c['precision']:.1f} %, "
-                f"recall {100 * c['recall']:.1f} %)")
+                f"{c['n_true']} of them true (precision {precision}, recall {100 * c['recall']:.1f} %)")
         _show(self.output, text, fig)
         return c
 
