@@ -29,7 +29,7 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "notebooks/08_soft_label_explorer.ipynb"
-RUN_TIMEOUT_MS = 300_000  # views of the reused run + UMAP's numba compilation (~60 s idle, more when busy)
+RUN_TIMEOUT_MS = 600_000  # views of the reused run + UMAP's numba compilation (~60 s idle, more when busy)
 
 # JupyterLab state read through ``window.jupyterapp`` (``--LabApp.expose_app_in_browser``)
 JS_NOTEBOOK_READY = """() => {
