@@ -674,8 +674,9 @@ def plot_beside_paper(table: pd.DataFrame, metrics: Sequence[str] = ("rank-1", "
         paper = pd.to_numeric(table.get(f"{m} (paper)"), errors="coerce").to_numpy(dtype=float)
         ax.barh(pos - 0.2, np.nan_to_num(paper), height=0.38, color="0.75", label="paper")
         ax.barh(pos + 0.2, np.nan_to_num(ours), height=0.38, color=QUERY, label="ours")
-        for y, value in zip(pos + 0.2, ours):
-            ax.text(1, y, "no result" if np.isnan(value) else "", va="center", fontsize=7, color="0.3")
+        for y, value in zip(pos + 0.2, ours):  # our value in words: a 0.0 bar is not a missing one
+            ax.text(1 if np.isnan(value) else value + 1, y, "no result" if np.isnan(value) else f"{value:.1f}",
+                    va="center", fontsize=7, color="0.3")
         ax.set_yticks(pos, rows if ax is axes[0] else [""] * len(rows), fontsize=8)
         ax.invert_yaxis()
         ax.set_xlim(0, 100)
