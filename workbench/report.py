@@ -6,7 +6,7 @@ run it describes instead of being typed in. ``PATH`` may be
 - a run folder (``config.json`` + ``metrics.json``): one row, plus the state before joint training
   for a stage-2 run (``metrics["initial"]``);
 - a folder holding runs (``make demo``'s or ``00_quickstart``'s: ``pretrain/`` and ``mar/``): one
-  row per run, stage 1 first;
+  row per run, stage 1 first (the rows ``make demo`` prints);
 - a sweep folder (one sub-folder per point with ``status.json``): one row per point;
 - a ``metrics.json`` file;
 - a results CSV (what ``--csv`` writes): a ``run`` column and the metric columns as fractions.
@@ -46,10 +46,10 @@ def _is_run(folder: Path) -> bool:
     return (folder / "metrics.json").is_file() and (folder / "config.json").is_file()
 
 
-def _run_rows(run: Path, title: str | None = None) -> list[Row]:
+def _run_rows(run: Path, title: str | None = None, *, initial: bool = True) -> list[Row]:
     metrics = _read_json(run / "metrics.json")
     rows: list[Row] = []
-    if isinstance(metrics.get("initial"), Mapping):
+    if initial and isinstance(metrics.get("initial"), Mapping):
         rows.append((f"{title or run.name}: before joint training", metrics["initial"]))
     rows.append((title or run.name, metrics))
     return rows
@@ -101,8 +101,9 @@ def results_rows(path: str | Path) -> list[Row]:
         return _run_rows(path)
     runs = [path / name for name in RUN_TITLES if _is_run(path / name)]
     runs += sorted(p for p in path.iterdir() if p.is_dir() and p.name not in RUN_TITLES and _is_run(p))
-    if runs:
-        return [row for run in runs for row in _run_rows(run, RUN_TITLES.get(run.name))]
+    if runs:  # beside its stage-1 run, a stage-2 run's start ("initial") would repeat stage 1's row
+        has_stage1 = any(run.name == "pretrain" for run in runs)
+        return [row for run in runs for row in _run_rows(run, RUN_TITLES.get(run.name), initial=not has_stage1)]
     if any((p / "status.json").is_file() for p in path.iterdir() if p.is_dir()):
         return _sweep_rows(path)
     if (path / "metrics.json").is_file():
