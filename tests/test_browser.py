@@ -1,11 +1,14 @@
-"""End to end in a real browser: JupyterLab runs notebook 08 and its explorers react to a control.
+"""End to end in a real browser: JupyterLab runs notebook 08 on a trained run and its explorers react.
 
-A JupyterLab server (this venv's, temporary config / runtime / settings / data folders, autosave
-off, checkpoints in the temporary folder) serves the checkout; headless Chromium, driven by
-Playwright's sync API with the system's ``chromium`` binary (no browser download), opens
-``notebooks/08_soft_label_explorer.ipynb``, runs all cells, waits for the widgets, changes the
-image explorer's identity and index, and checks that the rendered figure changed. The notebook file
-is restored byte for byte if anything wrote to it.
+A short ``demo`` pipeline is trained first into a temporary ``WORKBENCH_RUNS`` as
+``<time>-quickstart/{pretrain,mar}``: what 08 reuses at its defaults (the quickstart's run). A
+JupyterLab server (this venv's, temporary config / runtime / settings / data folders, autosave off,
+checkpoints in the temporary folder) serves the checkout; headless Chromium, driven by Playwright's
+sync API with the system's ``chromium`` binary (no browser download), opens
+``notebooks/08_soft_label_explorer.ipynb``, runs all cells, waits for the widgets, checks that two
+different images show different soft multilabels (the model learned something), changes the image
+explorer's identity and index, and checks that the rendered figure changed. The notebook file is
+restored byte for byte if anything wrote to it.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "notebooks/08_soft_label_explorer.ipynb"
-RUN_TIMEOUT_MS = 300_000  # the notebook trains a smoke pipeline first (~40 s idle, more on a busy machine)
+RUN_TIMEOUT_MS = 600_000  # views of the reused run + UMAP's numba compilation (~60 s idle, more when busy)
 
 # JupyterLab state read through ``window.jupyterapp`` (``--LabApp.expose_app_in_browser``)
 JS_NOTEBOOK_READY = """() => {
@@ -58,6 +61,13 @@ def _chromium() -> str:
     if path is None:
         pytest.skip("no chromium binary on PATH or at /usr/bin/chromium (the test never downloads a browser)")
     return path
+
+
+def _soft_label_line(text: str) -> str:
+    """The image explorer's soft multilabel in words (``soft multilabel: a12 0.231, a5 0.120 …``)."""
+    lines = [line for line in text.splitlines() if line.startswith("soft multilabel: ")]
+    assert lines, f"no soft multilabel shown in: {text!r}"
+    return lines[0]
 
 
 def _free_port() -> int:
@@ -94,7 +104,25 @@ def _wait_for_server(proc: subprocess.Popen, url: str, log: Path, timeout: float
 
 
 @pytest.fixture
-def lab(tmp_path):
+def trained_run(tmp_path) -> Path:
+    """A short demo pipeline where 08 looks for the quickstart's run (``$WORKBENCH_RUNS/<time>-quickstart``)."""
+    _chromium()  # skip before training when there is no browser
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    from workbench.config import from_params
+    from workbench.engine import pretrain, train_mar
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WORKBENCH_DATA", str(tmp_path / "data"))
+        mp.setenv("CI", "true")
+        # the demo preset and data (what 08 reuses at its defaults), fewer epochs
+        cfg = from_params({"preset": "demo", "pretrain_epochs": 3, "epochs": 1, "eval_every": 0, "device": "cpu"})
+        root = tmp_path / "runs" / "20250101-000000-quickstart"
+        stage1 = pretrain(cfg, root / "pretrain")
+        return train_mar(cfg, root / "mar", init_checkpoint=stage1.checkpoint).run_dir
+
+
+@pytest.fixture
+def lab(tmp_path, trained_run):
     """A JupyterLab server on the checkout; yields its base URL and token; shut down afterwards."""
     pytest.importorskip("jupyterlab", reason="jupyterlab is not installed in this environment")
     port, token = _free_port(), secrets.token_hex(16)
@@ -127,7 +155,7 @@ def lab(tmp_path):
             proc.wait(timeout=10)
 
 
-def test_notebook_explorer_in_jupyterlab(lab, tmp_path) -> None:
+def test_notebook_explorer_in_jupyterlab(lab, trained_run, tmp_path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     chromium = _chromium()
     base, token = lab
@@ -158,6 +186,9 @@ def test_notebook_explorer_in_jupyterlab(lab, tmp_path) -> None:
                 text = page.locator(".wb-image-explorer .wb-output").first
                 before_src, before_text = image.get_attribute("src"), text.inner_text()
                 assert before_src.startswith("data:image/png")
+                assert f"run: {trained_run}" in page.content()  # 08 reused the quickstart's run
+                assert "collapsed" not in before_text, before_text
+                first_label = _soft_label_line(before_text)
 
                 # pick another identity in the dropdown: the explorer jumps to that person's image
                 select = page.locator(".wb-image-explorer .wb-identity select").first
@@ -179,6 +210,10 @@ def test_notebook_explorer_in_jupyterlab(lab, tmp_path) -> None:
                 page.wait_for_function(JS_IMAGE_CHANGED, arg=first_src, timeout=30_000)
                 assert "#1 " in text.inner_text()
                 lap("index slider moved: figure changed")
+                # two different images, two different soft multilabels (not a collapsed model)
+                second_label = _soft_label_line(text.inner_text())
+                assert second_label != first_label, (first_label, second_label)
+                lap(f"image #0: {first_label}; image #1: {second_label}")
 
                 page.locator(".wb-explore").first.scroll_into_view_if_needed()
                 page.screenshot(path=str(screenshot), full_page=False)

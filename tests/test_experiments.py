@@ -224,13 +224,96 @@ def test_collect_a_sweep_folder(tmp_path: Path) -> None:
     assert c.index.tolist() == [0.01, 0.1] and c["rank1"].tolist() == [50.0, 75.0]
 
 
-def test_paper_results_are_stated_or_nan() -> None:
+PAPER_MD = Path(__file__).resolve().parents[1].parent / "shared" / "docs" / "PAPER.md"
+_MD_METRICS = {"R1": "rank1", "R5": "rank5", "R10": "rank10", "mAP": "mAP"}
+
+
+def _paper_md_tables(text: str) -> dict[str, dict[str, dict]]:
+    """``{"Table 3": {row label: {"labels": [...], "market1501": {metric: str}, "dukemtmc": {...}}}}``
+    from PAPER.md's markdown tables (label cells joined by " | ")."""
+    tables: dict[str, dict[str, dict]] = {}
+    name = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            m = re.match(r"## (Table \d+)", line)
+            name = m.group(1) if m else None
+            header = None
+            continue
+        if name is None or not line.startswith("|"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if set("".join(cells)) <= {"-", " "}:
+            continue
+        if header is None:
+            header, dataset = [], "market1501"
+            for c in cells:
+                dataset = "dukemtmc" if c.startswith("Duke") else dataset
+                header.append((dataset, _MD_METRICS.get(c.split()[-1])))
+            tables[name] = {}
+            continue
+        row = {"labels": [], "market1501": {}, "dukemtmc": {}}
+        for (dataset, metric), cell in zip(header, cells):
+            if metric is None:
+                row["labels"].append(cell)
+            else:
+                row[dataset][metric] = cell
+        tables[name][" | ".join(row["labels"])] = row
+    return tables
+
+
+def test_every_paper_cell_equals_paper_md() -> None:
+    if not PAPER_MD.is_file():
+        pytest.skip(f"{PAPER_MD} is absent: it lives in ../shared/docs beside the checkout")
+    md = _paper_md_tables(PAPER_MD.read_text())
+    assert set(md) == {"Table 1", "Table 2", "Table 3", "Table 4"}
+    for key, table in (("pretraining", "Table 1"), ("feature_fusion", "Table 2"), ("loss_ablation", "Table 3"),
+                       ("comparison", "Table 4")):
+        ours = ex.PAPER_RESULTS[key]
+        assert len(ours) == len(md[table]), f"{key}: {len(ours)} rows, PAPER.md {table} has {len(md[table])}"
+        for label, row in ours.items():
+            assert row["table"] == table, (key, label)
+            found = [r for name, r in md[table].items() if row["row"] in (name, r["labels"][0])]
+            assert len(found) == 1, f"{key}/{label}: row {row['row']!r} not in PAPER.md {table}"
+            for dataset in ("market1501", "dukemtmc"):
+                cells = row[dataset]
+                assert cells["source"], (key, label, dataset)
+                for metric in ex.PAPER_METRICS:
+                    text = found[0][dataset].get(metric)
+                    value = cells[metric]
+                    if text is None or text == "–":
+                        assert math.isnan(value), f"{key}/{label}/{dataset}/{metric}: PAPER.md has none"
+                    else:
+                        assert value == float(text), f"{key}/{label}/{dataset}/{metric}: {value} != {text}"
+                        assert table in cells["source"] and row["row"] in cells["source"]
+
+
+def test_paper_results_keep_attribution_and_notebook_rows() -> None:
     full = ex.PAPER_RESULTS["loss_ablation"]["full"]["market1501"]
-    assert (full["rank1"], full["mAP"]) == (67.7, 40.0)
-    assert math.isnan(ex.PAPER_RESULTS["loss_ablation"]["w/o CML"]["market1501"]["rank1"])
+    assert (full["rank1"], full["mAP"]) == (66.627, 39.361)  # Zhang et al.'s own full-L_MAR run, not MAR's
+    assert ex.PAPER_RESULTS["feature_fusion"]["layer4"]["market1501"] == {
+        **full, "source": ex.PAPER_RESULTS["feature_fusion"]["layer4"]["market1501"]["source"]}
+    for key in ("loss_ablation", "feature_fusion", "pretraining"):  # MAR's 67.7/40.0 is no row of Zhang et al.
+        for label, row in ex.PAPER_RESULTS[key].items():
+            assert "Yu et al" not in row["source"] and row["market1501"]["rank1"] != 67.7, (key, label)
+    mar = ex.PAPER_RESULTS["reference"]["MAR (Yu et al. 2019)"]
+    assert (mar["market1501"]["rank1"], mar["market1501"]["mAP"]) == (67.7, 40.0)
+    assert mar["paper"].startswith("Yu et al., CVPR 2019")
     assert set(ex.PAPER_RESULTS["loss_ablation"]) == set(ex.LOSS_ABLATION)
     assert set(ex.PAPER_RESULTS["feature_fusion"]) == set(ex.FUSION_COMBINATIONS)
+    assert set(ex.PAPER_RESULTS["pretraining"]) == set(ex.PRETRAINING_ABLATION)
     assert ex.LOSS_ABLATION["w/o RAL"] == {"use_mdl": True, "use_cml": True, "use_al": False, "use_rj": False}
+    points = ex.pretraining_points(list(ex.PRETRAINING_ABLATION))
+    assert points["SE_ResNet50 / ResNet50"] == {"backbone": "seresnet50", "pretrained": "imagenet",
+                                                "reference_pretraining": True, "pretrain_backbone": "resnet50"}
+    assert points["ResNet50 / none"] == {"backbone": "resnet50", "pretrained": "imagenet",
+                                         "reference_pretraining": False}
+    assert points["ResNet50 / ResNet50 (random init)"]["pretrained"] == "none"
+    assert len({json.dumps(p, sort_keys=True) for p in points.values()}) == 6  # six distinct points
+    assert ex.pretraining_points(["ResNet50 / none"], {"ResNet50": "mobilenet_v2"})["ResNet50 / none"][
+        "backbone"] == "mobilenet_v2"
+    with pytest.raises(ValueError, match="unknown Table 1 row"):
+        ex.pretraining_points(["ResNet50 / ImageNet"])
+    assert ex.paper_rows(ex.PAPER_RESULTS["reference"]).loc["MAR (Yu et al. 2019)", "rank-1"] == 67.7
 
 
 def test_metrics_helpers(tmp_path: Path) -> None:
@@ -301,3 +384,136 @@ def test_strip_notebook(tiny: Path, tmp_path: Path) -> None:
     assert [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]  # tags kept
     assert ex.strip_notebook(executed) is False
     assert ex.main(["strip", "--check", str(executed)]) == 0
+
+
+# ----------------------------------------------------------------------------- issue 13: sweeps checked up front
+
+TRAIN_NB = Path(__file__).resolve().parents[1] / "notebooks" / "03_train_mar.ipynb"
+
+
+@pytest.fixture
+def no_kernel(monkeypatch):
+    """Fail the test if anything starts a kernel."""
+    import papermill
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a kernel was started")
+
+    monkeypatch.setattr(papermill, "execute_notebook", boom)
+
+
+@pytest.mark.parametrize("grid_text, extra, expected", [
+    ("use_cml: [true, false]\n", ["--set", "preset=smok"], r"^error: shared parameters .*unknown preset 'smok'"),
+    ("use_cml: [ture, false]\n", ["--set", "preset=smoke"],
+     r"^error: .*grid\.yaml, line 1, column 11: point use_cml=ture: use_cml must be true or false, got 'ture'$"),
+    ("- {lr: 0.01}\n- {backbone: resnet5}\n", [], r"^error: .*grid\.yaml, line 2, column 14: point backbone=resnet5: .*unknown backbone"),
+    ("use_cml: [true, false\nlr: 1\n", [], r"^error: .*grid\.yaml: line 2, column 3: malformed grid YAML"),
+    ("- {lr: 0.01\n", [], r"^error: .*grid\.yaml: line 2, column 1: malformed grid YAML"),
+])
+def test_cli_sweep_checks_the_whole_grid_before_any_kernel(tmp_path, capsys, no_kernel, grid_text, extra,
+                                                           expected) -> None:
+    from workbench.cli import main
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(grid_text)
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(TRAIN_NB), "--grid", str(grid), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err  # one line, no traceback
+    assert re.search(expected, err.strip()), err
+    assert not out.exists() or not any(out.iterdir())  # no point folder: nothing ran
+
+
+def test_sweep_reports_bad_values_of_every_kind(tiny: Path, tmp_path: Path, no_kernel) -> None:
+    nb = nbformat.read(tiny, as_version=4)
+    nb.cells[1].source += "\nflag = True\nsizes = [1, 2]"
+    nbformat.write(nb, tiny)
+    with pytest.raises(ValueError, match=r"point flag=yes: flag must be true or false, got 'yes'"):
+        ex.sweep(tiny, {"flag": ["yes"]}, tmp_path / "s", progress=False)
+    with pytest.raises(ValueError, match=r"value must be a number, got 'x' \(and 1 more\)"):
+        ex.sweep(tiny, [{"value": "x"}, {"value": "y"}], tmp_path / "s", progress=False)
+    with pytest.raises(ValueError, match=r"sizes must be a list"):
+        ex.sweep(tiny, {"value": [1]}, tmp_path / "s", base_params={"sizes": 3}, progress=False)
+
+
+def test_cli_sweep_ctrl_c_says_how_to_resume(tiny: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    import papermill
+
+    from workbench.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    assert main(["sweep", str(tiny), "--out", str(tmp_path / "s"), "--set", "value=1"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "interrupted; run the same command to resume (finished points are kept)"
+    (status,) = (tmp_path / "s").glob("*/status.json")
+    assert json.loads(status.read_text())["state"] == "failed"  # runs again next time
+
+
+def test_notebook_paths_and_parameter_errors(tmp_path: Path, monkeypatch) -> None:
+    root = ex.repo_root()
+    assert ex.repo_path("runs/x") == root / "runs" / "x" and ex.repo_path(None) is None
+    assert ex.repo_path(tmp_path) == tmp_path
+    monkeypatch.chdir(tmp_path)  # wherever the kernel starts
+    monkeypatch.delenv(ex.NOTEBOOK_ENV, raising=False)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    assert ex.resolve_notebook("03_train_mar.ipynb") == TRAIN_NB
+    with pytest.raises(ex.NotebookParameterError, match=r"train_notebook = 'nope.ipynb': notebook not found; "
+                                                        rf"tried {re.escape(str(tmp_path))}/nope.ipynb, .*/notebooks/nope.ipynb"):
+        ex.resolve_notebook("nope.ipynb")
+    with pytest.raises(ex.NotebookParameterError, match="unknown preset 'smok'") as err:
+        ex.notebook_config("smok", {})
+    assert err.value._render_traceback_() == [f"NotebookParameterError: {err.value}"]  # one line in IPython
+    missing = root / "no-such-dataset"
+    with pytest.raises(ex.NotebookParameterError, match=f"target_root = 'no-such-dataset': no such folder or "
+                                                        f"file {re.escape(str(missing))}"):
+        ex.notebook_config("smoke", {"target": "market1501", "target_root": "no-such-dataset"})
+    with pytest.raises(ex.NotebookParameterError, match=r"variants: unknown 'ful'; choose from 'full', 'w/o CML'"):
+        ex.check_choices("variants", ["full", "ful"], ex.LOSS_ABLATION)
+    cfg = ex.notebook_config("smoke", {"target_root": "notebooks"})  # relative to the repository root
+    assert cfg.data.target_root == str(root / "notebooks")
+    assert ex.notebook_out_dir("runs-test-tmp/x", "k") == root / "runs-test-tmp" / "x"
+    import shutil
+
+    shutil.rmtree(root / "runs-test-tmp")
+
+
+# ----------------------------------------------------------------------------- report
+
+def _run_folder(folder: Path, metrics: dict) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_report_prints_markdown_from_runs_sweeps_and_csv(tmp_path: Path, capsys) -> None:
+    from workbench.cli import main
+    from workbench.report import report
+
+    demo = tmp_path / "demo"
+    m1 = {"rank1": 0.345, "rank5": 0.618, "rank10": 0.8, "mAP": 0.288, "mAP_devkit": 0.251, "mINP": 0.149}
+    m2 = {"rank1": 0.327, "rank5": 0.745, "rank10": 0.836, "mAP": 0.355, "mAP_devkit": 0.31, "mINP": 0.21,
+          "initial": m1}
+    _run_folder(demo / "pretrain", m1)
+    _run_folder(demo / "mar", m2)
+    assert main(["report", str(demo), "--csv", str(tmp_path / "demo.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[:5] == [
+        "| | rank-1 | rank-5 | rank-10 | mAP | mAP* | mINP |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| stage 1: reference pretraining (direct transfer) | 34.5 | 61.8 | 80.0 | 28.8 | 25.1 | 14.9 |",
+        "| stage 2: joint MAR training | 32.7 | 74.5 | 83.6 | 35.5 | 31.0 | 21.0 |",
+        "",
+    ]  # the rows `make demo` prints
+    assert report(tmp_path / "demo.csv") == report(demo)  # the committed CSV prints the same table
+    assert report(demo / "mar").splitlines()[2].startswith("| mar: before joint training | 34.5")
+    assert report(demo / "mar").splitlines()[3].startswith("| mar | 32.7")
+    _fake_point(tmp_path / "sweep", "a", {"use_cml": True, "preset": "smoke"}, "done", {"rank1": 0.5, "mAP": 0.25})
+    _fake_point(tmp_path / "sweep", "b", {"use_cml": False, "preset": "smoke"}, "failed", None, "boom")
+    lines = report(tmp_path / "sweep", footnote=False).splitlines()
+    assert lines[2] == "| use_cml=True | 50.0 | – | – | 25.0 | – | – |"
+    assert lines[3] == "| use_cml=False (failed) | – | – | – | – | – | – |"
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "no such run folder or results file" in capsys.readouterr().err

@@ -126,9 +126,15 @@ def test_training_curves_has_one_axis_per_term(tmp_path) -> None:
     fig = plot_training_curves(pd.DataFrame(_history()), title="smoke")
     assert isinstance(fig, Figure)
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["loss", "al", "rj", "mdl", "cml", "threshold T", "mined pairs", "target metrics"]
+    assert titles == ["$L_{MAR}$ (total)", "$L_{AL}$", "$L_{RJ}$", "$L_{MDL}$", "$L_{CML}$", "threshold T",
+                      "mined pairs", "target metrics"]  # the paper's names of the terms
     assert len(fig.axes[6].lines) == 2 and len(fig.axes[7].lines) == 2  # n_pos/n_neg, rank1/mAP
     assert len(fig.axes[7].lines[0].get_xdata()) == 2  # NaN epochs (not evaluated) dropped
+    assert list(fig.axes[7].lines[0].get_ydata()) == pytest.approx([20.0, 40.0])  # percent, not fractions
+    assert fig.axes[7].get_ylabel() == "%"
+    for ax in fig.axes:  # whole epochs on every x axis
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert all(float(t).is_integer() for t in ticks), ticks
     assert len(plot_training_curves(_history(), terms=["loss"]).axes) == 4
     # a run folder: history.csv, or steps.csv with x="step"
     write_csv(tmp_path / "history.csv", _history())
@@ -136,7 +142,7 @@ def test_training_curves_has_one_axis_per_term(tmp_path) -> None:
     assert len(plot_training_curves(tmp_path, save_to=tmp_path).axes) == 8
     assert _png(tmp_path / "figures" / "training_curves.png")
     steps = plot_training_curves(tmp_path, x="step")
-    assert [ax.get_title() for ax in steps.axes] == ["loss", "al"]
+    assert [ax.get_title() for ax in steps.axes] == ["$L_{MAR}$ (total)", "$L_{AL}$"]
     assert list(steps.axes[0].lines[0].get_xdata()) == list(range(6))
     with pytest.raises(FileNotFoundError):
         plot_training_curves(tmp_path / "missing")
@@ -350,3 +356,69 @@ def test_explore_builds_all_tabs(views) -> None:
     tab = explore(views, method="pca")
     assert len(tab.children) == 4 and set(tab.explorers) == {"image", "camera", "embedding", "threshold"}
     assert tab.explorers["image"].widget is tab.children[0]
+
+
+# ----------------------------------------------------------------------------- issue 13: trust and read
+
+
+def test_collapsed_multilabels_are_reported_not_drawn(views) -> None:
+    from dataclasses import replace
+
+    from workbench.viz import collapse_report
+
+    v = views["after"]
+    assert v.collapse() is None  # random-init networks still tell images apart
+    same = np.tile(v.multilabels["train"][:1], (len(v.multilabels["train"]), 1))  # (N, Np) identical rows
+    msg = collapse_report(same + 1e-6, np.zeros((3, 4)), name="after")
+    assert msg.startswith("after: the soft multilabels have collapsed") and "0.000 to 0.000" in msg
+    collapsed = replace(v, multilabels={p: np.tile(y[:1], (len(y), 1)) for p, y in v.multilabels.items()})
+    ex = ImageExplorer({"after": collapsed})
+    texts = [o["data"]["text/plain"] for o in ex.output.outputs]
+    assert ex.last["collapsed"] and any("collapsed" in t for t in texts)
+    assert not any("image/png" in o["data"] for o in ex.output.outputs)  # said, not drawn
+    assert "collapsed" in ThresholdExplorer(collapsed).output.outputs[0]["data"]["text/plain"]
+    assert CameraExplorer({"after": collapsed}).last["collapsed"]
+
+
+def test_views_show_the_datasets_own_ids(setup, views) -> None:
+    raw = setup["target"].raw_train
+    assert [s.camid for s in views["after"].samples["train"]] == [s.camid for s in raw]
+    assert [s.path for s in views["after"].samples["train"]] == [s.path for s in setup["target"].train]
+    # the same physical camera has the same number in train and query
+    assert set(views["after"].camids("train")) <= set(views["after"].camids("query")) | set(
+        views["after"].camids("gallery"))
+
+
+def test_image_explorer_title_agrees_with_its_slider(views) -> None:
+    ex = ImageExplorer(views, part="train")
+    ex.index.value = 4
+    assert ex.output.outputs[0]["data"]["text/plain"].startswith("after · train #4 ·")
+    y = views["after"].multilabels["train"][4]
+    top = int(np.argmax(y))  # the label itself in words: what a reader (and the browser test) compares
+    assert ex.output.outputs[1]["data"]["text/plain"].startswith(f"soft multilabel: a{top} {y[top]:.3f}, ")
+    pid = ex.identity.options[2][1]
+    ex.identity.value = pid
+    ex.index.value = ex.index.max
+    i = ex.last["index"]
+    assert f"train #{i} (match {ex.index.max} of 0–{ex.index.max})" in ex.output.outputs[0]["data"]["text/plain"]
+
+
+def test_threshold_explorer_starts_at_the_runs_t(views) -> None:
+    from dataclasses import replace
+
+    ex = ThresholdExplorer(replace(views["after"], threshold=0.7234))
+    assert ex.threshold.value == pytest.approx(0.723) and ex.last["threshold"] == pytest.approx(0.723)
+    assert "T = 0.723" in ex.output.outputs[0]["data"]["text/plain"]
+    assert ThresholdExplorer(views["after"], threshold=0.72).threshold.value == pytest.approx(0.72)
+
+
+def test_retrieval_legend_heatmap_ticks_and_identity_note(views) -> None:
+    v = views["after"]
+    fig = plot_retrieval(v.distmat, v.samples["query"], v.samples["gallery"], queries=(0,), k=4)
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert labels == ["query", "same identity (correct match)", "another identity"]
+    heat = plot_camera_heatmap(v.multilabels["train"], v.camids("train"), k=8)
+    assert all(t.get_fontsize() >= 8 for t in heat.axes[1].get_xticklabels())
+    many = np.arange(len(v.features["train"])) % 30  # 30 identities: no legend, a note instead
+    emb = plot_embedding(v.features["train"], many, method="pca")
+    assert emb.axes[0].get_legend() is None and "30 identities" in emb.axes[0].get_xlabel()

@@ -356,8 +356,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid) if args.grid else [{}]
     if not args.verbose:  # papermill logs every notebook's paths at INFO; the sweep logs each point
         logging.getLogger("papermill").setLevel(logging.WARNING)
-    df = sweep(args.notebook, grid, args.out, base_params=base, retries=args.retries,
-               progress=sys.stderr.isatty(), kernel_name=args.kernel, timeout=args.timeout)
+    try:
+        df = sweep(args.notebook, args.grid or grid, args.out, base_params=base, retries=args.retries,
+                   progress=sys.stderr.isatty(), kernel_name=args.kernel, timeout=args.timeout)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command to resume (finished points are kept)", file=sys.stderr)
+        return 130
     import pandas as pd
 
     varying = [c for c in df.columns if c in {k for p in grid for k in p}]
@@ -391,6 +395,30 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     sw.set_defaults(func=_cmd_sweep)
 
 
+# ----------------------------------------------------------------------------- report
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from workbench.report import report, results_csv, results_rows
+    from workbench.runs import atomic_write_text
+
+    print(report(args.path))
+    if args.csv:
+        atomic_write_text(args.csv, results_csv(results_rows(args.path)))
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    rp = sub.add_parser("report", help="print a results table in markdown from a run folder, a sweep folder "
+                                       "or a results CSV")
+    rp.add_argument("path", metavar="RUN_OR_RESULTS",
+                    help="a run folder, a folder of runs (demo, quickstart), a sweep folder, a metrics.json "
+                         "or a results CSV")
+    rp.add_argument("--csv", default=None, metavar="FILE",
+                    help="also write the rows to a results CSV (report FILE prints the same table)")
+    rp.set_defaults(func=_cmd_report)
+
+
 # ----------------------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:
@@ -406,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_data(sub)
     _add_sweep(sub)
+    _add_report(sub)
     return parser
 
 

@@ -15,7 +15,9 @@ folder into one DataFrame row per point (parameters + metrics + status), :func:`
 our numbers beside the paper's.
 
 The notebook-side helpers (:func:`notebook_config`, :func:`ensure_run`, :func:`record_metrics`,
-:func:`agent_similarity`) keep the notebooks to wiring and display.
+:func:`agent_similarity`, :func:`resolve_notebook`, :func:`repo_path`, :func:`find_run`,
+:func:`in_percent`, :func:`paper_rows`) keep the notebooks to wiring and display. The paper's numbers
+live in :mod:`workbench.paper` and are re-exported here (``PAPER_RESULTS`` ...).
 
 Example:
     >>> df = sweep("notebooks/03_train_mar.ipynb", {"use_cml": [True, False]}, "runs/sweeps/cml",
@@ -44,6 +46,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from workbench.paper import (  # re-exported: the notebooks read them as ex.PAPER_RESULTS ...
+    FUSION_COMBINATIONS,
+    LOSS_ABLATION,
+    PAPER_METRICS,
+    PAPER_NETWORKS,
+    PAPER_RESULTS,
+    PRETRAINING_ABLATION,
+    pretraining_points,
+)
+
 if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the functions that need them
     import pandas as pd
     import torch
@@ -59,67 +71,6 @@ STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
 #: the metrics shown first by :func:`collect` and the CLI (fractions in [0, 1])
 MAIN_METRICS = ("rank1", "rank5", "rank10", "mAP", "mAP_devkit", "mINP")
-
-# ----------------------------------------------------------------------------- the paper's numbers
-
-_NAN = float("nan")
-
-
-def _paper_row(market: tuple[float, float] | None = None, duke: tuple[float, float] | None = None,
-               source: str = "") -> dict[str, Any]:
-    def pair(v: tuple[float, float] | None) -> dict[str, float]:
-        return {"rank1": v[0], "mAP": v[1]} if v is not None else {"rank1": _NAN, "mAP": _NAN}
-    return {"market1501": pair(market), "dukemtmc": pair(duke), "source": source}
-
-
-#: Published rank-1 / mAP (percent), MSMT17 as the reference set. Only numbers stated in the papers
-#: (Yu et al. CVPR 2019 "MAR"; Zhang et al. 2020, Opto-Electronic Engineering 47(12): 190636) are
-#: filled in; NaN means "fill from the paper" (the ablation rows were not at hand when this was
-#: written; do not guess them).
-PAPER_RESULTS: dict[str, dict[str, dict[str, Any]]] = {
-    # Yu et al. 2019, Table 3: loss ablation
-    "loss_ablation": {
-        "full": _paper_row((67.7, 40.0), (67.1, 48.0), "Yu et al. 2019, MAR"),
-        "w/o CML": _paper_row(source="fill from the paper (Yu et al. 2019, Table 3)"),
-        "w/o RAL": _paper_row(source="fill from the paper (Yu et al. 2019, Table 3)"),
-        "w/o both": _paper_row(source="fill from the paper (Yu et al. 2019, Table 3)"),
-    },
-    # Zhang et al. 2020, Table 2: multi-level feature fusion (ResNet-50)
-    "feature_fusion": {
-        "layer4": _paper_row(source="fill from the paper (Zhang et al. 2020, Table 2)"),
-        "layer1+layer3": _paper_row(source="fill from the paper (Zhang et al. 2020, Table 2)"),
-        "layer1+layer4": _paper_row(source="fill from the paper (Zhang et al. 2020, Table 2)"),
-        "layer2+layer3": _paper_row(source="fill from the paper (Zhang et al. 2020, Table 2)"),
-        "layer2+layer4": _paper_row(source="fill from the paper (Zhang et al. 2020, Table 2)"),
-        "layer3+layer4": _paper_row(source="fill from the paper (Zhang et al. 2020, Table 2)"),
-        "layer1+layer3+layer4": _paper_row((68.97, 41.2), (68.6, 50.1), "Zhang et al. 2020"),
-    },
-    # Zhang et al. 2020, Table 1: backbone × ImageNet init × reference pretraining
-    "pretraining": {
-        "resnet50, imagenet, reference": _paper_row((67.7, 40.0), (67.1, 48.0), "Yu et al. 2019, MAR"),
-        "resnet50, imagenet, no reference": _paper_row(source="fill from the paper (Zhang et al. 2020, Table 1)"),
-        "resnet50, random, reference": _paper_row(source="fill from the paper (Zhang et al. 2020, Table 1)"),
-        "resnet50, random, no reference": _paper_row(source="fill from the paper (Zhang et al. 2020, Table 1)"),
-        "seresnet50, imagenet, reference": _paper_row(source="fill from the paper (Zhang et al. 2020, Table 1)"),
-        "seresnet50, imagenet, no reference": _paper_row(source="fill from the paper (Zhang et al. 2020, Table 1)"),
-        "seresnet50, random, reference": _paper_row(source="fill from the paper (Zhang et al. 2020, Table 1)"),
-        "seresnet50, random, no reference": _paper_row(source="fill from the paper (Zhang et al. 2020, Table 1)"),
-    },
-}
-
-#: Yu et al. 2019 Table 3: the loss switches of each ablation row (L_RAL = L_AL + β·L_RJ).
-LOSS_ABLATION: dict[str, dict[str, bool]] = {
-    "full": {"use_mdl": True, "use_cml": True, "use_al": True, "use_rj": True},
-    "w/o CML": {"use_mdl": True, "use_cml": False, "use_al": True, "use_rj": True},
-    "w/o RAL": {"use_mdl": True, "use_cml": True, "use_al": False, "use_rj": False},
-    "w/o both": {"use_mdl": True, "use_cml": False, "use_al": False, "use_rj": False},
-}
-
-#: Zhang et al. 2020 Table 2: layer4 alone and the six fused combinations (tests/test_models.py FUSIONS).
-FUSION_COMBINATIONS: tuple[str, ...] = (
-    "layer4", "layer1+layer3", "layer1+layer4", "layer2+layer3", "layer2+layer4", "layer3+layer4",
-    "layer1+layer3+layer4",
-)
 
 # ----------------------------------------------------------------------------- grids and point names
 
@@ -155,6 +106,100 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _read_grid_file(path: Path) -> tuple[Any, dict[tuple, str]]:
+    """A grid file's content and where each value sits: ``{(key, i) or (i, key): "line L, column C"}``.
+
+    Raises:
+        ValueError: malformed YAML/JSON, as one line naming the file, line and column.
+    """
+    import yaml
+
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
+        what = " ".join(str(x) for x in (err.context, err.problem) if x)
+        raise ConfigError(f"{path}: {where}: malformed grid YAML: {what}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: malformed grid YAML: {' '.join(str(err).split())}") from None
+
+    def at(n) -> str:
+        return f"line {n.start_mark.line + 1}, column {n.start_mark.column + 1}"
+
+    positions: dict[tuple, str] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for i, item in enumerate(items):
+                positions[(key_node.value, i)] = at(item)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, point_node in enumerate(node.value):
+            if isinstance(point_node, yaml.MappingNode):
+                for key_node, value_node in point_node.value:
+                    positions[(i, key_node.value)] = at(value_node)
+    return _fix_yaml_scalar(data), positions
+
+
+def _grid_points(grid: Any, positions: Mapping[tuple, str] | None = None
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The points of a loaded grid and, per point, where each of its values came from."""
+    positions = positions or {}
+    if isinstance(grid, Mapping):
+        if not grid:
+            raise ConfigError("empty grid: give at least one parameter with a list of values")
+        keys = list(grid)
+        values = [list(v) if isinstance(v, (list, tuple)) else [v] for v in grid.values()]
+        for key, vals in zip(keys, values):
+            if not vals:
+                raise ConfigError(f"grid parameter {key!r} has no values")
+        combos = itertools.product(*[range(len(v)) for v in values])
+        points, where = [], []
+        for combo in combos:
+            points.append({k: values[j][i] for j, (k, i) in enumerate(zip(keys, combo))})
+            where.append({k: positions[(k, i)] for k, i in zip(keys, combo) if (k, i) in positions})
+        return points, where
+    if isinstance(grid, Sequence) and not isinstance(grid, (str, bytes)):
+        points = []
+        for i, point in enumerate(grid):
+            if not isinstance(point, Mapping):
+                raise ConfigError(f"grid point {i} is not a dict of parameters: {point!r}")
+            points.append(dict(point))
+        if not points:
+            raise ConfigError("empty grid: the list of points is empty")
+        return points, [{k: positions[(i, k)] for k in p if (i, k) in positions} for i, p in enumerate(points)]
+    raise ConfigError(f"a grid is a dict of lists, a list of dicts or a YAML file, got {type(grid).__name__}")
+
+
+def _load_grid(grid: Any) -> tuple[list[dict[str, Any]], list[dict[str, str]], str | None]:
+    """:func:`load_grid` plus each point's value positions and the grid file (None for in-memory grids)."""
+    source, positions = None, {}
+    if isinstance(grid, (str, os.PathLike)):
+        path = Path(grid)
+        if not path.is_file():
+            raise MissingFileError(f"grid file not found: {path.resolve()}")
+        grid, positions = _read_grid_file(path)
+        source = str(path)
+        if grid is None:
+            raise ConfigError(f"grid file {path} is empty")
+    try:
+        points, where = _grid_points(grid, positions)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}" if source else str(err)) from None
+    unique: list[dict[str, Any]] = []
+    unique_where: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for point, pos in zip(points, where):
+        key = _canonical(point)
+        if key not in seen:
+            seen.add(key)
+            unique.append(point)
+            unique_where.append(pos)
+    return unique, unique_where, source
+
+
 def load_grid(grid: Mapping[str, Sequence] | Sequence[Mapping[str, Any]] | str | os.PathLike) -> list[dict[str, Any]]:
     """The points of a grid.
 
@@ -167,49 +212,15 @@ def load_grid(grid: Mapping[str, Sequence] | Sequence[Mapping[str, Any]] | str |
         One parameter dict per point, duplicates removed (first kept).
 
     Raises:
-        ValueError: an empty grid, a malformed one, or a file that is neither.
+        ValueError: an empty grid, a malformed one (a YAML syntax error names the file, line and
+            column), or a file that is neither.
         FileNotFoundError: a grid file that does not exist.
 
     Example:
         >>> load_grid({"lr": [0.1, 0.01], "use_cml": [True]})
         [{'lr': 0.1, 'use_cml': True}, {'lr': 0.01, 'use_cml': True}]
     """
-    if isinstance(grid, (str, os.PathLike)):
-        import yaml
-
-        path = Path(grid)
-        if not path.is_file():
-            raise MissingFileError(f"grid file not found: {path}")
-        grid = _fix_yaml_scalar(yaml.safe_load(path.read_text()))
-        if grid is None:
-            raise ConfigError(f"grid file {path} is empty")
-    if isinstance(grid, Mapping):
-        if not grid:
-            raise ConfigError("empty grid: give at least one parameter with a list of values")
-        keys = list(grid)
-        values = [list(v) if isinstance(v, (list, tuple)) else [v] for v in grid.values()]
-        for key, vals in zip(keys, values):
-            if not vals:
-                raise ConfigError(f"grid parameter {key!r} has no values")
-        points = [dict(zip(keys, combo)) for combo in itertools.product(*values)]
-    elif isinstance(grid, Sequence) and not isinstance(grid, (str, bytes)):
-        points = []
-        for i, point in enumerate(grid):
-            if not isinstance(point, Mapping):
-                raise ConfigError(f"grid point {i} is not a dict of parameters: {point!r}")
-            points.append(dict(point))
-        if not points:
-            raise ConfigError("empty grid: the list of points is empty")
-    else:
-        raise ConfigError(f"a grid is a dict of lists, a list of dicts or a YAML file, got {type(grid).__name__}")
-    unique: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for point in points:
-        key = _canonical(point)
-        if key not in seen:
-            seen.add(key)
-            unique.append(point)
-    return unique
+    return _load_grid(grid)[0]
 
 
 def one_at_a_time(fixed: Mapping[str, Any], grids: Mapping[str, Sequence]) -> list[dict[str, Any]]:
@@ -326,6 +337,97 @@ def _absolute_paths(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# ----------------------------------------------------------------------------- where things are
+
+#: set for the kernel while :func:`run_notebook` executes a notebook: that notebook's path
+NOTEBOOK_ENV = "WORKBENCH_NOTEBOOK"
+
+
+class NotebookParameterError(ConfigError):
+    """A bad value in a notebook's parameters cell.
+
+    IPython shows it as one line (``_render_traceback_``), so the failed cell of a notebook (and the
+    papermill error, and a sweep point's ``error``) starts with what to fix, not a traceback.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"NotebookParameterError: {self}"]
+
+
+def check_choices(parameter: str, values: Sequence[Any], allowed: Iterable[Any]) -> None:
+    """Every value of a list parameter (``variants``, ``rows`` ...) must be one of ``allowed``.
+
+    Raises:
+        NotebookParameterError: naming the parameter, the unknown values and the choices.
+
+    Example:
+        >>> check_choices("variants", ["full"], LOSS_ABLATION)
+    """
+    allowed = list(allowed)
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise NotebookParameterError(f"{parameter}: unknown {', '.join(map(repr, unknown))}; choose from "
+                                     f"{', '.join(map(repr, allowed))}")
+
+
+def repo_root() -> Path:
+    """The repository root (the checkout holding ``workbench/``); the current folder for an installed
+    package."""
+    from workbench.paths import checkout_root
+
+    return checkout_root() or Path.cwd()
+
+
+def repo_path(value: str | os.PathLike | None) -> Path | None:
+    """A path from a notebook's parameters: absolute as given, relative ones from the repository root
+    (wherever the kernel was started), ``~`` expanded; None stays None.
+
+    Example:
+        >>> repo_path("runs/x") == repo_root() / "runs" / "x"
+        True
+    """
+    if value is None or str(value) == "":
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(os.path.normpath(repo_root() / path))
+
+
+def notebook_folders() -> list[Path]:
+    """Where a notebook looks for the notebooks it names, in order: its own folder (known when
+    :func:`run_notebook` or JupyterLab started the kernel), the kernel's working folder, and the
+    checkout's ``notebooks/``."""
+    folders = []
+    for env in (NOTEBOOK_ENV, "JPY_SESSION_NAME"):
+        value = os.environ.get(env)
+        if value and Path(value).suffix == ".ipynb" and Path(value).is_absolute():
+            folders.append(Path(value).parent)
+    folders += [Path.cwd(), repo_root() / "notebooks"]
+    unique: list[Path] = []
+    for folder in folders:
+        if folder.resolve() not in [f.resolve() for f in unique]:
+            unique.append(folder)
+    return unique
+
+
+def resolve_notebook(name: str | os.PathLike, parameter: str = "train_notebook") -> Path:
+    """The absolute path of a notebook named in a parameters cell (``train_notebook``).
+
+    A relative name is looked up in :func:`notebook_folders`: the calling notebook's own folder first,
+    so ``"03_train_mar.ipynb"`` finds its neighbour whether papermill runs from the repository root,
+    from ``notebooks/`` or anywhere else.
+
+    Raises:
+        NotebookParameterError: no such notebook, naming every absolute path tried.
+    """
+    path = Path(name).expanduser()
+    tried = [path] if path.is_absolute() else [(folder / path).resolve() for folder in notebook_folders()]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise NotebookParameterError(f"{parameter} = {str(name)!r}: notebook not found; tried "
+                                 + ", ".join(str(t) for t in tried))
+
+
 def run_notebook(path: str | os.PathLike, params: Mapping[str, Any] | None, out_dir: str | os.PathLike, *,
                  kernel_name: str = "python3", timeout: float | None = None, progress: bool = False) -> Path:
     """Execute a notebook with papermill into ``out_dir/<notebook name>``.
@@ -362,13 +464,23 @@ def run_notebook(path: str | os.PathLike, params: Mapping[str, Any] | None, out_
     if "out_dir" in declared and params.get("out_dir") is None:
         params["out_dir"] = str(out_dir)
     output = out_dir / path.name
-    # the kernel's own start-up warnings would land in the output of a notebook that runs a sweep
-    engine_kwargs: dict[str, Any] = {"extra_arguments": ["--IPKernelApp.log_level=ERROR"]}
+    # The kernel's own log (start-up warnings, and "KeyboardInterrupt caught in kernel" when
+    # jupyter_client interrupts it before shutting it down) would land in the output of a notebook
+    # that runs a sweep; cell errors reach papermill through the kernel's messages, not its log.
+    engine_kwargs: dict[str, Any] = {"extra_arguments": ["--IPKernelApp.log_level=CRITICAL"]}
     if timeout is not None:
         engine_kwargs["execution_timeout"] = timeout
-    pm.execute_notebook(str(path), str(output), parameters={k: _plain(v) for k, v in params.items()},
-                        kernel_name=kernel_name, cwd=str(path.parent), progress_bar=progress,
-                        log_output=False, **engine_kwargs)
+    previous = os.environ.get(NOTEBOOK_ENV)
+    os.environ[NOTEBOOK_ENV] = str(path)  # the kernel inherits it: resolve_notebook finds neighbours
+    try:
+        pm.execute_notebook(str(path), str(output), parameters={k: _plain(v) for k, v in params.items()},
+                            kernel_name=kernel_name, cwd=str(path.parent), progress_bar=progress,
+                            log_output=False, **engine_kwargs)
+    finally:
+        if previous is None:
+            os.environ.pop(NOTEBOOK_ENV, None)
+        else:
+            os.environ[NOTEBOOK_ENV] = previous
     return output
 
 
@@ -402,6 +514,112 @@ def read_status(point_dir: str | os.PathLike) -> dict[str, Any] | None:
         return None
 
 
+def _literal(source: Any) -> Any:
+    """A parameter's default from its source text (``"True"`` → True); the text when not a literal."""
+    import ast
+
+    try:
+        return ast.literal_eval(source) if isinstance(source, str) else source
+    except (ValueError, SyntaxError):
+        return source
+
+
+def _type_error(key: str, value: Any, default: Any) -> str | None:
+    """Why ``value`` cannot stand for a parameter whose default is ``default`` (None: it can)."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) or value is None else f"{key} must be true or false, got {value!r}"
+    if isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok or value is None else f"{key} must be a number, got {value!r}"
+    if isinstance(default, list):
+        return None if isinstance(value, (list, tuple)) or value is None else f"{key} must be a list, got {value!r}"
+    return None
+
+
+def _backbone_names() -> list[str]:
+    from workbench.models.backbones import BACKBONES
+
+    return sorted(BACKBONES)
+
+
+def check_points(notebook: str | os.PathLike, points: Sequence[Mapping[str, Any]],
+                 base_params: Mapping[str, Any] | None = None, *, where: Sequence[Mapping[str, str]] | None = None,
+                 source: str | None = None) -> None:
+    """Check every point of a sweep before any kernel starts.
+
+    Each point (with ``base_params``) must only name parameters the notebook declares; a value must
+    fit its declared default (true/false for a boolean, a number for a number, a list for a list);
+    and when the notebook declares ``preset``, the preset and every config field among the
+    parameters must make a valid config (:func:`workbench.config.from_params`).
+
+    Args:
+        notebook: the notebook the sweep runs.
+        points: the grid's points.
+        base_params: parameters shared by every point.
+        where: per point, ``{parameter: "line L, column C"}`` in the grid file.
+        source: the grid file, for the message.
+
+    Raises:
+        ValueError: one line naming the grid file, the position, the point and what is wrong (and
+            how many other points are wrong).
+    """
+    from workbench.config import _FIELD_GROUP, from_params
+
+    path = Path(notebook)
+    declared = notebook_parameters(path)
+    defaults = {k: _literal(v) for k, v in declared.items()}
+    base = dict(base_params or {})
+    problems: list[str] = []
+
+    def add(message: str, point_index: int | None, key: str | None) -> None:
+        pos = (where[point_index].get(key) if where and point_index is not None and key else None)
+        origin = ", ".join(x for x in (source if point_index is not None else None, pos) if x)
+        label = (f"point {point_name(points[point_index])[:-9]}: " if point_index is not None
+                 else "shared parameters (--set / base_params): ")
+        text = f"{origin}: {label}{message}" if origin else f"{label}{message}"
+        if text not in problems:
+            problems.append(text)
+
+    def config_error(params: Mapping[str, Any]) -> str | None:
+        if "preset" not in declared:
+            return None
+        preset = params.get("preset", defaults.get("preset"))
+        fields = {k: v for k, v in params.items() if k in _FIELD_GROUP and v is not None}
+        if isinstance(params.get("extra"), Mapping):
+            fields |= dict(params["extra"])
+        try:
+            cfg = from_params(fields, base=preset if isinstance(preset, str) else None)
+        except ValueError as err:
+            return str(err)
+        for key in ("backbone", "pretrain_backbone"):
+            name = params.get(key) or (cfg.model.backbone if key == "backbone" else None)
+            if name is not None and name not in _backbone_names():
+                return f"{key} = {name!r}: unknown backbone; choose one of {', '.join(_backbone_names())}"
+        return None
+
+    for key, value in base.items():
+        if key in declared and (why := _type_error(key, value, defaults[key])):
+            add(why, None, key)
+    shared = config_error(base)
+    if shared:
+        add(shared, None, None)
+    for i, point in enumerate(points):
+        params = {**base, **point}
+        _check_params(path, params, declared)
+        if "out_dir" in params:
+            raise ConfigError("out_dir is the sweep's to set (each point gets its own folder); leave it out of "
+                             "the grid and base_params")
+        wrong_type = [(key, why) for key, value in point.items() if (why := _type_error(key, value, defaults.get(key)))]
+        for key, why in wrong_type:
+            add(why, i, key)
+        error = None if wrong_type else config_error(params)
+        if error and error != shared:
+            add(error, i, next((k for k in point if k in error), None))
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(problems[0] + more)
+
+
 def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mapping[str, Any]] | str | os.PathLike,
           out_dir: str | os.PathLike, *, base_params: Mapping[str, Any] | None = None, retries: int = 0,
           progress: bool = True, kernel_name: str = "python3", timeout: float | None = None) -> "pd.DataFrame":
@@ -421,20 +639,17 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mappi
         :func:`collect` of this grid's points (one row each, in grid order).
 
     Raises:
-        ValueError: a bad grid or a parameter the notebook does not declare (checked before
-            anything runs). A failing point raises nothing: its status says ``failed``.
+        ValueError: a bad grid, a parameter the notebook does not declare, a value of the wrong type
+            or an invalid config (:func:`check_points`, before any kernel starts). A failing point
+            raises nothing: its status says ``failed``.
     """
     from tqdm.auto import tqdm
 
     nb_path = Path(path).resolve()
-    declared = notebook_parameters(nb_path)
     base = _absolute_paths(dict(base_params or {}))
-    points = [_absolute_paths(p) for p in load_grid(grid)]
-    for point in points:
-        _check_params(nb_path, {**base, **point}, declared)
-        if "out_dir" in {**base, **point}:
-            raise ConfigError("out_dir is the sweep's to set (each point gets its own folder); leave it out of "
-                             "the grid and base_params")
+    points, where, source = _load_grid(grid)
+    points = [_absolute_paths(p) for p in points]
+    check_points(nb_path, points, base, where=where, source=source)  # the whole grid, before any kernel
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
@@ -639,12 +854,29 @@ def paper_table(df: "pd.DataFrame", rows: Mapping[str, Mapping[str, Any]],
         failed = matching[matching["state"] != "done"] if len(matching) else matching
         entry["runs"] = len(ok)
         entry["state"] = "done" if len(ok) else ("missing" if not len(matching) else str(failed["state"].iloc[0]))
-        note = (paper or {}).get(row_label, {}).get("source", "")
+        paper_row = (paper or {}).get(row_label, {})
+        note = (paper_row.get(dataset) or {}).get("source") or paper_row.get("source", "")
         if len(failed) and failed["error"].notna().any():
             note = str(failed["error"].dropna().iloc[0]).splitlines()[0][:200]
         entry["note"] = note
         table.append(pd.Series(entry, name=row_label))
     return pd.DataFrame(table)
+
+
+def paper_rows(paper: Mapping[str, Mapping[str, Any]], dataset: str = "market1501",
+               metrics: Sequence[str] = PAPER_METRICS) -> "pd.DataFrame":
+    """Published rows as a table (percent; NaN: not reported) with each row's source.
+
+    Example:
+        >>> paper_rows(PAPER_RESULTS["reference"]).loc["MAR (Yu et al. 2019)", "mAP"]
+        40.0
+    """
+    import pandas as pd
+
+    label = {"rank1": "rank-1", "rank5": "rank-5", "rank10": "rank-10"}
+    return pd.DataFrame({name: {**{label.get(m, m): row[dataset][m] for m in metrics},
+                                "source": row.get("paper", row[dataset]["source"])}
+                         for name, row in paper.items()}).T
 
 
 def curve(df: "pd.DataFrame", param: str, fixed: Mapping[str, Any],
@@ -690,10 +922,38 @@ def metrics_table(runs: Mapping[str, Mapping[str, Any]]) -> "pd.DataFrame":
     return pd.DataFrame.from_dict(table, orient="index").round(1)
 
 
+def in_percent(df: "pd.DataFrame", columns: Sequence[str] | None = None, *, digits: int = 1) -> "pd.DataFrame":
+    """A copy of a table with its metric columns (fractions) in percent, named ``<column> (%)``.
+
+    Args:
+        df: e.g. :func:`collect`'s table or a run's history.
+        columns: the fraction columns (default: those of :data:`MAIN_METRICS` present, and
+            ``pos_precision``, ``final_pos_precision``, ``train_acc``).
+        digits: decimals kept.
+    """
+    import pandas as pd
+
+    fractions = (*MAIN_METRICS, "pos_precision", "final_pos_precision", "train_acc")
+    columns = [c for c in (columns if columns is not None else fractions) if c in df.columns]
+    out = df.copy()
+    for c in columns:
+        out[c] = (100 * pd.to_numeric(out[c], errors="coerce")).round(digits)
+    return out.rename(columns={c: f"{c} (%)" for c in columns})
+
+
 # ----------------------------------------------------------------------------- notebook-side helpers
+
+#: the dataset fields every notebook that trains or evaluates declares (README: "the same fields in a
+#: notebook's parameters" as ``--target``/``--target-root``/``--reference``/``--reference-root``)
+DATA_PARAMETERS = ("target", "target_root", "reference", "reference_root")
+_PATH_FIELDS = ("target_root", "reference_root")
+
 
 def notebook_config(preset: str, params: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> "Config":
     """The config of a notebook's parameters cell: the preset, then every non-None parameter.
+
+    Relative dataset roots (``target_root``, ``reference_root``) are read from the repository root,
+    wherever the kernel was started, and must exist.
 
     Args:
         preset: base preset name (``demo``, ``smoke``, ``cpu``, ``paper``).
@@ -702,24 +962,67 @@ def notebook_config(preset: str, params: Mapping[str, Any], extra: Mapping[str, 
         extra: any other config fields (``{"mining_ratio": 0.01}``), applied last.
 
     Raises:
-        ValueError: an unknown field or a value of the wrong type.
+        NotebookParameterError: an unknown preset or field, a value of the wrong type, or a dataset
+            root that does not exist (naming the absolute path tried); one line in the notebook.
     """
     from workbench.config import from_params
 
     values = {k: v for k, v in params.items() if v is not None}
     values |= dict(extra or {})
-    return from_params(values, base=preset)
+    for key in _PATH_FIELDS:
+        if isinstance(values.get(key), (str, os.PathLike)) and str(values[key]).lower() != "none":
+            path = repo_path(values[key])
+            if not path.exists():
+                raise NotebookParameterError(f"{key} = {str(values[key])!r}: no such folder or file {path}")
+            values[key] = str(path)
+    try:
+        return from_params(values, base=preset)
+    except ValueError as err:
+        raise NotebookParameterError(str(err)) from None
 
 
 def notebook_out_dir(out_dir: str | os.PathLike | None, kind: str) -> Path:
-    """The folder a notebook writes to: ``out_dir`` (created), or a new ``runs/<time>-<kind>``."""
+    """The folder a notebook writes to: ``out_dir`` (created; a relative one from the repository root),
+    or a new ``runs/<time>-<kind>``."""
     from workbench.runs import new_run_dir
 
     if out_dir is None:
         return new_run_dir(kind)
-    path = Path(out_dir).expanduser()
+    path = repo_path(out_dir)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def find_run(kind: str, stage: str = "mar", cfg: "Config | None" = None,
+             root: str | os.PathLike | None = None) -> Path | None:
+    """The newest finished run of a notebook: ``<runs>/<time>-<kind>/<stage>`` with ``metrics.json``.
+
+    Args:
+        kind: the notebook's run kind (``"quickstart"`` for ``00_quickstart``'s runs).
+        stage: the run folder inside it (``"mar"``, ``"pretrain"``).
+        cfg: when given, only a run with the same preset and datasets.
+        root: where runs live (default ``$WORKBENCH_RUNS`` or ``runs/``).
+
+    Returns:
+        The run folder, or None.
+    """
+    from workbench.config import load_config
+    from workbench.paths import runs_root
+
+    root = Path(root) if root is not None else runs_root()
+    if not root.is_dir():
+        return None
+    for folder in sorted(root.glob(f"*-{kind}"), reverse=True):
+        run = folder / stage
+        if not (run / "metrics.json").is_file() or not (run / "config.json").is_file():
+            continue
+        if cfg is not None:
+            saved = load_config(run / "config.json").flat()
+            wanted = cfg.flat()
+            if any(saved.get(k) != wanted.get(k) for k in ("preset", *DATA_PARAMETERS, "synthetic_size")):
+                continue
+        return run
+    return None
 
 
 def ensure_run(stage: str, cfg: "Config", run_dir: str | os.PathLike, *,

@@ -9,6 +9,7 @@ from workbench.viz.plots import (
     embed_2d,
     pair_agreements,
     plot_agreement_distribution,
+    plot_beside_paper,
     plot_camera_heatmap,
     plot_camera_profile,
     plot_cmc,
@@ -19,12 +20,20 @@ from workbench.viz.plots import (
     rank_gallery,
     save_figure,
 )
-from workbench.viz.views import SoftLabelViews, compute_views, init_checkpoint_of, load_views
+from workbench.viz.views import (
+    SoftLabelViews,
+    collapse_report,
+    compute_views,
+    final_threshold,
+    init_checkpoint_of,
+    load_views,
+)
 from workbench.viz.widgets import CameraExplorer, ImageExplorer, RunExplorer, ThresholdExplorer, explore
 
 __all__ = [
     "plot_training_curves", "plot_cmc", "plot_embedding", "plot_soft_label", "plot_camera_heatmap",
-    "plot_camera_profile", "plot_agreement_distribution", "plot_retrieval", "embed_2d", "pair_agreements",
+    "plot_camera_profile", "plot_agreement_distribution", "plot_retrieval", "plot_beside_paper", "embed_2d", "pair_agreements",
     "rank_gallery", "save_figure", "SoftLabelViews", "compute_views", "load_views", "init_checkpoint_of",
+    "collapse_report", "final_threshold",
     "ImageExplorer", "CameraExplorer", "RunExplorer", "ThresholdExplorer", "explore",
 ]

@@ -23,6 +23,8 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from workbench.data import Sample
 from workbench.engine import LOSS_TERMS
@@ -33,10 +35,14 @@ __all__ = [
     "plot_training_curves", "plot_cmc", "plot_embedding", "plot_soft_label", "plot_camera_heatmap",
     "plot_camera_profile", "plot_agreement_distribution", "plot_retrieval", "embed_2d", "pair_agreements",
     "rank_gallery", "camera_means", "draw_agreement", "save_figure", "figure_png", "read_image",
+    "plot_beside_paper", "TERM_TITLES",
 ]
 
 PathLike = str | Path
 METRIC_COLUMNS = ("rank1", "mAP")
+#: panel titles of the history's columns (the paper's names of the loss terms)
+TERM_TITLES = {"loss": "$L_{MAR}$ (total)", "al": "$L_{AL}$", "rj": "$L_{RJ}$", "mdl": "$L_{MDL}$",
+               "cml": "$L_{CML}$"}
 MATCH, MISMATCH, QUERY = "#2ca02c", "#d62728", "#1f77b4"
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -142,6 +148,17 @@ def _has_values(df: pd.DataFrame, column: str) -> bool:
     return column in df and pd.to_numeric(df[column], errors="coerce").notna().any()
 
 
+def _whole_number_ticks(ax, xs: np.ndarray) -> None:
+    """Whole-number x ticks (epochs, steps): each value when there are few, else a few integers."""
+    values = np.unique(np.asarray(xs, dtype=float)[np.isfinite(np.asarray(xs, dtype=float))])
+    if 0 < len(values) <= 12 and np.all(values == np.round(values)):
+        ax.set_xticks(values.astype(int))
+        if len(values) == 1:
+            ax.set_xlim(values[0] - 1, values[0] + 1)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_training_curves(history: Any, terms: Sequence[str] | None = None, *, x: str = "epoch",
                          title: str | None = None, save_to: PathLike | None = None) -> Figure:
     """Loss terms, threshold, mined pairs and rank metrics over training, one small axis each.
@@ -172,13 +189,19 @@ def plot_training_curves(history: Any, terms: Sequence[str] | None = None, *, x:
     if not panels:
         raise ValueError(f"nothing to plot: the history has columns {list(df.columns)}")
     fig, axes = _grid(len(panels), ncols=4, size=(3.2, 2.4))
+    labels = {"n_pos": "positives", "n_neg": "negatives", "rank1": "rank-1", "mAP": "mAP"}
     for ax, (name, columns) in zip(axes, panels):
         for c in columns:
             y = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
+            if c in METRIC_COLUMNS:
+                y = 100 * y  # fractions in history.csv, percent on screen
             keep = np.isfinite(y)
-            ax.plot(xs[keep], y[keep], marker="o" if keep.sum() < 30 else None, ms=3, label=c)
-        ax.set_title(name, fontsize=10)
+            ax.plot(xs[keep], y[keep], marker="o" if keep.sum() < 30 else None, ms=3, label=labels.get(c, c))
+        ax.set_title(TERM_TITLES.get(name, name), fontsize=10)
         ax.set_xlabel("step" if x == "step" else x)
+        _whole_number_ticks(ax, xs)
+        if name == "target metrics":
+            ax.set_ylabel("%")
         if len(columns) > 1:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -225,6 +248,8 @@ def plot_cmc(runs: Mapping[str, Any], *, max_rank: int = 20, save_to: PathLike |
     ax.set_ylabel("matching rate (%)")
     ax.set_ylim(0, 100)
     ax.set_xlim(1, max_rank)
+    step = 5 if max_rank > 10 else 1
+    ax.set_xticks(sorted({1, *range(step, max_rank + 1, step)}))  # whole ranks, rank 1 included
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("CMC")
@@ -317,6 +342,10 @@ def plot_embedding(features: Any, labels: Any, *, camids: Any = None, color_by: 
             prefix = "id" if color_by == "identity" else "cam"
             handles = [Line2D([], [], marker="o", ls="", ms=4, color=c, label=f"{prefix} {v}") for v, c in legend]
             ax.legend(handles=handles, fontsize=6, loc="best", markerscale=1.2)
+        else:
+            one, many = ("identity", "identities") if color_by == "identity" else ("camera", "cameras")
+            ax.set_xlabel(f"one colour per {one}: {len(legend)} {many}, too many for a legend;\n"
+                          f"close colours may be different {many}", fontsize=7)
     save_figure(fig, save_to, f"embedding_{color_by}")
     return fig
 
@@ -391,7 +420,7 @@ def _top_agents(panels: Mapping[str, np.ndarray], k: int) -> np.ndarray:
     return np.argsort(-mass, kind="stable")[:k]
 
 
-def plot_camera_heatmap(multilabels: Any, camids: Any, *, k: int = 20, titles: Sequence[str] | None = None,
+def plot_camera_heatmap(multilabels: Any, camids: Any, *, k: int = 16, titles: Sequence[str] | None = None,
                         save_to: PathLike | None = None) -> Figure:
     """Mean soft multilabel per camera as a heatmap (cameras × the top-k agents by overall mass).
 
@@ -414,7 +443,7 @@ def plot_camera_heatmap(multilabels: Any, camids: Any, *, k: int = 20, titles: S
     columns = _top_agents(panels, k)  # (k,)
     means = {t: camera_means(y, cams_of[t]) for t, y in panels.items()}
     vmax = max(float(m[:, columns].max()) for _, m in means.values())
-    fig = Figure(figsize=(0.35 * len(columns) * len(panels) + 2.0, 0.4 * max(len(c) for c, _ in means.values()) + 1.8),
+    fig = Figure(figsize=(0.32 * len(columns) * len(panels) + 2.0, 0.45 * max(len(c) for c, _ in means.values()) + 2.0),
                  layout="constrained")
     grid = fig.add_gridspec(1, len(panels) + 1, width_ratios=[1.0] * len(panels) + [0.05])
     cbar_ax = fig.add_subplot(grid[0, -1])
@@ -423,15 +452,17 @@ def plot_camera_heatmap(multilabels: Any, camids: Any, *, k: int = 20, titles: S
         sns.heatmap(m[:, columns], ax=ax, vmin=0.0, vmax=vmax, cmap="viridis", cbar=i == 0, cbar_ax=cbar_ax,
                     xticklabels=[f"a{a}" for a in columns], yticklabels=[f"cam {c}" for c in cams])
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("agent")
-        ax.tick_params(axis="x", labelsize=6, rotation=90)
-        ax.tick_params(axis="y", labelsize=7, rotation=0)
+        ax.set_xlabel(f"agent (top {len(columns)} by mean mass)", fontsize=8)
+        ax.tick_params(axis="x", labelsize=8, rotation=90)
+        ax.tick_params(axis="y", labelsize=8, rotation=0)
+        if i:
+            ax.set_yticklabels([])
     cbar_ax.set_ylabel("mean mass", fontsize=8)
     save_figure(fig, save_to, "camera_heatmap")
     return fig
 
 
-def plot_camera_profile(multilabels: Any, camids: Any, camera: int, *, k: int = 20,
+def plot_camera_profile(multilabels: Any, camids: Any, camera: int, *, k: int = 16,
                         titles: Sequence[str] | None = None, save_to: PathLike | None = None) -> Figure:
     """One camera's mean soft multilabel against the all-camera mean, over the top-k agents.
 
@@ -446,7 +477,7 @@ def plot_camera_profile(multilabels: Any, camids: Any, camera: int, *, k: int = 
     panels = _as_panels(multilabels, titles, "soft multilabel")
     cams_of = _per_panel(camids, panels, "camids")
     columns = _top_agents(panels, k)
-    fig, axes = _grid(len(panels), ncols=3, size=(0.3 * len(columns) + 2.0, 2.6))
+    fig, axes = _grid(len(panels), ncols=2, size=(0.3 * len(columns) + 1.5, 3.0))
     pos = np.arange(len(columns))
     for ax, (title, y) in zip(axes, panels.items()):
         y = _numpy(y)
@@ -455,7 +486,9 @@ def plot_camera_profile(multilabels: Any, camids: Any, camera: int, *, k: int = 
             raise ValueError(f"camera {camera} not among {cams.tolist()}")
         ax.bar(pos - 0.2, y.mean(0)[columns], width=0.4, color="0.7", label="all cameras")
         ax.bar(pos + 0.2, means[list(cams).index(camera), columns], width=0.4, color=QUERY, label=f"cam {camera}")
-        ax.set_xticks(pos, [f"a{a}" for a in columns], fontsize=6, rotation=90)
+        ax.set_xticks(pos, [f"a{a}" for a in columns], fontsize=8, rotation=90)
+        ax.set_xlabel(f"agent (top {len(columns)} by mean mass)", fontsize=8)
+        ax.set_ylabel("mean mass", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
     save_figure(fig, save_to, f"camera_{camera}")
@@ -608,5 +641,49 @@ def plot_retrieval(distmat: Any, query: Sequence[Sample], gallery: Sequence[Samp
             gs = gallery[g]
             _show_image(ax, gs.path, title=f"#{c + 1} d={d[q, g]:.3f}\ncam {gs.camid}",
                         border=MATCH if gs.pid == qs.pid else MISMATCH)
+    fig.legend(handles=[Patch(facecolor="none", edgecolor=QUERY, lw=3, label="query"),
+                        Patch(facecolor="none", edgecolor=MATCH, lw=3, label="same identity (correct match)"),
+                        Patch(facecolor="none", edgecolor=MISMATCH, lw=3, label="another identity")],
+               loc="outside lower center", ncols=3, fontsize=8, frameon=False)
     save_figure(fig, save_to, "retrieval")
+    return fig
+
+
+# ----------------------------------------------------------------------------- beside the paper
+
+
+def plot_beside_paper(table: pd.DataFrame, metrics: Sequence[str] = ("rank-1", "mAP"), *, title: str | None = None,
+                      save_to: PathLike | None = None) -> Figure:
+    """Our numbers and the paper's as paired horizontal bars, one panel per metric (percent).
+
+    Args:
+        table: :func:`workbench.experiments.paper_table`'s result (columns ``<metric> (ours)`` and
+            ``<metric> (paper)``; the index holds the row labels).
+        metrics: the metric names of those columns (``"rank-1"``, ``"mAP"`` ...).
+        title: figure title.
+        save_to: run folder; writes ``figures/beside_paper.png``.
+
+    Returns:
+        The figure; a row without a number of ours (failed, missing) shows the paper's bar only.
+    """
+    rows = [str(r) for r in table.index]
+    pos = np.arange(len(rows))
+    fig, axes = _grid(len(metrics), ncols=len(metrics), size=(3.6, 0.45 * len(rows) + 1.3))
+    for ax, m in zip(axes, metrics):
+        ours = pd.to_numeric(table.get(f"{m} (ours)"), errors="coerce").to_numpy(dtype=float)
+        paper = pd.to_numeric(table.get(f"{m} (paper)"), errors="coerce").to_numpy(dtype=float)
+        ax.barh(pos - 0.2, np.nan_to_num(paper), height=0.38, color="0.75", label="paper")
+        ax.barh(pos + 0.2, np.nan_to_num(ours), height=0.38, color=QUERY, label="ours")
+        for y, value in zip(pos + 0.2, ours):  # our value in words: a 0.0 bar is not a missing one
+            ax.text(1 if np.isnan(value) else value + 1, y, "no result" if np.isnan(value) else f"{value:.1f}",
+                    va="center", fontsize=7, color="0.3")
+        ax.set_yticks(pos, rows if ax is axes[0] else [""] * len(rows), fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 100)
+        ax.set_xlabel(f"{m} (%)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_figure(fig, save_to, "beside_paper")
     return fig

@@ -42,6 +42,11 @@ class SoftLabelViews:
         agents: (Np, d) float32 L2-normalized agents.
         metrics: rank metrics of ``distmat`` (``rank1``, ``mAP``, ``cmc`` ...), Market protocol.
         scale: the soft multilabel scale s used.
+        threshold: the run's final agreement threshold T of L_MDL (None: unknown, e.g. a stage-1
+            checkpoint).
+
+    Train samples carry the dataset's own identity and camera ids (``Split.raw_train``), like query
+    and gallery: what people see matches the file names.
     """
 
     name: str
@@ -53,10 +58,16 @@ class SoftLabelViews:
     agents: np.ndarray
     metrics: dict = field(default_factory=dict)
     scale: float = 30.0
+    threshold: float | None = None
 
     @property
     def num_agents(self) -> int:
         return int(self.agents.shape[0])
+
+    def collapse(self, part: str = "train") -> str | None:
+        """A plain sentence when this model's soft multilabels have collapsed (see :func:`collapse_report`),
+        else None."""
+        return collapse_report(self.multilabels[part], self.distmat, name=self.name)
 
     def pids(self, part: str) -> np.ndarray:
         """(N,) int64 identities of a part (hidden labels: diagnostics only)."""
@@ -68,6 +79,40 @@ class SoftLabelViews:
 
     def paths(self, part: str) -> list[str]:
         return [s.path for s in self.samples[part]]
+
+
+#: a model whose soft multilabels differ by less than this (mean half-L1 distance of the images'
+#: labels to their mean label, i.e. 1 − agreement) has collapsed: every image gets the same label
+COLLAPSE_SPREAD = 0.02
+
+
+def collapse_report(multilabels: np.ndarray, distmat: np.ndarray | None = None, *, name: str = "this model",
+                    tolerance: float = COLLAPSE_SPREAD) -> str | None:
+    """Say plainly when soft multilabels have collapsed (near-identical rows), else None.
+
+    The spread is the mean over images of ``½‖y_i − ȳ‖₁`` (``1 − A(y_i, ȳ)``, the disagreement with
+    the mean label): 0 when every image has the same soft multilabel, up to 1 − 1/Np for one-hot
+    labels on different agents.
+
+    Args:
+        multilabels: (N, Np) soft multilabels.
+        distmat: (Q, G) query × gallery distances, quoted in the message when given.
+        name: the model's name in the message.
+        tolerance: spread below which the labels count as collapsed.
+    """
+    y = np.asarray(multilabels, dtype=np.float64)  # (N, Np)
+    if len(y) < 2:
+        return None
+    spread = float(0.5 * np.abs(y - y.mean(0, keepdims=True)).sum(1).mean())
+    if spread >= tolerance:
+        return None
+    text = (f"{name}: the soft multilabels have collapsed: every image gets (nearly) the same soft multilabel "
+            f"(mean disagreement with the average label {spread:.4f}; below {tolerance} counts as collapsed)")
+    if distmat is not None and np.size(distmat):
+        d = np.asarray(distmat)
+        text += f"; retrieval distances span only {float(d.min()):.3f} to {float(d.max()):.3f}"
+    return text + (". The model learned nothing to show here: the stage-2 learning rate is the usual cause "
+                   "(L_AL's step is lr × λ2 = 50 × lr); train with the paper's lr 2e-4 or reuse a run that learned.")
 
 
 def agent_representatives(reference: Sequence[Sample], num_agents: int) -> list[str | None]:
@@ -109,6 +154,8 @@ def compute_views(model: torch.nn.Module, split: Split, reference: Sequence[Samp
     model = model.to(device)
     agents = model.agents.detach().float().cpu()  # (Np, d)
     samples = {part: list(getattr(split, part)) for part in PARTS}
+    if split.raw_train:  # the same images in the same order, with the dataset's own pids and cameras
+        samples["train"] = list(split.raw_train)
     features: dict[str, np.ndarray] = {}
     multilabels: dict[str, np.ndarray] = {}
     for part, items in samples.items():
@@ -155,5 +202,21 @@ def load_views(run_dir: str | Path, *, checkpoint: str | Path | None = None, nam
     cfg = load_config(run_dir / "config.json")
     target, reference = load_domains(cfg.data)
     model = load_model(checkpoint if checkpoint is not None else run_dir / "checkpoint.pt", device)
-    return compute_views(model, target, reference, image_size=cfg.data.image_size, batch_size=batch_size,
-                         device=device, scale=cfg.loss.scale, name=name or run_dir.name)
+    views = compute_views(model, target, reference, image_size=cfg.data.image_size, batch_size=batch_size,
+                          device=device, scale=cfg.loss.scale, name=name or run_dir.name)
+    if checkpoint is None or Path(checkpoint).resolve() == (run_dir / "checkpoint.pt").resolve():
+        views.threshold = final_threshold(run_dir)
+    return views
+
+
+def final_threshold(run_dir: str | Path) -> float | None:
+    """The last agreement threshold T in a run's ``history.csv`` (None without one)."""
+    import pandas as pd
+
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return None
+    history = pd.read_csv(path)
+    if "threshold" not in history or history["threshold"].dropna().empty:
+        return None
+    return float(history["threshold"].dropna().iloc[-1])

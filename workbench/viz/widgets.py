@@ -108,8 +108,11 @@ class ImageExplorer(_Explorer):
         model, part, identity, camera, index: the controls; ``index`` runs over the images of
         ``part`` left by the identity and camera filters (``"all"``: no filter).
         last: ``{"model", "part", "index" (position in the part), "pid", "camid", "path",
-        "top_agents", "top_mass", "retrieval"}`` of the last rendering (``index`` None when the
-        filters leave no image).
+        "top_agents", "top_mass", "retrieval", "collapsed"}`` of the last rendering (``index`` None
+        when the filters leave no image; ``collapsed`` the message shown instead of the figures when
+        the model's soft multilabels have collapsed, else None).
+
+    Identities and cameras are the dataset's own (as in the file names), for train images too.
     """
 
     def __init__(self, views: ViewsArg, *, part: str = "query", k: int = 10, retrieval_k: int = 8) -> None:
@@ -123,7 +126,7 @@ class ImageExplorer(_Explorer):
         self.part = W.Dropdown(options=list(PARTS), value=part, description="part")
         self.identity = W.Dropdown(description="identity")
         self.camera = W.Dropdown(description="camera")
-        self.index = W.IntSlider(min=0, max=0, value=0, description="image", continuous_update=False)
+        self.index = W.IntSlider(min=0, max=0, value=0, description="image #", continuous_update=False)
         for name in ("model", "part", "identity", "camera", "index"):
             getattr(self, name).add_class(f"wb-{name}")
         self.output = self._new_output()
@@ -183,23 +186,35 @@ class ImageExplorer(_Explorer):
             self.last = {"model": self.model.value, "part": part, "index": None}
             _show(self.output, "no image matches these filters")
             return self.last
-        i = int(cands[min(self.index.value, len(cands) - 1)])
+        pos = min(self.index.value, len(cands) - 1)
+        i = int(cands[pos])
         sample = v.samples[part][i]
         y = v.multilabels[part][i]  # (Np,)
         top = np.argsort(-y, kind="stable")[: self.k]
-        figures: list[Figure | str] = [
-            f"{self.model.value} · {part} #{i} · pid {sample.pid} · cam {sample.camid} · {Path(sample.path).name}",
-            plot_soft_label(y, agent_images=v.agent_images, k=self.k, image=sample.path),
-        ]
+        # the slider counts the images the filters keep: without filters it is the image's number
+        # in the part (the title's "#i"); with filters the title also says which of the matches it is
+        filtered = len(cands) != len(v.samples[part])
+        where = f"{part} #{i}" + (f" (match {pos} of 0–{len(cands) - 1})" if filtered else "")
+        title = (f"{self.model.value} · {where} · pid {sample.pid} · cam {sample.camid} · "
+                 f"{Path(sample.path).name}")
+        collapsed = v.collapse()
+        self.last = {"model": self.model.value, "part": part, "index": i, "pid": sample.pid,
+                     "camid": sample.camid, "path": sample.path, "top_agents": top.tolist(),
+                     "top_mass": float(y[top].sum()), "retrieval": None, "collapsed": collapsed}
+        if collapsed:
+            _show(self.output, title, collapsed)
+            return self.last
+        label = ("soft multilabel: " + ", ".join(f"a{j} {y[j]:.3f}" for j in top[:5])
+                 + f" … (top {len(top)} of {len(y)} agents hold {y[top].sum():.2f})")
+        figures: list[Figure | str] = [title, label, plot_soft_label(y, agent_images=v.agent_images, k=self.k,
+                                                                     image=sample.path)]
         retrieval = None
         if part == "query":
             retrieval = rank_gallery(v.distmat, v.samples["query"], v.samples["gallery"], (i,),
                                      self.retrieval_k)[0].tolist()
             figures.append(plot_retrieval(v.distmat, v.samples["query"], v.samples["gallery"], queries=(i,),
                                           k=self.retrieval_k))
-        self.last = {"model": self.model.value, "part": part, "index": i, "pid": sample.pid,
-                     "camid": sample.camid, "path": sample.path, "top_agents": top.tolist(),
-                     "top_mass": float(y[top].sum()), "retrieval": retrieval}
+        self.last["retrieval"] = retrieval
         _show(self.output, *figures)
         return self.last
 
@@ -220,7 +235,7 @@ class CameraExplorer(_Explorer):
         last: ``{"camera", "agents", "means": {name: (k,) mean multilabel of the camera or (C, k)}}``.
     """
 
-    def __init__(self, views_by_name: ViewsArg, *, part: str = "train", k: int = 20) -> None:
+    def __init__(self, views_by_name: ViewsArg, *, part: str = "train", k: int = 16) -> None:
         self.views = as_views(views_by_name)
         self.part, self.k = part, int(k)
         first = next(iter(self.views.values()))
@@ -239,6 +254,11 @@ class CameraExplorer(_Explorer):
         """Draw the heatmap (all cameras) or the selected camera's profile."""
         ys = {n: v.multilabels[self.part] for n, v in self.views.items()}
         cams = {n: v.camids(self.part) for n, v in self.views.items()}
+        collapsed = [msg for v in self.views.values() if (msg := v.collapse(self.part))]
+        if collapsed:
+            self.last = {"camera": self.camera.value, "collapsed": collapsed}
+            _show(self.output, *collapsed)
+            return self.last
         if self.camera.value == ALL:
             fig = plot_camera_heatmap(ys, cams, k=self.k)
         else:
@@ -319,8 +339,8 @@ class ThresholdExplorer(_Explorer):
     Args:
         views: one views object (or a dict: its last entry is used).
         part: which target images (``"train"``: the pairs L_MDL mines from).
-        threshold: initial T (default: the agreement of the top 0.5 % pairs, DESIGN's initial T),
-            rounded down to the slider's step (0.005).
+        threshold: initial T (default: the run's final T, ``views.threshold``; without one, the
+            agreement of the top 0.5 % pairs, DESIGN's initial T), rounded to the slider's step (0.001).
         max_pairs: pairs used at most (random subset beyond).
         seed: random state of that subset.
 
@@ -334,15 +354,17 @@ class ThresholdExplorer(_Explorer):
                  max_pairs: int = 200_000, seed: int = 0) -> None:
         v = list(as_views(views).values())[-1]
         self.name = v.name
+        self.collapsed = v.collapse(part)
         self.agreements, self.same = pair_agreements(v.multilabels[part], v.pids(part), max_pairs=max_pairs,
                                                      seed=seed)
         self._bins = np.linspace(0.0, 1.0, 51)
         if threshold is None:
+            threshold = v.threshold
+        if threshold is None:
             threshold = float(np.quantile(self.agreements, 0.995)) if len(self.agreements) else 0.5
-        step = 0.005
-        start = round(float(np.floor(threshold / step + 1e-6) * step), 6)
-        self.threshold = W.FloatSlider(value=start, min=0.0, max=1.0, step=step, readout_format=".3f",
-                                       description="T", continuous_update=False)
+        # step 0.001 and the same 3 decimals as the figures: the slider starts at the T they show
+        self.threshold = W.FloatSlider(value=round(float(threshold), 3), min=0.0, max=1.0, step=0.001,
+                                       readout_format=".3f", description="T", continuous_update=False)
         self.threshold.add_class("wb-threshold")
         self.output = self._new_output()
         self.widget = W.VBox([self.threshold, self.output])
@@ -361,13 +383,17 @@ class ThresholdExplorer(_Explorer):
 
     def render(self) -> dict[str, Any]:
         c = self.counts(self.threshold.value)
+        self.last = c
+        if self.collapsed:
+            _show(self.output, self.collapsed)
+            return c
         fig = Figure(figsize=(5.5, 3.2), layout="constrained")
         ax = fig.add_subplot()
         draw_agreement(ax, self.agreements, self.same, c["threshold"], self._bins)
-        ax.set_title(f"{self.name}: {c['n_pos']} positive pairs, precision {c['precision']:.2f}", fontsize=9)
+        precision = f"{100 * c['precision']:.1f} %" if c["n_pos"] else "– (no positive pair)"
+        ax.set_title(f"{self.name}: {c['n_pos']} positive pairs, precision {precision}", fontsize=9)
         text = (f"T = {c['threshold']:.3f}: {c['n_pos']} of {c['n_pairs']} pairs are positives, "
-                f"{c['n_true']} of them true (precision {c['precision']:.3f}, recall {c['recall']:.3f})")
-        self.last = c
+                f"{c['n_true']} of them true (precision {precision}, recall {100 * c['recall']:.1f} %)")
         _show(self.output, text, fig)
         return c
 
@@ -375,7 +401,8 @@ class ThresholdExplorer(_Explorer):
 # ----------------------------------------------------------------------------- all together
 
 
-def explore(views_or_run_dirs: Any, *, method: str = "umap", part: str = "train") -> W.Tab:
+def explore(views_or_run_dirs: Any, *, method: str = "umap", part: str = "train",
+            threshold: float | None = None) -> W.Tab:
     """All explorers in one tab widget.
 
     Args:
@@ -383,6 +410,7 @@ def explore(views_or_run_dirs: Any, *, method: str = "umap", part: str = "train"
             list or ``{name: path}``) loaded with :func:`load_views`.
         method: embedding method of the run explorer (``"umap"`` or ``"pca"``).
         part: target images for the camera, embedding and threshold explorers.
+        threshold: where the threshold slider starts (default: the run's final T).
 
     Returns:
         A ``Tab``; the explorer objects are in its ``explorers`` attribute (``{"image", "camera",
@@ -400,7 +428,7 @@ def explore(views_or_run_dirs: Any, *, method: str = "umap", part: str = "train"
         "image": ImageExplorer(views),
         "camera": CameraExplorer(views, part=part),
         "embedding": RunExplorer(views, method=method, part=part),
-        "threshold": ThresholdExplorer(views, part=part),
+        "threshold": ThresholdExplorer(views, part=part, threshold=threshold),
     }
     tab = W.Tab(children=[e.widget for e in explorers.values()])
     for i, title in enumerate(("image", "cameras", "embedding", "threshold T")):

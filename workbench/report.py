@@ -1,0 +1,153 @@
+"""Results tables in markdown from what the workbench wrote: ``python -m workbench report PATH``.
+
+Every measured number in README comes from here, so a table can be regenerated (and checked) from the
+run it describes instead of being typed in. ``PATH`` may be
+
+- a run folder (``config.json`` + ``metrics.json``): one row, plus the state before joint training
+  for a stage-2 run (``metrics["initial"]``);
+- a folder holding runs (``make demo``'s or ``00_quickstart``'s: ``pretrain/`` and ``mar/``): one
+  row per run, stage 1 first (the rows ``make demo`` prints);
+- a sweep folder (one sub-folder per point with ``status.json``): one row per point;
+- a ``metrics.json`` file;
+- a results CSV (what ``--csv`` writes): a ``run`` column and the metric columns as fractions.
+
+Example:
+    >>> print(markdown_table([("stage 2", {"rank1": 0.5, "mAP": 0.25})]))
+    | | rank-1 | rank-5 | rank-10 | mAP | mAP* | mINP |
+    | --- | --- | --- | --- | --- | --- | --- |
+    | stage 2 | 50.0 | – | – | 25.0 | – | – |
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import ConfigError, MissingFileError
+
+#: metric key → column title (fractions in the files, percent in the table)
+COLUMNS = {"rank1": "rank-1", "rank5": "rank-5", "rank10": "rank-10", "mAP": "mAP", "mAP_devkit": "mAP*",
+           "mINP": "mINP"}
+FOOTNOTE = ("percent; mAP = standard non-interpolated AP (torchreid/fast-reid), mAP* = Market devkit / MAR "
+            "official trapezoid AP")
+#: row titles of the run folders a demo or quickstart folder holds
+RUN_TITLES = {"pretrain": "stage 1: reference pretraining (direct transfer)", "mar": "stage 2: joint MAR training"}
+
+Row = tuple[str, Mapping[str, Any]]
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / "metrics.json").is_file() and (folder / "config.json").is_file()
+
+
+def _run_rows(run: Path, title: str | None = None, *, initial: bool = True) -> list[Row]:
+    metrics = _read_json(run / "metrics.json")
+    rows: list[Row] = []
+    if initial and isinstance(metrics.get("initial"), Mapping):
+        rows.append((f"{title or run.name}: before joint training", metrics["initial"]))
+    rows.append((title or run.name, metrics))
+    return rows
+
+
+def _sweep_rows(folder: Path) -> list[Row]:
+    from workbench.experiments import collect
+
+    df = collect(folder)
+    params = [c for c in df.columns[1:df.columns.get_loc("state")]]
+    varying = [c for c in params if df[c].astype(str).nunique() > 1] or params
+    rows: list[Row] = []
+    for _, r in df.iterrows():
+        label = ", ".join(f"{c}={r[c]}" for c in varying) or str(r["name"])
+        if r["state"] != "done":
+            label += f" ({r['state']})"
+        rows.append((label, {k: r[k] for k in COLUMNS if k in r}))
+    return rows
+
+
+def _csv_rows(path: Path) -> list[Row]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "run" not in reader.fieldnames:
+            raise ConfigError(f"{path}: a results CSV needs a 'run' column and metric columns "
+                             f"({', '.join(COLUMNS)}), got {reader.fieldnames}")
+        return [(row["run"], {k: float(row[k]) if row.get(k) not in (None, "") else math.nan
+                              for k in COLUMNS if k in row}) for row in reader]
+
+
+def results_rows(path: str | Path) -> list[Row]:
+    """``[(row title, metrics as fractions)]`` of a run folder, a folder of runs, a sweep folder,
+    a ``metrics.json`` or a results CSV (see the module docstring).
+
+    Raises:
+        FileNotFoundError: no such path.
+        ValueError: a path that holds none of those (naming what was looked for).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise MissingFileError(f"no such run folder or results file: {path.resolve()}")
+    if path.is_file():
+        if path.suffix == ".csv":
+            return _csv_rows(path)
+        if path.suffix == ".json":
+            return [(path.parent.name, _read_json(path))]
+        raise ConfigError(f"{path}: a results file is a .csv (see --csv) or a metrics.json")
+    if _is_run(path):
+        return _run_rows(path)
+    runs = [path / name for name in RUN_TITLES if _is_run(path / name)]
+    runs += sorted(p for p in path.iterdir() if p.is_dir() and p.name not in RUN_TITLES and _is_run(p))
+    if runs:  # beside its stage-1 run, a stage-2 run's start ("initial") would repeat stage 1's row
+        has_stage1 = any(run.name == "pretrain" for run in runs)
+        return [row for run in runs for row in _run_rows(run, RUN_TITLES.get(run.name), initial=not has_stage1)]
+    if any((p / "status.json").is_file() for p in path.iterdir() if p.is_dir()):
+        return _sweep_rows(path)
+    if (path / "metrics.json").is_file():
+        return [(path.name, _read_json(path / "metrics.json"))]
+    raise ConfigError(f"{path.resolve()} holds no results: expected a run folder (config.json + metrics.json), "
+                     "folders of runs, a sweep folder (points with status.json) or metrics.json")
+
+
+def _percent(value: Any) -> str:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if math.isnan(x) else f"{100 * x:.1f}"
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """The rows as a markdown table in percent (one decimal; ``–`` for a missing metric)."""
+    lines = ["| | " + " | ".join(COLUMNS.values()) + " |", "| --- " * (len(COLUMNS) + 1) + "|"]
+    for title, metrics in rows:
+        lines.append(f"| {title} | " + " | ".join(_percent(metrics.get(k)) for k in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def results_csv(rows: Sequence[Row]) -> str:
+    """The rows as a results CSV (``run`` + metric columns as fractions), readable by :func:`results_rows`."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["run", *COLUMNS])
+    for title, metrics in rows:
+        values = []
+        for k in COLUMNS:
+            try:
+                x = float(metrics.get(k))
+            except (TypeError, ValueError):
+                x = math.nan
+            values.append("" if math.isnan(x) else repr(x))
+        writer.writerow([title, *values])
+    return buf.getvalue()
+
+
+def report(path: str | Path, *, footnote: bool = True) -> str:
+    """The markdown results table of ``path`` (what ``python -m workbench report PATH`` prints)."""
+    text = markdown_table(results_rows(path))
+    return text + (f"\n\n({FOOTNOTE})" if footnote else "")
