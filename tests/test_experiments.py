@@ -490,7 +490,7 @@ def _run_folder(folder: Path, metrics: dict) -> None:
 
 def test_report_prints_markdown_from_runs_sweeps_and_csv(tmp_path: Path, capsys) -> None:
     from workbench.cli import main
-    from workbench.report import report
+    from workbench.experiments.report import report
 
     demo = tmp_path / "demo"
     m1 = {"rank1": 0.345, "rank5": 0.618, "rank10": 0.8, "mAP": 0.288, "mAP_devkit": 0.251, "mINP": 0.149}

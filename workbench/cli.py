@@ -321,21 +321,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(target.describe())
     print(f"reference set: {len(reference)} images, {len({s.pid for s in reference})} identities (agents)")
     stage1 = pretrain(cfg, root / "pretrain", resume=args.resume)
-    stage2 = train_mar(cfg, root / "mar", init_checkpoint=stage1.checkpoint, resume=args.resume)
-    rows = [("stage 1: reference pretraining (direct transfer)", stage1.metrics),
-            ("stage 2: joint MAR training", stage2.metrics)]
+    train_mar(cfg, root / "mar", init_checkpoint=stage1.checkpoint, resume=args.resume)
+    from workbench.experiments.report import report
+
     print()
-    print(f"{'':<50} {'rank-1':>7} {'rank-5':>7} {'rank-10':>7} {'mAP':>6} {'mAP*':>6} {'mINP':>6}")
-    for title, m in rows:
-        print(f"{title:<50} {100 * m['rank1']:>7.1f} {100 * m['rank5']:>7.1f} {100 * m['rank10']:>7.1f} "
-              f"{100 * m['mAP']:>6.1f} {100 * m['mAP_devkit']:>6.1f} {100 * m['mINP']:>6.1f}")
-    print("(percent; mAP = standard non-interpolated AP, mAP* = Market devkit / MAR official trapezoid AP)")
+    print(report(root))  # the same table as `python -m workbench report RUN_FOLDER`
     print(f"\nrun folder: {root}  ({time.perf_counter() - started:.0f} s)")
     return 0
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="the whole pipeline on the embedded synthetic dataset (about 5 min on CPU)")
+    demo = sub.add_parser("demo", help="the whole pipeline on the embedded synthetic dataset (minutes on a CPU)")
     _add_config_options(demo)
     demo.add_argument("--run-dir", default=None, help="folder for both stages (default: runs/<time>-demo)")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted demo in --run-dir")
@@ -398,9 +394,16 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- report
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from workbench.report import report, results_csv, results_rows
+    from workbench.experiments.report import report, results_csv, results_rows, update_readme
     from workbench.runs import atomic_write_text
 
+    if args.readme:
+        stale = update_readme(args.readme, check=args.check)
+        verb = "differ from their results" if args.check else "regenerated"
+        print(f"{args.readme}: {len(stale)} table(s) {verb}" + (f": {', '.join(stale)}" if stale else ""))
+        return 1 if args.check and stale else 0
+    if args.path is None:
+        raise CLIError("report needs RUN_OR_RESULTS (or --readme README.md)")
     print(report(args.path))
     if args.csv:
         atomic_write_text(args.csv, results_csv(results_rows(args.path)))
@@ -411,11 +414,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _add_report(sub: argparse._SubParsersAction) -> None:
     rp = sub.add_parser("report", help="print a results table in markdown from a run folder, a sweep folder "
                                        "or a results CSV")
-    rp.add_argument("path", metavar="RUN_OR_RESULTS",
+    rp.add_argument("path", metavar="RUN_OR_RESULTS", nargs="?",
                     help="a run folder, a folder of runs (demo, quickstart), a sweep folder, a metrics.json "
                          "or a results CSV")
     rp.add_argument("--csv", default=None, metavar="FILE",
                     help="also write the rows to a results CSV (report FILE prints the same table)")
+    rp.add_argument("--readme", default=None, metavar="README.md",
+                    help="regenerate the README's tables marked <!-- report: PATH --> from their results")
+    rp.add_argument("--check", action="store_true", help="with --readme: only compare (exit 1 when stale)")
     rp.set_defaults(func=_cmd_report)
 
 

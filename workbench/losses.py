@@ -125,6 +125,12 @@ def agreement(y1: Tensor, y2: Tensor) -> Tensor:
     return 1.0 - 0.5 * torch.cdist(y1, y2, p=1.0)  # (B1, B2)
 
 
+@_float32
+def pair_agreement(y1: Tensor, y2: Tensor) -> Tensor:
+    """Agreement of row i of ``y1`` with row i of ``y2``: ``1 - ||y1_i - y2_i||_1 / 2`` -> (P,)."""
+    return 1.0 - 0.5 * (y1 - y2).abs().sum(1)  # (P,)
+
+
 @torch.no_grad()
 def _kth_largest_agreement(multilabels: Tensor, k: int, block_size: int = 1024) -> Tensor:
     """k-th largest agreement over all pairs i < j, streaming over row blocks.

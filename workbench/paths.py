@@ -14,6 +14,11 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _CHECKOUT = _PACKAGE_DIR.parent if (_PACKAGE_DIR.parent / "pyproject.toml").is_file() else None
 
 
+def checkout_root() -> Path | None:
+    """The source checkout holding this package, or None for an installed package."""
+    return _CHECKOUT
+
+
 def source_commit() -> str | None:
     """The git commit of this checkout (``<hash>`` or ``<hash>-dirty``), None outside a git checkout."""
     import subprocess

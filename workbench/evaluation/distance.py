@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workbench.ops import to_numpy
+
 __all__ = ["ArrayLike", "Metric", "pairwise_distance"]
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
@@ -23,14 +25,8 @@ Metric = Literal["cosine", "euclidean"]
 # input helpers
 # --------------------------------------------------------------------------------------------
 
-def _to_numpy(x: ArrayLike) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 def _labels(x: ArrayLike, name: str) -> np.ndarray:
-    a = _to_numpy(x)
+    a = to_numpy(x)
     if a.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(a.shape)}")
     if a.size and not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.bool_)):
@@ -42,7 +38,7 @@ def _labels(x: ArrayLike, name: str) -> np.ndarray:
 
 
 def _distance_matrix(distmat: ArrayLike) -> np.ndarray:
-    d = _to_numpy(distmat)
+    d = to_numpy(distmat)
     if d.ndim != 2:
         raise ValueError(f"distmat must be 2-D (num_query, num_gallery), got shape {tuple(d.shape)}")
     if d.dtype not in (np.float32, np.float64):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -165,3 +165,24 @@ def summary(model: MARNet, input_size: tuple[int, int, int] = (3, 384, 128)) -> 
     lines.append(f"fusion {'+'.join(model.stages)} -> {model.fusion.out_dim}-d; embedding {emb}; "
                  f"feature {model.feature_dim}-d (L2-normalized); agents {model.num_agents}")
     return "\n".join(lines)
+
+
+def agent_similarity(agents: torch.Tensor) -> dict[str, Any]:
+    """Cosine similarity between reference agents (how spread out stage 1 left them).
+
+    Args:
+        agents: (Np, D) agent matrix (normalized inside, as the model does).
+
+    Returns:
+        ``mean``, ``max``, ``min``, ``std`` of the off-diagonal cosines, ``num_agents``, and
+        ``cosines`` (the Np·(Np−1)/2 upper-triangle values, a numpy array for a histogram).
+    """
+    a = l2_normalize(agents.detach().float().cpu())  # (Np, D)
+    n = a.shape[0]
+    iu = torch.triu_indices(n, n, offset=1)
+    cos = (a @ a.T)[iu[0], iu[1]]  # (Np·(Np−1)/2,)
+    if cos.numel() == 0:
+        return {"num_agents": n, "mean": math.nan, "max": math.nan, "min": math.nan, "std": math.nan,
+                "cosines": cos.numpy()}
+    return {"num_agents": n, "mean": float(cos.mean()), "max": float(cos.max()), "min": float(cos.min()),
+            "std": float(cos.std()) if cos.numel() > 1 else 0.0, "cosines": cos.numpy()}

@@ -27,14 +27,15 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from workbench.data import Sample
-from workbench.engine import LOSS_TERMS
-from workbench.losses import agreement
+from workbench.evaluation.metrics import valid_gallery_mask
+from workbench.losses import LOSS_TERMS, agreement, pair_agreement
+from workbench.ops import to_numpy
 from workbench.runs import atomic_write_bytes
 
 __all__ = [
     "plot_training_curves", "plot_cmc", "plot_embedding", "plot_soft_label", "plot_camera_heatmap",
     "plot_camera_profile", "plot_agreement_distribution", "plot_retrieval", "embed_2d", "pair_agreements",
-    "rank_gallery", "camera_means", "draw_agreement", "save_figure", "figure_png", "read_image",
+    "rank_gallery", "camera_means", "draw_agreement", "save_figure", "figure_png", "image_array",
     "plot_beside_paper", "TERM_TITLES",
 ]
 
@@ -73,7 +74,7 @@ def _grid(n: int, *, ncols: int, size: tuple[float, float]) -> tuple[Figure, lis
     return fig, axes
 
 
-def read_image(image: PathLike | np.ndarray) -> np.ndarray:
+def image_array(image: PathLike | np.ndarray) -> np.ndarray:
     """An HWC uint8 RGB array from a path (PIL) or an array (returned as is)."""
     if isinstance(image, np.ndarray):
         return image
@@ -91,7 +92,7 @@ def _show_image(ax, image: PathLike | np.ndarray | None, *, title: str | None = 
     if image is None:
         ax.set_axis_off()
         return
-    ax.imshow(read_image(image))
+    ax.imshow(image_array(image))
     if title:
         ax.set_title(title, fontsize=8)
     for spine in ax.spines.values():
@@ -119,12 +120,6 @@ def _per_panel(value: Any, panels: Mapping[str, Any], name: str) -> dict[str, An
             raise ValueError(f"{name} has {len(value)} entries for {len(panels)} panels")
         return dict(zip(panels, value.values()))
     return {title: value for title in panels}
-
-
-def _numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 # ----------------------------------------------------------------------------- training curves
@@ -272,7 +267,7 @@ def embed_2d(features: Any, method: str = "umap", seed: int = 0) -> np.ndarray:
     Returns:
         (N, 2) float32.
     """
-    x = _numpy(features).astype(np.float32)  # (N, d)
+    x = to_numpy(features).astype(np.float32)  # (N, d)
     if method == "precomputed":
         return x[:, :2]
     if method == "umap" and len(x) > 3:
@@ -330,10 +325,10 @@ def plot_embedding(features: Any, labels: Any, *, camids: Any = None, color_by: 
         raise ValueError("color_by='camera' needs camids")
     fig, axes = _grid(len(panels), ncols=3, size=(4.2, 4.0))
     for ax, (title, feats) in zip(axes, panels.items()):
-        feats = _numpy(feats)
+        feats = to_numpy(feats)
         keep = _subsample(len(feats), max_points, seed)  # the same subset in every panel of this size
         coords = embed_2d(feats[keep], method, seed)  # (n, 2)
-        colours, legend = _label_colours(_numpy(colour_src[title])[keep], "tab10")
+        colours, legend = _label_colours(to_numpy(colour_src[title])[keep], "tab10")
         ax.scatter(coords[:, 0], coords[:, 1], c=colours, s=12, linewidths=0)
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
@@ -370,7 +365,7 @@ def plot_soft_label(multilabel: Any, *, agent_images: Sequence[Any] | None = Non
         The figure: bar axis, then ``k`` agent image axes (with ``agent_images``), then the image
         axis (with ``image``).
     """
-    y = _numpy(multilabel).astype(float).reshape(-1)  # (Np,)
+    y = to_numpy(multilabel).astype(float).reshape(-1)  # (Np,)
     k = min(int(k), len(y))
     top = np.argsort(-y, kind="stable")[:k]  # (k,)
     names = [agent_names[i] if agent_names is not None else f"a{i}" for i in top]
@@ -407,8 +402,8 @@ def camera_means(multilabels: Any, camids: Any) -> tuple[np.ndarray, np.ndarray]
     Returns:
         ``(cameras (C,), means (C, Np))``.
     """
-    y = _numpy(multilabels).astype(np.float64)  # (N, Np)
-    cams, inverse = np.unique(_numpy(camids), return_inverse=True)
+    y = to_numpy(multilabels).astype(np.float64)  # (N, Np)
+    cams, inverse = np.unique(to_numpy(camids), return_inverse=True)
     onehot = np.zeros((len(cams), len(y)))  # (C, N)
     onehot[inverse.reshape(-1), np.arange(len(y))] = 1.0
     return cams, (onehot @ y) / onehot.sum(1, keepdims=True)  # (C, Np)
@@ -416,7 +411,7 @@ def camera_means(multilabels: Any, camids: Any) -> tuple[np.ndarray, np.ndarray]
 
 def _top_agents(panels: Mapping[str, np.ndarray], k: int) -> np.ndarray:
     """The k agents with the largest mass summed over all panels (same columns everywhere)."""
-    mass = sum(_numpy(y).astype(np.float64).mean(0) for y in panels.values())  # (Np,)
+    mass = sum(to_numpy(y).astype(np.float64).mean(0) for y in panels.values())  # (Np,)
     return np.argsort(-mass, kind="stable")[:k]
 
 
@@ -480,7 +475,7 @@ def plot_camera_profile(multilabels: Any, camids: Any, camera: int, *, k: int = 
     fig, axes = _grid(len(panels), ncols=2, size=(0.3 * len(columns) + 1.5, 3.0))
     pos = np.arange(len(columns))
     for ax, (title, y) in zip(axes, panels.items()):
-        y = _numpy(y)
+        y = to_numpy(y)
         cams, means = camera_means(y, cams_of[title])
         if camera not in cams:
             raise ValueError(f"camera {camera} not among {cams.tolist()}")
@@ -515,8 +510,8 @@ def pair_agreements(multilabels: Any, pids: Any, *, max_pairs: int = 200_000, se
     Returns:
         ``(agreements (P,) float32, same_identity (P,) bool)``.
     """
-    y = torch.as_tensor(_numpy(multilabels), dtype=torch.float32)  # (N, Np)
-    pids = _numpy(pids)
+    y = torch.as_tensor(to_numpy(multilabels), dtype=torch.float32)  # (N, Np)
+    pids = to_numpy(pids)
     n = len(y)
     if n * (n - 1) // 2 <= max_pairs:
         i, j = np.triu_indices(n, k=1)
@@ -526,7 +521,7 @@ def pair_agreements(multilabels: Any, pids: Any, *, max_pairs: int = 200_000, se
         i = rng.integers(0, n, max_pairs)
         j = (i + rng.integers(1, n, max_pairs)) % n  # j ≠ i
         a = np.concatenate([
-            (1.0 - 0.5 * (y[i[s:s + chunk]] - y[j[s:s + chunk]]).abs().sum(1)).numpy()  # (chunk,)
+            pair_agreement(y[i[s:s + chunk]], y[j[s:s + chunk]]).numpy()  # (chunk,)
             for s in range(0, max_pairs, chunk)])
     return a.astype(np.float32), pids[i] == pids[j]
 
@@ -596,12 +591,12 @@ def rank_gallery(distmat: Any, query: Sequence[Sample], gallery: Sequence[Sample
         (len(queries), k) int64, ``-1`` where fewer than k valid gallery images exist.
     """
     rows = np.asarray(list(queries), dtype=np.int64)
-    d = _numpy(distmat)[rows].astype(np.float64)  # (R, G)
+    d = to_numpy(distmat)[rows].astype(np.float64)  # (R, G)
     q_pid = np.array([query[r].pid for r in rows])[:, None]
     q_cam = np.array([query[r].camid for r in rows])[:, None]
     g_pid = np.array([s.pid for s in gallery])[None, :]
     g_cam = np.array([s.camid for s in gallery])[None, :]
-    junk = ((g_pid == q_pid) & (g_cam == q_cam)) | (g_pid == -1)  # (R, G)
+    junk = ~valid_gallery_mask(q_pid, q_cam, g_pid, g_cam)  # (R, G) the Market junk rule
     d = np.where(junk, np.inf, d)
     order = np.argsort(d, axis=1, kind="stable")[:, :k]  # (R, k)
     valid = np.take_along_axis(~junk, order, axis=1)
@@ -626,7 +621,7 @@ def plot_retrieval(distmat: Any, query: Sequence[Sample], gallery: Sequence[Samp
         The figure with ``len(queries) * (k + 1)`` image axes.
     """
     ranked = rank_gallery(distmat, query, gallery, queries, k)  # (R, k)
-    d = _numpy(distmat)
+    d = to_numpy(distmat)
     fig = Figure(figsize=(0.95 * (k + 1), 2.0 * len(ranked)), layout="constrained")
     grid = fig.add_gridspec(len(ranked), k + 1)
     for r, (q, row) in enumerate(zip(queries, ranked)):

@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ FOOTNOTE = ("percent; mAP = standard non-interpolated AP (torchreid/fast-reid), 
             "official trapezoid AP")
 #: row titles of the run folders a demo or quickstart folder holds
 RUN_TITLES = {"pretrain": "stage 1: reference pretraining (direct transfer)", "mar": "stage 2: joint MAR training"}
+
+#: what a results CSV keeps besides the metrics, when the run recorded it (metrics.json)
+EXTRA_COLUMNS = ("stage", "epochs", "seed", "commit", "init_threshold")
 
 Row = tuple[str, Mapping[str, Any]]
 
@@ -58,7 +62,7 @@ def _run_rows(run: Path, title: str | None = None, *, initial: bool = True) -> l
 
 
 def _sweep_rows(folder: Path) -> list[Row]:
-    from workbench.experiments import collect
+    from workbench.experiments.results import collect
 
     df = collect(folder)
     params = [c for c in df.columns[1:df.columns.get_loc("state")]]
@@ -79,7 +83,8 @@ def _csv_rows(path: Path) -> list[Row]:
             raise ConfigError(f"{path}: a results CSV needs a 'run' column and metric columns "
                              f"({', '.join(COLUMNS)}), got {reader.fieldnames}")
         return [(row["run"], {k: float(row[k]) if row.get(k) not in (None, "") else math.nan
-                              for k in COLUMNS if k in row}) for row in reader]
+                              for k in COLUMNS if k in row} | {k: row[k] for k in EXTRA_COLUMNS if row.get(k)})
+                for row in reader]
 
 
 def results_rows(path: str | Path) -> list[Row]:
@@ -131,10 +136,12 @@ def markdown_table(rows: Sequence[Row]) -> str:
 
 
 def results_csv(rows: Sequence[Row]) -> str:
-    """The rows as a results CSV (``run`` + metric columns as fractions), readable by :func:`results_rows`."""
+    """The rows as a results CSV (``run``, metric columns as fractions, and the run's stage, epochs, seed
+    and git commit where recorded), readable by :func:`results_rows`."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["run", *COLUMNS])
+    extra = [k for k in EXTRA_COLUMNS if any(metrics.get(k) not in (None, "") for _, metrics in rows)]
+    writer.writerow(["run", *COLUMNS, *extra])
     for title, metrics in rows:
         values = []
         for k in COLUMNS:
@@ -143,7 +150,7 @@ def results_csv(rows: Sequence[Row]) -> str:
             except (TypeError, ValueError):
                 x = math.nan
             values.append("" if math.isnan(x) else repr(x))
-        writer.writerow([title, *values])
+        writer.writerow([title, *values, *("" if metrics.get(k) is None else metrics[k] for k in extra)])
     return buf.getvalue()
 
 
@@ -151,3 +158,39 @@ def report(path: str | Path, *, footnote: bool = True) -> str:
     """The markdown results table of ``path`` (what ``python -m workbench report PATH`` prints)."""
     text = markdown_table(results_rows(path))
     return text + (f"\n\n({FOOTNOTE})" if footnote else "")
+
+
+#: a generated table in README: ``<!-- report: PATH -->`` table ``<!-- /report -->``
+_README_BLOCK = re.compile(r"(<!-- report: (?P<path>\S+) -->\n)(?P<table>.*?)(<!-- /report -->)", re.S)
+
+
+def update_readme(readme: str | Path, *, check: bool = False) -> list[str]:
+    """Regenerate every ``<!-- report: PATH -->`` table of a README from ``PATH`` (relative to it).
+
+    Args:
+        readme: the markdown file.
+        check: only compare, write nothing.
+
+    Returns:
+        The paths whose table differed (and, unless ``check``, was rewritten).
+    """
+    readme = Path(readme)
+    text = readme.read_text()
+    stale: list[str] = []
+
+    def table(match: re.Match) -> str:
+        fresh = report(readme.parent / match["path"], footnote=False) + "\n"
+        if fresh != match["table"]:
+            stale.append(match["path"])
+        return match.group(1) + fresh + match.group(4)
+
+    new = _README_BLOCK.sub(table, text)
+    if stale and not check:
+        readme.write_text(new)
+    return stale
+
+
+def readme_blocks(readme: str | Path) -> list[str]:
+    """The results paths of a README's generated tables."""
+    return [m["path"] for m in _README_BLOCK.finditer(Path(readme).read_text())]
+

@@ -1,0 +1,32 @@
+"""README's measured tables are generated from committed results, and stay equal to them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from workbench.experiments.report import readme_blocks, report, update_readme
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_readme_tables_equal_what_report_prints_for_the_committed_results() -> None:
+    paths = readme_blocks(REPO / "README.md")
+    assert paths, "README has no generated table (<!-- report: PATH -->)"
+    for path in paths:
+        assert (REPO / path).exists(), f"README's table comes from {path}, which is not committed"
+    stale = update_readme(REPO / "README.md", check=True)
+    assert not stale, (f"README tables differ from `python -m workbench report` of {stale}: "
+                       "run `python -m workbench report --readme README.md`")
+
+
+def test_update_readme_rewrites_a_stale_table(tmp_path) -> None:
+    results = tmp_path / "results.csv"
+    results.write_text("run,rank1,rank5,rank10,mAP,mAP_devkit,mINP,seed\nours,0.5,0.6,0.7,0.25,0.2,0.1,0\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- report: results.csv -->\n| old | table |\n<!-- /report -->\nend\n")
+    assert update_readme(readme, check=True) == ["results.csv"]
+    assert "| old | table |" in readme.read_text()  # check writes nothing
+    assert update_readme(readme) == ["results.csv"]
+    text = readme.read_text()
+    assert report(results, footnote=False) in text and "| ours | 50.0 | 60.0 | 70.0 | 25.0 | 20.0 | 10.0 |" in text
+    assert text.startswith("intro\n") and text.endswith("<!-- /report -->\nend\n")
+    assert update_readme(readme, check=True) == []

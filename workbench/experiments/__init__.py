@@ -1,0 +1,99 @@
+"""Experiments: run parameterized notebooks with papermill, sweep them over grids, collect results.
+
+One module per step, every public name re-exported here (notebooks use ``ex.<name>``)::
+
+    grids.py     grid files and dicts → points with readable names (load_grid, one_at_a_time)
+    sweep.py     notebook parameters and paths, run_notebook, check_points, sweep (one folder a point)
+    results.py   collect a sweep folder, select, paper_table / paper_rows, curve, metrics tables
+    report.py    markdown tables and results CSVs (``python -m workbench report``)
+    paper.py     the paper's numbers (PAPER.md) and the ablation / fusion / pretraining definitions
+    notebook.py  notebook-side helpers: notebook_config, ensure_run, find_run, record_metrics, strip
+
+A sweep runs one notebook once per point of a grid, each point in its own folder::
+
+    <out_dir>/
+      backbone=resnet50,use_cml=False-1a2b3c4d/   one folder per point (readable + short hash)
+        status.json          state running | done | failed, params, error, traceback tail, times
+        03_train_mar.ipynb   the executed notebook (kept, partial, when the point failed)
+        metrics.json         what the notebook recorded (record_metrics)
+        pretrain/ mar/       the notebook's run folders (it receives out_dir = this folder)
+
+Re-running a sweep skips the points whose status is ``done`` and runs the others again; a failing
+point never stops the others.
+
+Example:
+    >>> df = sweep("notebooks/03_train_mar.ipynb", {"use_cml": [True, False]}, "runs/sweeps/cml",
+    ...            base_params={"preset": "smoke"})                              # doctest: +SKIP
+    >>> df[["use_cml", "state", "rank1", "mAP"]]                                 # doctest: +SKIP
+
+Command line: ``python -m workbench sweep NOTEBOOK --grid grid.yaml --out DIR``.
+"""
+from __future__ import annotations
+
+from workbench.experiments.grids import load_grid, one_at_a_time, parse_value, point_name
+from workbench.experiments.notebook import (
+    DATA_PARAMETERS,
+    ensure_run,
+    find_run,
+    history_summary,
+    main,
+    notebook_config,
+    notebook_out_dir,
+    record_metrics,
+    strip_notebook,
+)
+from workbench.experiments.paper import (
+    FUSION_COMBINATIONS,
+    LOSS_ABLATION,
+    PAPER_METRICS,
+    PAPER_NETWORKS,
+    PAPER_RESULTS,
+    PRETRAINING_ABLATION,
+    pretraining_points,
+)
+from workbench.experiments.results import (
+    MAIN_METRICS,
+    METRICS_FILE,
+    collect,
+    curve,
+    in_percent,
+    metrics_table,
+    paper_rows,
+    paper_table,
+    select,
+)
+from workbench.experiments.sweep import (
+    NOTEBOOK_ENV,
+    STATUS_FILE,
+    NotebookParameterError,
+    check_choices,
+    check_points,
+    notebook_parameters,
+    read_status,
+    repo_path,
+    repo_root,
+    resolve_notebook,
+    run_notebook,
+    sweep,
+)
+
+__all__ = [
+    "load_grid", "one_at_a_time", "parse_value", "point_name",
+    "DATA_PARAMETERS", "ensure_run", "find_run", "history_summary", "main", "notebook_config", "notebook_out_dir",
+    "record_metrics", "strip_notebook",
+    "FUSION_COMBINATIONS", "LOSS_ABLATION", "PAPER_METRICS", "PAPER_NETWORKS", "PAPER_RESULTS",
+    "PRETRAINING_ABLATION", "pretraining_points",
+    "MAIN_METRICS", "METRICS_FILE", "collect", "curve", "in_percent", "metrics_table", "paper_rows", "paper_table",
+    "select",
+    "NOTEBOOK_ENV", "STATUS_FILE", "NotebookParameterError", "check_choices", "check_points", "notebook_parameters",
+    "read_status", "repo_path", "repo_root", "resolve_notebook", "run_notebook", "sweep",
+    "agent_similarity",
+]
+
+
+def __getattr__(name: str):
+    if name == "agent_similarity":  # a model diagnostic (workbench.models.net); imported on use: torch is heavy
+        from workbench.models.net import agent_similarity
+
+        return agent_similarity
+    raise AttributeError(f"module 'workbench.experiments' has no attribute {name!r}")

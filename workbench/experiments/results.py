@@ -1,0 +1,248 @@
+"""Results of sweeps: collect a sweep folder into a table, select rows, put the paper beside us, curves."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the functions that need them
+    import pandas as pd
+
+from workbench.experiments.grids import _plain
+from workbench.experiments.paper import PAPER_METRICS  # noqa: F401
+from workbench.experiments.sweep import STATUS_FILE, read_status  # noqa: F401
+
+METRICS_FILE = "metrics.json"
+#: the metrics shown first by :func:`collect` and the CLI (fractions in [0, 1])
+MAIN_METRICS = ("rank1", "rank5", "rank10", "mAP", "mAP_devkit", "mINP")
+
+log = logging.getLogger("workbench.experiments")
+
+# ----------------------------------------------------------------------------- collecting results
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out |= _flatten(value, f"{name}_")
+        else:
+            out[name] = value
+    return out
+
+
+def _papermill_params(notebook: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(notebook.read_text()).get("metadata", {})
+    except (OSError, ValueError):
+        return {}
+    return dict(meta.get("papermill", {}).get("parameters", {}) or {})
+
+
+def collect(out_dir: str | os.PathLike, *, names: Iterable[str] | None = None) -> "pd.DataFrame":
+    """One row per sweep point: parameters, status and the metrics its notebook recorded.
+
+    Parameters come from ``status.json`` (else from the executed notebook's papermill metadata);
+    metrics from the point's ``metrics.json`` (nested dicts flattened as ``initial_rank1``; a metric
+    named like a parameter becomes ``metric_<name>``).
+
+    Args:
+        out_dir: a sweep folder.
+        names: only these point folders, in this order (default: every point folder, sorted).
+
+    Returns:
+        A DataFrame with columns ``name``, the parameters, ``state`` (done | failed | running |
+        unknown), ``error``, ``seconds``, the metrics (``rank1``, ``mAP`` … as fractions) and
+        ``path``. Empty (with those first columns) when there is no point.
+    """
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    if names is None:
+        folders = sorted(p for p in out_dir.iterdir() if p.is_dir() and (
+            (p / STATUS_FILE).is_file() or (p / METRICS_FILE).is_file())) if out_dir.is_dir() else []
+    else:
+        folders = [out_dir / n for n in names]
+    rows: list[dict[str, Any]] = []
+    param_cols: list[str] = []
+    for folder in folders:
+        status = read_status(folder) or {}
+        params = dict(status.get("params") or {})
+        if not params:
+            notebooks = sorted(folder.glob("*.ipynb"))
+            params = _papermill_params(notebooks[0]) if notebooks else {}
+        params.pop("out_dir", None)
+        param_cols += [k for k in params if k not in param_cols]
+        row: dict[str, Any] = {"name": folder.name, **params}
+        row["state"] = status.get("state", "unknown" if not (folder / METRICS_FILE).is_file() else "done")
+        row["error"] = status.get("error")
+        row["seconds"] = status.get("seconds")
+        try:
+            metrics = json.loads((folder / METRICS_FILE).read_text())
+        except (OSError, ValueError):
+            metrics = {}
+        for key, value in _flatten(metrics).items():
+            row[f"metric_{key}" if key in params or key in ("name", "state", "error", "seconds", "path") else key] = value
+        row["path"] = str(folder)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=["name", "state", "error", "seconds", *MAIN_METRICS, "path"])
+    first = ["name", *param_cols, "state", "error", "seconds"]
+    metrics_first = [m for m in MAIN_METRICS if m in df.columns]
+    rest = [c for c in df.columns if c not in first and c not in metrics_first and c != "path"]
+    for m in MAIN_METRICS:  # always present, NaN for failed points
+        if m not in df.columns:
+            df[m] = math.nan
+            metrics_first.append(m)
+    return df[first + metrics_first + rest + ["path"]].reset_index(drop=True)
+
+
+def _matches(value: Any, wanted: Any) -> bool:
+    if wanted is None:
+        return value is None or (isinstance(value, float) and math.isnan(value))
+    if isinstance(wanted, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(wanted, bool) and value == wanted
+    if isinstance(wanted, (int, float)) and isinstance(value, (int, float)):
+        return math.isclose(float(value), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
+    return _plain(value) == _plain(wanted)
+
+
+def select(df: "pd.DataFrame", **params: Any) -> "pd.DataFrame":
+    """The rows of :func:`collect` whose parameters equal ``params`` (no row when a column is missing).
+
+    Example:
+        >>> select(df, use_cml=False, backbone="resnet50")     # doctest: +SKIP
+    """
+    mask = [True] * len(df)
+    for key, wanted in params.items():
+        if key not in df.columns:
+            return df.iloc[0:0]
+        mask = [m and _matches(v, wanted) for m, v in zip(mask, df[key].tolist())]
+    return df[mask]
+
+
+def paper_table(df: "pd.DataFrame", rows: Mapping[str, Mapping[str, Any]],
+                paper: Mapping[str, Mapping[str, Any]] | None = None, *, dataset: str = "market1501",
+                metrics: Sequence[str] = ("rank1", "mAP")) -> "pd.DataFrame":
+    """Our numbers beside the paper's, in the paper's format (percent, one decimal).
+
+    Args:
+        df: :func:`collect`'s table.
+        rows: ``{row label: parameter values}``; the row shows the mean over the matching ``done``
+            points (several seeds average).
+        paper: ``{row label: {dataset: {"rank1": %, "mAP": %}, "source": ...}}``, e.g.
+            ``PAPER_RESULTS["loss_ablation"]``; rows it lacks get NaN.
+        dataset: which of the paper's columns to show (``market1501`` or ``dukemtmc``).
+        metrics: metric names of ``df`` (fractions) to show.
+
+    Returns:
+        Index: the row labels; columns ``<metric> (ours)``, ``<metric> (paper)`` for each metric, then
+        ``runs`` (matching done points), ``state`` (done / failed / missing) and ``note`` (the first
+        error of a failed point, or the paper's source).
+    """
+    import pandas as pd
+
+    label = {"rank1": "rank-1", "rank5": "rank-5", "rank10": "rank-10"}
+    table = []
+    for row_label, wanted in rows.items():
+        matching = select(df, **wanted) if len(df) else df
+        ok = matching[matching["state"] == "done"] if len(matching) else matching
+        entry: dict[str, Any] = {}
+        for m in metrics:
+            ours = pd.to_numeric(ok[m], errors="coerce").mean() * 100 if len(ok) and m in ok else math.nan
+            theirs = ((paper or {}).get(row_label, {}).get(dataset, {}) or {}).get(m, math.nan)
+            entry[f"{label.get(m, m)} (ours)"] = round(float(ours), 1) if not math.isnan(ours) else math.nan
+            entry[f"{label.get(m, m)} (paper)"] = theirs
+        failed = matching[matching["state"] != "done"] if len(matching) else matching
+        entry["runs"] = len(ok)
+        entry["state"] = "done" if len(ok) else ("missing" if not len(matching) else str(failed["state"].iloc[0]))
+        paper_row = (paper or {}).get(row_label, {})
+        note = (paper_row.get(dataset) or {}).get("source") or paper_row.get("source", "")
+        if len(failed) and failed["error"].notna().any():
+            note = str(failed["error"].dropna().iloc[0]).splitlines()[0][:200]
+        entry["note"] = note
+        table.append(pd.Series(entry, name=row_label))
+    return pd.DataFrame(table)
+
+
+def paper_rows(paper: Mapping[str, Mapping[str, Any]], dataset: str = "market1501",
+               metrics: Sequence[str] = PAPER_METRICS) -> "pd.DataFrame":
+    """Published rows as a table (percent; NaN: not reported) with each row's source.
+
+    Example:
+        >>> paper_rows(PAPER_RESULTS["reference"]).loc["MAR (Yu et al. 2019)", "mAP"]
+        40.0
+    """
+    import pandas as pd
+
+    label = {"rank1": "rank-1", "rank5": "rank-5", "rank10": "rank-10"}
+    return pd.DataFrame({name: {**{label.get(m, m): row[dataset][m] for m in metrics},
+                                "source": row.get("paper", row[dataset]["source"])}
+                         for name, row in paper.items()}).T
+
+
+def curve(df: "pd.DataFrame", param: str, fixed: Mapping[str, Any],
+          metrics: Sequence[str] = ("rank1", "mAP")) -> "pd.DataFrame":
+    """A metric-against-one-parameter curve from a one-at-a-time sweep (see :func:`one_at_a_time`).
+
+    Args:
+        df: :func:`collect`'s table.
+        param: the varied parameter.
+        fixed: the values of the other swept parameters along this curve.
+        metrics: metric columns (fractions), returned in percent.
+
+    Returns:
+        Index: the values of ``param`` (sorted), columns: ``metrics`` in percent (mean over the
+        matching done points).
+    """
+    import pandas as pd
+
+    others = {k: v for k, v in fixed.items() if k != param}
+    rows = select(df, **others) if len(df) else df
+    rows = rows[rows["state"] == "done"] if len(rows) else rows
+    if not len(rows) or param not in rows:
+        return pd.DataFrame(columns=list(metrics), index=pd.Index([], name=param))
+    values = rows[[param, *metrics]].copy()
+    for m in metrics:
+        values[m] = 100 * pd.to_numeric(values[m], errors="coerce")
+    return values.groupby(param).mean().sort_index()
+
+
+def metrics_table(runs: Mapping[str, Mapping[str, Any]]) -> "pd.DataFrame":
+    """Rank-1/5/10, mAP (both AP conventions) and mINP in percent, one row per named run.
+
+    Args:
+        runs: ``{row label: metrics dict}`` (``RunResult.metrics``, its ``"initial"`` entry, a
+            ``metrics.json`` read back); missing metrics show as NaN.
+    """
+    import pandas as pd
+
+    names = {"rank1": "rank-1", "rank5": "rank-5", "rank10": "rank-10", "mAP": "mAP",
+             "mAP_devkit": "mAP (devkit)", "mINP": "mINP"}
+    table = {label: {title: 100 * float(m[key]) if m.get(key) is not None else math.nan
+                     for key, title in names.items()} for label, m in runs.items()}
+    return pd.DataFrame.from_dict(table, orient="index").round(1)
+
+
+def in_percent(df: "pd.DataFrame", columns: Sequence[str] | None = None, *, digits: int = 1) -> "pd.DataFrame":
+    """A copy of a table with its metric columns (fractions) in percent, named ``<column> (%)``.
+
+    Args:
+        df: e.g. :func:`collect`'s table or a run's history.
+        columns: the fraction columns (default: those of :data:`MAIN_METRICS` present, and
+            ``pos_precision``, ``final_pos_precision``, ``train_acc``).
+        digits: decimals kept.
+    """
+    import pandas as pd
+
+    fractions = (*MAIN_METRICS, "pos_precision", "final_pos_precision", "train_acc")
+    columns = [c for c in (columns if columns is not None else fractions) if c in df.columns]
+    out = df.copy()
+    for c in columns:
+        out[c] = (100 * pd.to_numeric(out[c], errors="coerce")).round(digits)
+    return out.rename(columns={c: f"{c} (%)" for c in columns})
