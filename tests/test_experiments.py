@@ -1,4 +1,4 @@
-"""Experiments: papermill runs, sweeps (skip, failure, retry, parallel, Ray), grids, collect, paper tables, CLI, strip.
+"""Experiments: papermill runs, sweeps (skip, failure, retry, parallel, Ray), grids, collect, paper tables, CLI.
 
 Everything runs a tiny notebook written to a temporary folder (no training): its parameters cell
 declares ``value``, ``fail_flag``, ``counter`` and ``out_dir``; its body appends a line to the
@@ -350,7 +350,7 @@ def test_notebook_config_and_ensure_run_guard(tmp_path: Path) -> None:
     assert ex.notebook_out_dir(tmp_path / "new", "x") == tmp_path / "new" and (tmp_path / "new").is_dir()
 
 
-# ----------------------------------------------------------------------------- CLI and strip
+# ----------------------------------------------------------------------------- CLI
 
 def test_cli_sweep_exit_status(tiny: Path, tmp_path: Path, capsys) -> None:
     from workbench.cli import main
@@ -368,21 +368,6 @@ def test_cli_sweep_exit_status(tiny: Path, tmp_path: Path, capsys) -> None:
     assert main(["sweep", str(tiny), "--grid", str(grid), "--out", str(out), "--set", "counter=none"]) == 0
     assert main(["sweep", str(tiny), "--out", str(out), "--set", "nope=1"]) == 2
     assert "declares no parameter 'nope'" in capsys.readouterr().err
-
-
-def test_strip_notebook(tiny: Path, tmp_path: Path) -> None:
-    executed = ex.run_notebook(tiny, {"value": 2}, tmp_path / "run")
-    assert ex.main(["strip", "--check", str(executed)]) == 1
-    assert ex.strip_notebook(executed) is True
-    nb = nbformat.read(executed, as_version=4)
-    assert "papermill" not in nb.metadata
-    for cell in nb.cells:
-        assert "papermill" not in cell.metadata and "execution" not in cell.metadata
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None
-    assert [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]  # tags kept
-    assert ex.strip_notebook(executed) is False
-    assert ex.main(["strip", "--check", str(executed)]) == 0
 
 
 # ----------------------------------------------------------------------------- issue 13: sweeps checked up front

@@ -24,12 +24,12 @@ Example:
     ...            base_params={"preset": "smoke"})                              # doctest: +SKIP
     >>> df[["use_cml", "state", "rank1", "mAP"]]                                 # doctest: +SKIP
 
-Command line: ``python -m workbench sweep NOTEBOOK --grid grid.yaml --out DIR`` and
-``python -m workbench.experiments strip notebooks/*.ipynb`` (clear outputs before committing).
+Command line: ``python -m workbench sweep NOTEBOOK --grid grid.yaml --out DIR [--jobs N | --executor ray]``
+(where points run: :mod:`workbench.executors`). Notebooks are committed without outputs:
+``make notebooks-strip`` (nbstripout).
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import hashlib
 import itertools
@@ -39,7 +39,6 @@ import math
 import os
 import re
 import socket
-import sys
 import time
 import traceback as _traceback
 from collections.abc import Iterable, Mapping, Sequence
@@ -1181,61 +1180,3 @@ def agent_similarity(agents: "torch.Tensor") -> dict[str, Any]:
                 "cosines": cos.numpy()}
     return {"num_agents": n, "mean": float(cos.mean()), "max": float(cos.max()), "min": float(cos.min()),
             "std": float(cos.std()) if cos.numel() > 1 else 0.0, "cosines": cos.numpy()}
-
-
-# ----------------------------------------------------------------------------- stripping notebooks
-
-def strip_notebook(path: str | os.PathLike, *, write: bool = True) -> bool:
-    """Remove outputs, execution counts and run metadata (papermill, widgets, timings) from a notebook.
-
-    Cell tags (``parameters``) and the kernelspec are kept.
-
-    Args:
-        path: the ``.ipynb`` file.
-        write: rewrite the file (atomically) when something changes; False only reports.
-
-    Returns:
-        True when the notebook had something to strip.
-    """
-    import nbformat
-
-    from workbench.runs import atomic_write_text
-
-    path = Path(path)
-    original = path.read_text(encoding="utf-8")
-    nb = nbformat.reads(original, as_version=4)
-    for key in ("papermill", "widgets", "execution"):
-        nb.metadata.pop(key, None)
-    if "language_info" in nb.metadata:
-        nb.metadata["language_info"] = {"name": nb.metadata["language_info"].get("name", "python")}
-    for cell in nb.cells:
-        for key in ("papermill", "execution", "collapsed", "scrolled", "ExecuteTime"):
-            cell.metadata.pop(key, None)
-        if cell.cell_type == "code":
-            cell.outputs = []
-            cell.execution_count = None
-    text = nbformat.writes(nb)
-    text += "" if text.endswith("\n") else "\n"
-    if text == original:
-        return False
-    if write:
-        atomic_write_text(path, text)
-    return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m workbench.experiments strip [--check] NOTEBOOK...``."""
-    parser = argparse.ArgumentParser(prog="python -m workbench.experiments")
-    sub = parser.add_subparsers(dest="command", required=True)
-    strip = sub.add_parser("strip", help="remove outputs and execution counts from notebooks")
-    strip.add_argument("notebooks", nargs="+")
-    strip.add_argument("--check", action="store_true", help="only report; exit 1 if any notebook has outputs")
-    args = parser.parse_args(argv)
-    changed = [p for p in args.notebooks if strip_notebook(p, write=not args.check)]
-    for p in changed:
-        print(f"{'has outputs' if args.check else 'stripped'}: {p}")
-    return 1 if (args.check and changed) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
