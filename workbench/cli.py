@@ -335,7 +335,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                    progress=sys.stderr.isatty(), kernel_name=args.kernel, timeout=args.timeout, jobs=args.jobs,
                    devices=args.devices, gpus_per_point=args.gpus_per_point, cpus_per_point=args.cpus_per_point,
                    executor=args.executor, address=args.address)
-    except (SharedStorageError, ImportError) as err:
+    except (SharedStorageError, ImportError, ConnectionError) as err:
         raise CLIError(str(err)) from None
     except KeyboardInterrupt:
         print("interrupted; run the same command to resume (finished points are kept)", file=sys.stderr)

@@ -43,6 +43,8 @@ ATTEMPT_FILE = ".attempt.json"
 WORKER_LOG = "worker.log"
 #: seconds a worker gets to shut its kernel down after Ctrl-C before it is killed
 STOP_GRACE = 20.0
+#: bytes of object store for a local Ray runtime (the tasks only return their small records)
+LOCAL_OBJECT_STORE = 256 * 1024 ** 2
 
 
 @dataclass
@@ -374,8 +376,16 @@ class RayExecutor(Executor):
             raise ImportError(f"executor 'ray' needs Ray ({err}): pip install -e '.[ray]'") from None
         if address is not None and ray.is_initialized():
             log.info("ray: already initialised in this process; address %s not used", address)
-        if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False)
+        self._owns_runtime = not ray.is_initialized()
+        if self._owns_runtime:
+            # a local runtime: no dashboard and a small object store (tasks return small records),
+            # quicker to start on a busy machine
+            local = {"include_dashboard": False, "object_store_memory": LOCAL_OBJECT_STORE} if address is None else {}
+            try:
+                ray.init(address=address, log_to_driver=False, **local)
+            except Exception as err:  # noqa: BLE001 - Ray raises plain Exception when a start times out
+                what = "start a local Ray runtime" if address is None else f"join the Ray cluster at {address}"
+                raise ConnectionError(f"could not {what}: {str(err).splitlines()[0]}") from err
         self.ray = ray
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
         if jobs is None:
@@ -429,6 +439,10 @@ class RayExecutor(Executor):
         for ref in still:
             self.ray.cancel(ref, force=True)
         return [self._running.pop(ref) for ref in refs]
+
+    def close(self) -> None:
+        if self._owns_runtime:  # started here: leave no Ray processes behind
+            self.ray.shutdown()
 
 
 def make_executor(executor: str | Executor = "local", *, jobs: int | None = None,

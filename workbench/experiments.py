@@ -644,7 +644,7 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mappi
         cpus_per_point: threads per local worker (default cores // jobs); Ray: ``num_cpus`` (default 1).
         executor: ``"local"``, ``"ray"`` or a :class:`workbench.executors.Executor`.
         address: the Ray cluster (``"auto"``, ``"HOST:PORT"``); None: the runtime already started in
-            this process, else a local one.
+            this process, else Ray's default (``RAY_ADDRESS``, or a new local runtime).
 
     Returns:
         :func:`collect` of this grid's points (one row each, in grid order), the same whatever the
