@@ -328,8 +328,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid) if args.grid else [{}]
     if not args.verbose:  # papermill logs every notebook's paths at INFO; the sweep logs each point
         logging.getLogger("papermill").setLevel(logging.WARNING)
+    import signal
+
     from workbench.executors import SharedStorageError
 
+    def terminated(signum, frame):  # scancel, kill: stop the workers as Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         df = sweep(args.notebook, args.grid or grid, args.out, base_params=base, retries=args.retries,
                    progress=sys.stderr.isatty(), kernel_name=args.kernel, timeout=args.timeout, jobs=args.jobs,
@@ -340,6 +346,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command to resume (finished points are kept)", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     import pandas as pd
 
     varying = [c for c in df.columns if c in {k for p in grid for k in p}]
