@@ -1,5 +1,5 @@
 # Two commands do all the set-up:  `make demo`  and  `make test`.
-# Both create .venv (python3 -m venv + pip install -e '.[test]') when it is missing or stale.
+# Both create .venv (python3 -m venv + pip install -e '.[test,ray]') when it is missing or stale.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,ray]'
 	touch $(STAMP)
 
 ## the main job: synthetic data -> stage 1 -> stage 2 -> evaluation, on CPU or GPU
@@ -30,9 +30,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/losses.py
 	$(PY) benchmarks/backbones.py
 
-## clear outputs and execution counts from the notebooks before committing
+## clear outputs, execution counts and run metadata (papermill, widgets, timings) from the notebooks
+## before committing; cell ids and tags are kept. The same options as .pre-commit-config.yaml.
+NBSTRIPOUT_KEYS := metadata.papermill metadata.execution cell.metadata.papermill \
+	metadata.language_info.codemirror_mode metadata.language_info.file_extension \
+	metadata.language_info.mimetype metadata.language_info.nbconvert_exporter \
+	metadata.language_info.pygments_lexer metadata.language_info.version
 notebooks-strip: $(STAMP)
-	$(PY) -m workbench.experiments strip notebooks/*.ipynb
+	$(VENV)/bin/nbstripout --keep-id --extra-keys "$(NBSTRIPOUT_KEYS)" notebooks/*.ipynb
 
 clean-venv:
 	rm -rf $(VENV)

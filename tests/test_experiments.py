@@ -1,4 +1,4 @@
-"""Experiments: papermill runs, sweeps (skip, failure, retry), grids, collect, paper tables, CLI, strip.
+"""Experiments: papermill runs, sweeps (skip, failure, retry, parallel, Ray), grids, collect, paper tables, CLI.
 
 Everything runs a tiny notebook written to a temporary folder (no training): its parameters cell
 declares ``value``, ``fail_flag``, ``counter`` and ``out_dir``; its body appends a line to the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -351,7 +352,7 @@ def test_notebook_config_and_ensure_run_guard(tmp_path: Path) -> None:
     assert ex.notebook_out_dir(tmp_path / "new", "x") == tmp_path / "new" and (tmp_path / "new").is_dir()
 
 
-# ----------------------------------------------------------------------------- CLI and strip
+# ----------------------------------------------------------------------------- CLI
 
 def test_cli_sweep_exit_status(tiny: Path, tmp_path: Path, capsys) -> None:
     from workbench.cli import main
@@ -369,21 +370,6 @@ def test_cli_sweep_exit_status(tiny: Path, tmp_path: Path, capsys) -> None:
     assert main(["sweep", str(tiny), "--grid", str(grid), "--out", str(out), "--set", "counter=none"]) == 0
     assert main(["sweep", str(tiny), "--out", str(out), "--set", "nope=1"]) == 2
     assert "declares no parameter 'nope'" in capsys.readouterr().err
-
-
-def test_strip_notebook(tiny: Path, tmp_path: Path) -> None:
-    executed = ex.run_notebook(tiny, {"value": 2}, tmp_path / "run")
-    assert ex.main(["strip", "--check", str(executed)]) == 1
-    assert ex.strip_notebook(executed) is True
-    nb = nbformat.read(executed, as_version=4)
-    assert "papermill" not in nb.metadata
-    for cell in nb.cells:
-        assert "papermill" not in cell.metadata and "execution" not in cell.metadata
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None
-    assert [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]  # tags kept
-    assert ex.strip_notebook(executed) is False
-    assert ex.main(["strip", "--check", str(executed)]) == 0
 
 
 # ----------------------------------------------------------------------------- issue 13: sweeps checked up front
@@ -517,3 +503,118 @@ def test_report_prints_markdown_from_runs_sweeps_and_csv(tmp_path: Path, capsys)
     assert lines[3] == "| use_cml=False (failed) | – | – | – | – | – | – |"
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "no such run folder or results file" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- issue 15: parallel and Ray sweeps
+
+ENV_CELL = '''
+import os, json, pathlib
+import torch
+p = pathlib.Path(out_dir, "metrics.json")
+p.write_text(json.dumps({**json.loads(p.read_text()), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                         "omp": os.environ.get("OMP_NUM_THREADS", ""), "torch_threads": torch.get_num_threads()}))
+'''
+
+
+def spans(df: pd.DataFrame) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    statuses = [json.loads((Path(p) / "status.json").read_text()) for p in df["path"]]
+    return [(pd.Timestamp(s["started"]), pd.Timestamp(s["finished"])) for s in statuses]
+
+
+def comparable(df: pd.DataFrame) -> pd.DataFrame:
+    """collect's table without what differs between two runs of one grid (durations, folders)."""
+    return df.drop(columns=["seconds", "path"])
+
+
+def test_jobs_2_runs_points_at_once_and_collects_the_jobs_1_table(tiny: Path, tmp_path: Path) -> None:
+    flag = tmp_path / "broken"
+    flag.touch()
+    grid = [{"value": 1}, {"value": 2, "fail_flag": str(flag)}, {"value": 3}]
+    one = ex.sweep(tiny, grid, tmp_path / "one", progress=False)
+    two = ex.sweep(tiny, grid, tmp_path / "two", jobs=2, progress=False)
+    pd.testing.assert_frame_equal(comparable(two), comparable(one))
+    assert list(two["state"]) == ["done", "failed", "done"] and two["error"][1] == "RuntimeError: boom at value=2"
+    first = spans(two)
+    (a0, a1), (b0, b1), _ = first   # the first two points started together
+    assert a0 < b1 and b0 < a1, f"no overlap: {a0}–{a1} and {b0}–{b1}"
+    status = json.loads((Path(two["path"][0]) / "status.json").read_text())
+    assert status["executor"] == "processes" and status["pid"] != os.getpid()   # its own process
+    assert not list((tmp_path / "two").glob("*/.attempt.json"))     # records read back and removed
+
+    flag.unlink()  # a rerun resumes: only the failed point runs again
+    again = ex.sweep(tiny, grid, tmp_path / "two", jobs=2, progress=False)
+    assert list(again["state"]) == ["done"] * 3
+    assert json.loads((Path(again["path"][1]) / "status.json").read_text())["attempts"] == 2
+    assert spans(again)[0] == first[0] and spans(again)[2] == first[2]  # done points kept, not rerun
+
+
+def test_workers_get_their_devices_and_a_share_of_the_cores(tiny: Path, tmp_path: Path) -> None:
+    nb = nbformat.read(tiny, as_version=4)
+    nb.cells.append(new_code_cell(ENV_CELL.strip()))
+    nbformat.write(nb, tiny)
+    df = ex.sweep(tiny, {"value": [1, 2]}, tmp_path / "s", devices="3,5", cpus_per_point=1, progress=False)
+    assert sorted(df["cuda"]) == ["3", "5"]                           # one GPU each, of its own
+    assert list(df["omp"]) == ["1", "1"] and list(df["torch_threads"]) == [1, 1]  # torch follows
+    from workbench.executors import LocalProcesses, cpu_cores
+
+    assert LocalProcesses(jobs=2).threads == max(1, cpu_cores() // 2)
+    assert LocalProcesses(devices="0,1,2,3", gpus_per_point=2).capacity == 2
+
+
+def test_cli_sweep_jobs_ctrl_c_stops_every_worker(tiny: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    from workbench import executors
+    from workbench.cli import main
+
+    stopped = []
+    real_finished = executors.LocalProcesses.finished
+
+    def interrupt_once_both_run(self, timeout):
+        if len(self._running) == 2:
+            raise KeyboardInterrupt
+        return real_finished(self, timeout)
+
+    def stop(self):
+        stopped.extend(p.pid for p in self._running)
+        return real_stop(self)
+
+    real_stop = executors.LocalProcesses.stop
+    monkeypatch.setattr(executors.LocalProcesses, "finished", interrupt_once_both_run)
+    monkeypatch.setattr(executors.LocalProcesses, "stop", stop)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("value: [1, 2, 3]\n")
+    assert main(["sweep", str(tiny), "--grid", str(grid), "--out", str(tmp_path / "s"), "--jobs", "2"]) == 130
+    assert capsys.readouterr().err.strip().endswith("run the same command to resume (finished points are kept)")
+    assert len(stopped) == 2
+    states = [json.loads(p.read_text()) for p in (tmp_path / "s").glob("*/status.json")]
+    assert sorted(s["state"] for s in states) == ["failed", "failed"]  # the third never started
+    assert all(s["error"] == "KeyboardInterrupt: interrupted" for s in states)
+    monkeypatch.undo()
+    assert main(["sweep", str(tiny), "--grid", str(grid), "--out", str(tmp_path / "s"), "--jobs", "2"]) == 0
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024 ** 2, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_executor_collects_the_local_table(tiny: Path, tmp_path: Path, ray_runtime) -> None:
+    flag = tmp_path / "broken"
+    flag.touch()
+    grid = [{"value": 1}, {"value": 2, "fail_flag": str(flag)}, {"value": 3}]
+    local = ex.sweep(tiny, grid, tmp_path / "local", progress=False)
+    remote = ex.sweep(tiny, grid, tmp_path / "ray", executor="ray", retries=1, progress=False)
+    pd.testing.assert_frame_equal(comparable(remote), comparable(local))
+    status = json.loads((Path(remote["path"][1]) / "status.json").read_text())
+    assert status["executor"] == "ray" and status["attempts"] == 2 and status["placement"]["num_cpus"] == 1
+    assert "boom at value=2" in status["traceback"]
+    assert not list((tmp_path / "ray").glob(".probe-*"))             # the storage check cleaned up
+
+
+def test_ray_storage_check_names_what_a_node_does_not_see(tmp_path: Path, ray_runtime) -> None:
+    from workbench.executors import SharedStorageError, check_shared_storage
+
+    with pytest.raises(SharedStorageError, match=r"not on storage every Ray node sees.*no notebook .*missing\.ipynb"):
+        check_shared_storage(tmp_path, tmp_path / "missing.ipynb")

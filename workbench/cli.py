@@ -352,12 +352,26 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid) if args.grid else [{}]
     if not args.verbose:  # papermill logs every notebook's paths at INFO; the sweep logs each point
         logging.getLogger("papermill").setLevel(logging.WARNING)
+    import signal
+
+    from workbench.executors import SharedStorageError
+
+    def terminated(signum, frame):  # scancel, kill: stop the workers as Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         df = sweep(args.notebook, args.grid or grid, args.out, base_params=base, retries=args.retries,
-                   progress=sys.stderr.isatty(), kernel_name=args.kernel, timeout=args.timeout)
+                   progress=sys.stderr.isatty(), kernel_name=args.kernel, timeout=args.timeout, jobs=args.jobs,
+                   devices=args.devices, gpus_per_point=args.gpus_per_point, cpus_per_point=args.cpus_per_point,
+                   executor=args.executor, address=args.address)
+    except (SharedStorageError, ImportError, ConnectionError) as err:
+        raise CLIError(str(err)) from None
     except KeyboardInterrupt:
         print("interrupted; run the same command to resume (finished points are kept)", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     import pandas as pd
 
     varying = [c for c in df.columns if c in {k for p in grid for k in p}]
@@ -388,7 +402,31 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--retries", type=int, default=0, help="extra attempts for a failing point")
     sw.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
     sw.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    par = sw.add_argument_group("parallel and cluster sweeps (README: 'Sweeps in parallel')")
+    par.add_argument("--jobs", type=_positive_int, default=None,
+                     help="points at once, each in its own process (default 1; with --devices: one per "
+                          "--gpus-per-point devices; Ray: what the cluster holds)")
+    par.add_argument("--devices", default=None, metavar="0,1,2,3",
+                     help="GPUs for the local workers: each running point gets its own (CUDA_VISIBLE_DEVICES)")
+    par.add_argument("--gpus-per-point", type=_positive_int, default=None,
+                     help="GPUs per point (local with --devices: default 1; Ray: num_gpus, default 0)")
+    par.add_argument("--cpus-per-point", type=_positive_int, default=None,
+                     help="torch/OpenMP threads per local worker (default: cores // jobs); Ray: num_cpus (default 1)")
+    par.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local processes, or one Ray task per point (the sweep folder must be shared)")
+    par.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                     help="the Ray cluster to join (default: start a local Ray runtime)")
     sw.set_defaults(func=_cmd_sweep)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
 
 
 # ----------------------------------------------------------------------------- report

@@ -7,7 +7,7 @@ One module per step, every public name re-exported here (notebooks use ``ex.<nam
     results.py   collect a sweep folder, select, paper_table / paper_rows, curve, metrics tables
     report.py    markdown tables and results CSVs (``python -m workbench report``)
     paper.py     the paper's numbers (PAPER.md) and the ablation / fusion / pretraining definitions
-    notebook.py  notebook-side helpers: notebook_config, ensure_run, find_run, record_metrics, strip
+    notebook.py  notebook-side helpers: notebook_config, ensure_run, find_run, record_metrics
 
 A sweep runs one notebook once per point of a grid, each point in its own folder::
 
@@ -26,7 +26,9 @@ Example:
     ...            base_params={"preset": "smoke"})                              # doctest: +SKIP
     >>> df[["use_cml", "state", "rank1", "mAP"]]                                 # doctest: +SKIP
 
-Command line: ``python -m workbench sweep NOTEBOOK --grid grid.yaml --out DIR``.
+Command line: ``python -m workbench sweep NOTEBOOK --grid grid.yaml --out DIR [--jobs N | --executor ray]``
+(where points run: :mod:`workbench.executors`). Notebooks are committed without outputs:
+``make notebooks-strip`` (nbstripout).
 """
 from __future__ import annotations
 
@@ -36,11 +38,9 @@ from workbench.experiments.notebook import (
     ensure_run,
     find_run,
     history_summary,
-    main,
     notebook_config,
     notebook_out_dir,
     record_metrics,
-    strip_notebook,
 )
 from workbench.experiments.paper import (
     FUSION_COMBINATIONS,
@@ -79,8 +79,8 @@ from workbench.experiments.sweep import (
 
 __all__ = [
     "load_grid", "one_at_a_time", "parse_value", "point_name",
-    "DATA_PARAMETERS", "ensure_run", "find_run", "history_summary", "main", "notebook_config", "notebook_out_dir",
-    "record_metrics", "strip_notebook",
+    "DATA_PARAMETERS", "ensure_run", "find_run", "history_summary", "notebook_config", "notebook_out_dir",
+    "record_metrics",
     "FUSION_COMBINATIONS", "LOSS_ABLATION", "PAPER_METRICS", "PAPER_NETWORKS", "PAPER_RESULTS",
     "PRETRAINING_ABLATION", "pretraining_points",
     "MAIN_METRICS", "METRICS_FILE", "collect", "curve", "in_percent", "metrics_table", "paper_rows", "paper_table",

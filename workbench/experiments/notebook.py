@@ -1,12 +1,10 @@
 """Notebook-side helpers: a parameters cell to a config, output folders, finished runs, recorded
-metrics; and the notebook stripper (``python -m workbench.experiments strip``)."""
+metrics. (Notebooks are committed without outputs by nbstripout: ``make notebooks-strip``.)"""
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -161,61 +159,3 @@ def history_summary(history: "pd.DataFrame | Sequence[Mapping[str, Any]]") -> di
     for column, name in (("seconds", "seconds_per_epoch"), ("images_per_s", "images_per_s")):
         out[name] = float(pd.to_numeric(df[column], errors="coerce").median()) if column in df else math.nan
     return out
-
-
-# ----------------------------------------------------------------------------- stripping notebooks
-
-def strip_notebook(path: str | os.PathLike, *, write: bool = True) -> bool:
-    """Remove outputs, execution counts and run metadata (papermill, widgets, timings) from a notebook.
-
-    Cell tags (``parameters``) and the kernelspec are kept.
-
-    Args:
-        path: the ``.ipynb`` file.
-        write: rewrite the file (atomically) when something changes; False only reports.
-
-    Returns:
-        True when the notebook had something to strip.
-    """
-    import nbformat
-
-    from workbench.runs import atomic_write_text
-
-    path = Path(path)
-    original = path.read_text(encoding="utf-8")
-    nb = nbformat.reads(original, as_version=4)
-    for key in ("papermill", "widgets", "execution"):
-        nb.metadata.pop(key, None)
-    if "language_info" in nb.metadata:
-        nb.metadata["language_info"] = {"name": nb.metadata["language_info"].get("name", "python")}
-    for cell in nb.cells:
-        for key in ("papermill", "execution", "collapsed", "scrolled", "ExecuteTime"):
-            cell.metadata.pop(key, None)
-        if cell.cell_type == "code":
-            cell.outputs = []
-            cell.execution_count = None
-    text = nbformat.writes(nb)
-    text += "" if text.endswith("\n") else "\n"
-    if text == original:
-        return False
-    if write:
-        atomic_write_text(path, text)
-    return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m workbench.experiments strip [--check] NOTEBOOK...``."""
-    parser = argparse.ArgumentParser(prog="python -m workbench.experiments")
-    sub = parser.add_subparsers(dest="command", required=True)
-    strip = sub.add_parser("strip", help="remove outputs and execution counts from notebooks")
-    strip.add_argument("notebooks", nargs="+")
-    strip.add_argument("--check", action="store_true", help="only report; exit 1 if any notebook has outputs")
-    args = parser.parse_args(argv)
-    changed = [p for p in args.notebooks if strip_notebook(p, write=not args.check)]
-    for p in changed:
-        print(f"{'has outputs' if args.check else 'stripped'}: {p}")
-    return 1 if (args.check and changed) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

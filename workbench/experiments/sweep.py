@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the functions that need them
     import pandas as pd
 
+    from workbench.executors import Attempt, Executor
+
 from workbench.errors import ConfigError, MissingFileError
 from workbench.experiments.grids import _load_grid, _plain, point_name
 
@@ -217,7 +219,7 @@ def run_notebook(path: str | os.PathLike, params: Mapping[str, Any] | None, out_
 
 
 def _now() -> str:
-    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    return _dt.datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -354,7 +356,10 @@ def check_points(notebook: str | os.PathLike, points: Sequence[Mapping[str, Any]
 
 def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mapping[str, Any]] | str | os.PathLike,
           out_dir: str | os.PathLike, *, base_params: Mapping[str, Any] | None = None, retries: int = 0,
-          progress: bool = True, kernel_name: str = "python3", timeout: float | None = None) -> "pd.DataFrame":
+          progress: bool = True, kernel_name: str = "python3", timeout: float | None = None,
+          jobs: int | None = None, devices: str | Sequence[int | str] | None = None,
+          gpus_per_point: int | None = None, cpus_per_point: float | None = None,
+          executor: "str | Executor" = "local", address: str | None = None) -> "pd.DataFrame":
     """Run a notebook once per grid point, one folder per point; skip points already done.
 
     Args:
@@ -366,84 +371,132 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mappi
         retries: extra attempts for a failing point within this call.
         progress: a tqdm bar over the points.
         kernel_name, timeout: see :func:`run_notebook`.
+        jobs: points at once (None or 1: one after another in this process; N: N worker processes,
+            each with cores // N OpenMP/MKL threads; with ``executor="ray"``: tasks in flight, default
+            what the cluster holds).
+        devices: GPU ids for the local workers (``"0,1,2,3"``); each running point gets
+            ``gpus_per_point`` of them as ``CUDA_VISIBLE_DEVICES``.
+        gpus_per_point: GPUs per point (local with ``devices``: default 1; Ray: ``num_gpus``, default 0).
+        cpus_per_point: threads per local worker (default cores // jobs); Ray: ``num_cpus`` (default 1).
+        executor: ``"local"``, ``"ray"`` or a :class:`workbench.executors.Executor`.
+        address: the Ray cluster (``"auto"``, ``"HOST:PORT"``); None: the runtime already started in
+            this process, else Ray's default (``RAY_ADDRESS``, or a new local runtime).
 
     Returns:
-        :func:`collect` of this grid's points (one row each, in grid order).
+        :func:`collect` of this grid's points (one row each, in grid order), the same whatever the
+        executor.
 
     Raises:
         ValueError: a bad grid, a parameter the notebook does not declare, a value of the wrong type
             or an invalid config (:func:`check_points`, before any kernel starts). A failing point
             raises nothing: its status says ``failed``.
+        workbench.executors.SharedStorageError: with Ray, a node that does not see the sweep folder.
+        KeyboardInterrupt: after every running point was stopped and recorded as interrupted.
     """
-    from tqdm.auto import tqdm
+    from workbench.executors import Attempt, make_executor
 
     nb_path = Path(path).resolve()
     base = _absolute_paths(dict(base_params or {}))
     points, where, source = _load_grid(grid)
     points = [_absolute_paths(p) for p in points]
     check_points(nb_path, points, base, where=where, source=source)  # the whole grid, before any kernel
+    runner = make_executor(executor, jobs=jobs, devices=devices, gpus_per_point=gpus_per_point,
+                           cpus_per_point=cpus_per_point, address=address)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
-    done = failed = skipped = 0
-    bar = tqdm(points, desc=f"sweep {nb_path.stem}", unit="point", disable=not progress, dynamic_ncols=True)
-    for point in bar:
+    todo: list[tuple[Attempt, dict | None]] = []
+    for point in points:
         params = {**base, **point}
         name = point_name(point, params)
         names.append(name)
-        point_dir = out_dir / name
-        status = read_status(point_dir)
-        if status is not None and status.get("state") == "done":
-            skipped += 1
-            bar.set_postfix(done=done, skipped=skipped, failed=failed)
-            continue
-        bar.set_postfix_str(name[:40])
-        ok = _run_point(nb_path, point, params, point_dir, retries=retries, kernel_name=kernel_name,
-                        timeout=timeout, previous=status)
-        done += ok
-        failed += not ok
-        bar.set_postfix(done=done, skipped=skipped, failed=failed)
-    bar.close()
-    log.info("sweep %s: %d run, %d skipped (done before), %d failed → %s", nb_path.name, done, skipped, failed,
-             out_dir)
+        status = read_status(out_dir / name)
+        if status is None or status.get("state") != "done":
+            todo.append((Attempt(name, nb_path, params, out_dir / name, kernel_name, timeout),
+                         {"point": point, "previous": status}))
+    if todo:
+        runner.prepare(out_dir, nb_path)
+    counts = _run_points(todo, runner, retries=retries, progress=progress, label=f"sweep {nb_path.stem}",
+                         skipped=len(points) - len(todo))
+    log.info("sweep %s: %d run, %d skipped (done before), %d failed → %s", nb_path.name, counts["done"],
+             len(points) - len(todo), counts["failed"], out_dir)
     from workbench.experiments.results import collect  # results reads the status files written here
 
     return collect(out_dir, names=names)
 
 
-def _run_point(nb_path: Path, point: dict, params: dict, point_dir: Path, *, retries: int, kernel_name: str,
-               timeout: float | None, previous: dict | None) -> bool:
-    """Run one point with retries, writing ``status.json`` before and after each attempt."""
+def _attempt(nb_path: Path, params: Mapping[str, Any], point_dir: Path, *, kernel_name: str = "python3",
+             timeout: float | None = None) -> dict[str, Any]:
+    """One attempt of a sweep point, here: its record (``state`` done | failed, ``error``, ``traceback``,
+    ``started``, ``finished``, ``seconds``, ``host``, ``pid``). KeyboardInterrupt goes through."""
+    started = time.time()
+    record: dict[str, Any] = {"started": _now(), "host": socket.gethostname(), "pid": os.getpid(),
+                              "error": None, "traceback": None}
+    try:
+        run_notebook(nb_path, params, point_dir, kernel_name=kernel_name, timeout=timeout)
+        record["state"] = "done"
+    except Exception as err:  # noqa: BLE001 - a failing point is recorded, the sweep goes on
+        message, tb = _error_of(err)
+        record |= {"state": "failed", "error": message, "traceback": tb}
+    return record | {"finished": _now(), "seconds": round(time.time() - started, 3)}
+
+
+def _run_points(todo: list[tuple["Attempt", dict]], runner: "Executor", *, retries: int, progress: bool, label: str,
+                skipped: int = 0) -> dict[str, int]:
+    """Run the attempts of ``todo`` (with ``{"point", "previous"}`` status) on ``runner`` with retries,
+    writing each point's ``status.json`` when an attempt starts and when it ends (then with the
+    attempt's own start and end times); Ctrl-C stops the running ones and records them as interrupted."""
+    from collections import deque
+
+    from tqdm.auto import tqdm
+
     from workbench.runs import write_json
 
-    point_dir.mkdir(parents=True, exist_ok=True)
-    attempts = int(previous.get("attempts", 0)) if previous else 0
-    status: dict[str, Any] = {
-        "state": "running", "name": point_dir.name, "notebook": str(nb_path), "point": point, "params": params,
-        "executed_notebook": nb_path.name, "host": socket.gethostname(), "pid": os.getpid(),
-    }
-    for attempt in range(retries + 1):
-        attempts += 1
-        started = time.time()
-        status |= {"state": "running", "attempts": attempts, "started": _now(), "finished": None,
-                   "seconds": None, "error": None, "traceback": None}
-        write_json(point_dir / STATUS_FILE, status)
-        log.info("point %s (attempt %d)", point_dir.name, attempts)
-        try:
-            run_notebook(nb_path, params, point_dir, kernel_name=kernel_name, timeout=timeout)
-        except KeyboardInterrupt:
-            write_json(point_dir / STATUS_FILE, status | {"state": "failed", "error": "KeyboardInterrupt: interrupted",
-                                                          "finished": _now(),
-                                                          "seconds": round(time.time() - started, 3)})
-            raise
-        except Exception as err:  # noqa: BLE001 - a failing point is recorded, the sweep goes on
-            message, tb = _error_of(err)
-            status |= {"state": "failed", "error": message, "traceback": tb, "finished": _now(),
-                       "seconds": round(time.time() - started, 3)}
-            write_json(point_dir / STATUS_FILE, status)
-            log.warning("point %s failed (attempt %d/%d): %s", point_dir.name, attempt + 1, retries + 1, message)
-            continue
-        status |= {"state": "done", "finished": _now(), "seconds": round(time.time() - started, 3)}
-        write_json(point_dir / STATUS_FILE, status)
-        return True
-    return False
+    counts = {"done": 0, "failed": 0}
+    queue = deque((attempt, extra, 0) for attempt, extra in todo)
+    running: dict[str, tuple[Attempt, dict, int, dict[str, Any], float]] = {}
+    bar = tqdm(total=len(todo) + skipped, initial=skipped, desc=label, unit="point", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        while queue or running:
+            while queue and runner.can_start():
+                attempt, extra, n = queue.popleft()
+                previous = extra["previous"] or {}
+                attempt.point_dir.mkdir(parents=True, exist_ok=True)
+                status = {"state": "running", "name": attempt.name, "notebook": str(attempt.notebook),
+                          "point": extra["point"], "params": attempt.params,
+                          "executed_notebook": attempt.notebook.name, "host": socket.gethostname(),
+                          "pid": os.getpid(), "executor": runner.kind,
+                          "attempts": int(previous.get("attempts", 0)) + n + 1, "started": _now(),
+                          "finished": None, "seconds": None, "error": None, "traceback": None}
+                running[attempt.name] = (attempt, extra, n, status, time.time())
+                log.info("point %s (attempt %d)", attempt.name, status["attempts"])
+                write_json(attempt.point_dir / STATUS_FILE, status)
+                runner.start(attempt)
+                if attempt.placement:
+                    status["placement"] = attempt.placement
+                    write_json(attempt.point_dir / STATUS_FILE, status)
+            for attempt, record in runner.finished(timeout=0.5):
+                _, extra, n, status, _ = running.pop(attempt.name)
+                status |= record
+                write_json(attempt.point_dir / STATUS_FILE, status)
+                if status["state"] != "done":
+                    log.warning("point %s failed (attempt %d/%d): %s", attempt.name, n + 1, retries + 1,
+                                status["error"])
+                    if n < retries:
+                        queue.appendleft((attempt, extra, n + 1))
+                        continue
+                counts["done" if status["state"] == "done" else "failed"] += 1
+                bar.update(1)
+                bar.set_postfix(done=counts["done"], skipped=skipped, failed=counts["failed"])
+    except KeyboardInterrupt:
+        runner.stop()
+        for attempt, _, _, status, started in running.values():
+            write_json(attempt.point_dir / STATUS_FILE, status | {
+                "state": "failed", "error": "KeyboardInterrupt: interrupted", "finished": _now(),
+                "seconds": round(time.time() - started, 3)})
+        raise
+    finally:
+        bar.close()
+        runner.close()
+    return counts

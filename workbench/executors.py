@@ -1,0 +1,473 @@
+"""Where the points of a sweep run: here, in worker processes on this machine, or as Ray tasks.
+
+:func:`workbench.experiments.sweep` keeps the bookkeeping (which points are done, ``status.json``,
+retries, :func:`~workbench.experiments.collect`) and hands each attempt of a point to an executor:
+
+- :class:`InProcess` (``jobs=1``, the default): the attempt runs in the sweep's own process.
+- :class:`LocalProcesses` (``jobs=N`` or ``devices``): up to N attempts at once, each in its own
+  ``python -m workbench.executors run-point`` process with its own environment: ``CUDA_VISIBLE_DEVICES``
+  (``gpus_per_point`` of ``devices`` each) and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` = cores // N,
+  which the notebook's kernel inherits (torch takes its thread count from them).
+- :class:`RayExecutor`: each attempt is a Ray task with ``num_cpus``/``num_gpus``; Ray sets
+  ``CUDA_VISIBLE_DEVICES``. The tasks write their point folders themselves, so the sweep folder (and
+  the notebook, and the data) must be at the same path on every node: :func:`check_shared_storage`
+  checks it before the first point.
+
+An executor's :meth:`~Executor.start` returns a handle, :meth:`~Executor.finished` the handles whose
+attempt ended with that attempt's record (``state`` done | failed, ``error``, ``traceback``,
+``started``, ``finished``, ``seconds``, ``host``, ``pid``), :meth:`~Executor.stop` interrupts the
+running ones (Ctrl-C).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("workbench.executors")
+
+#: the worker's record of one attempt, read back by the driver and then removed
+ATTEMPT_FILE = ".attempt.json"
+#: a worker process's stdout and stderr (kept: start-up errors, papermill warnings)
+WORKER_LOG = "worker.log"
+#: seconds a worker gets to shut its kernel down after Ctrl-C before it is killed
+STOP_GRACE = 20.0
+#: bytes of object store for a local Ray runtime (the tasks only return their small records)
+LOCAL_OBJECT_STORE = 256 * 1024 ** 2
+
+
+@dataclass
+class Attempt:
+    """One attempt of a sweep point: what a worker needs to run it."""
+
+    name: str            # the point's folder name
+    notebook: Path       # the notebook (absolute)
+    params: dict         # its parameters (the point's and the shared ones)
+    point_dir: Path      # the point's folder (absolute)
+    kernel_name: str = "python3"
+    timeout: float | None = None
+    placement: dict = field(default_factory=dict)  # filled by the executor: devices, threads, host
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def parse_devices(devices: str | Sequence[int | str] | None) -> list[str]:
+    """``"0,1,2"`` or ``[0, 1, 2]`` → ``["0", "1", "2"]``; None or empty → ``[]``.
+
+    Raises:
+        ValueError: a repeated device.
+    """
+    if devices is None:
+        return []
+    items = devices.split(",") if isinstance(devices, str) else list(devices)
+    out = [str(d).strip() for d in items if str(d).strip()]
+    if len(set(out)) != len(out):
+        raise ValueError(f"devices lists a device twice: {','.join(out)}")
+    return out
+
+
+def worker_env(threads: int, devices: Sequence[str] | None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of one worker: ``threads`` for OpenMP/MKL (torch follows), and
+    ``CUDA_VISIBLE_DEVICES`` when ``devices`` is given (else the parent's value is kept)."""
+    env = dict(os.environ if base is None else base)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(max(1, int(threads)))
+    if devices:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+    return env
+
+
+class Executor:
+    """Runs attempts of sweep points; see the module's docstring."""
+
+    kind = "executor"
+    capacity = 1  # attempts at once
+
+    def prepare(self, out_dir: Path, notebook: Path) -> None:
+        """Check, before any point, that the attempts can run and write ``out_dir``."""
+
+    def can_start(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, attempt: Attempt) -> Any:
+        raise NotImplementedError
+
+    def finished(self, timeout: float) -> list[tuple[Any, dict]]:
+        raise NotImplementedError
+
+    def stop(self) -> list[Any]:
+        """Interrupt every running attempt; returns their handles."""
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class InProcess(Executor):
+    """One attempt at a time, in this process (the sweep's default)."""
+
+    kind = "in-process"
+
+    def __init__(self) -> None:
+        self._done: list[tuple[Any, dict]] = []
+
+    def can_start(self) -> bool:
+        return not self._done
+
+    def start(self, attempt: Attempt) -> Any:
+        from workbench.experiments.sweep import _attempt
+
+        self._done.append((attempt, _attempt(attempt.notebook, attempt.params, attempt.point_dir,
+                                             kernel_name=attempt.kernel_name, timeout=attempt.timeout)))
+        return attempt
+
+    def finished(self, timeout: float) -> list[tuple[Any, dict]]:
+        done, self._done = self._done, []
+        return done
+
+
+class LocalProcesses(Executor):
+    """Up to ``jobs`` attempts at once, each in its own worker process on this machine.
+
+    Args:
+        jobs: attempts at once (None: one per ``gpus_per_point`` devices, or 1 without devices).
+        devices: GPU ids (``"0,1,2,3"``); each running attempt gets ``gpus_per_point`` of them of its
+            own (``CUDA_VISIBLE_DEVICES``), so at most ``len(devices) // gpus_per_point`` run at once.
+        gpus_per_point: devices per attempt (with ``devices``).
+        threads: OpenMP/MKL (and so torch) threads per worker (None: this machine's cores // jobs).
+    """
+
+    kind = "processes"
+
+    def __init__(self, jobs: int | None = None, devices: str | Sequence[int | str] | None = None,
+                 gpus_per_point: int = 1, threads: int | None = None) -> None:
+        self.devices = parse_devices(devices)
+        if gpus_per_point < 1:
+            raise ValueError(f"gpus_per_point must be at least 1, got {gpus_per_point}")
+        self.gpus_per_point = gpus_per_point
+        if self.devices and len(self.devices) < gpus_per_point:
+            raise ValueError(f"a point asks for {gpus_per_point} GPUs; devices gives {len(self.devices)}")
+        by_devices = len(self.devices) // gpus_per_point if self.devices else None
+        jobs = jobs if jobs is not None else (by_devices or 1)
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1, got {jobs}")
+        if by_devices is not None and jobs > by_devices:
+            log.warning("%d jobs but %d devices for %d GPUs per point: %d points at once", jobs,
+                        len(self.devices), gpus_per_point, by_devices)
+            jobs = by_devices
+        self.capacity = jobs
+        self.threads = threads if threads is not None else max(1, cpu_cores() // jobs)
+        self._free = list(self.devices)
+        self._running: dict[subprocess.Popen, tuple[Attempt, list[str], Any]] = {}
+
+    def can_start(self) -> bool:
+        return len(self._running) < self.capacity and (not self.devices or len(self._free) >= self.gpus_per_point)
+
+    def start(self, attempt: Attempt) -> Any:
+        devices = [self._free.pop(0) for _ in range(self.gpus_per_point)] if self.devices else []
+        attempt.placement = {"threads": self.threads, **({"devices": ",".join(devices)} if devices else {})}
+        attempt.point_dir.mkdir(parents=True, exist_ok=True)
+        (attempt.point_dir / ATTEMPT_FILE).unlink(missing_ok=True)
+        spec = {"notebook": str(attempt.notebook), "params": attempt.params, "point_dir": str(attempt.point_dir),
+                "kernel_name": attempt.kernel_name, "timeout": attempt.timeout}
+        logfile = open(attempt.point_dir / WORKER_LOG, "ab")  # noqa: SIM115 - closed when the worker ends
+        # its own session: the terminal's Ctrl-C reaches the sweep only, which stops the workers itself
+        proc = subprocess.Popen([sys.executable, "-m", "workbench.executors", "run-point", json.dumps(spec)],
+                                stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
+                                env=worker_env(self.threads, devices or None), start_new_session=True)
+        self._running[proc] = (attempt, devices, logfile)
+        return attempt
+
+    def _release(self, proc: subprocess.Popen) -> Attempt:
+        attempt, devices, logfile = self._running.pop(proc)
+        logfile.close()
+        self._free += devices
+        return attempt
+
+    def finished(self, timeout: float) -> list[tuple[Any, dict]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = [p for p in self._running if p.poll() is not None]
+            if ended or not self._running or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        return [(attempt, _read_attempt(attempt, proc.returncode))
+                for proc in ended for attempt in [self._release(proc)]]
+
+    def stop(self) -> list[Any]:
+        procs = list(self._running)
+        for proc in procs:
+            _signal(proc, signal.SIGINT)  # the worker interrupts its kernel and shuts it down
+        deadline = time.monotonic() + STOP_GRACE
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker %d did not stop within %.0f s: killed", proc.pid, STOP_GRACE)
+                _signal(proc, signal.SIGKILL)
+                proc.wait()
+        return [self._release(proc) for proc in procs]
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the worker and what it started in its session
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _read_attempt(attempt: Attempt, returncode: int) -> dict:
+    """The record a worker left in the point folder; a failure naming the exit code when there is none."""
+    path = attempt.point_dir / ATTEMPT_FILE
+    try:
+        record = json.loads(path.read_text())
+        path.unlink()
+        return record
+    except (OSError, ValueError):
+        return {"state": "failed", "error": f"WorkerError: the worker exited with code {returncode} and left no "
+                f"record (see {attempt.point_dir / WORKER_LOG})", "traceback": _tail(attempt.point_dir / WORKER_LOG)}
+
+
+def _tail(path: Path, lines: int = 40) -> str | None:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return None
+
+
+def run_point_main(argv: list[str] | None = None) -> int:
+    """``python -m workbench.executors run-point SPEC_JSON``: one attempt; its record goes to
+    ``<point_dir>/.attempt.json``. Exit code 0 done, 1 failed, 130 interrupted."""
+    parser = argparse.ArgumentParser(prog="python -m workbench.executors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rp = sub.add_parser("run-point", help="run one attempt of a sweep point (started by a sweep)")
+    rp.add_argument("spec", help="JSON: notebook, params, point_dir, kernel_name, timeout")
+    args = parser.parse_args(argv)
+    spec = json.loads(args.spec)
+    from workbench.experiments.sweep import _attempt, _now
+    from workbench.runs import write_json
+
+    point_dir = Path(spec["point_dir"])
+    logging.getLogger("papermill").setLevel(logging.WARNING)
+    started = time.time()
+    try:
+        record = _attempt(Path(spec["notebook"]), spec["params"], point_dir, kernel_name=spec["kernel_name"],
+                          timeout=spec["timeout"])
+    except KeyboardInterrupt:
+        record = {"state": "failed", "error": "KeyboardInterrupt: interrupted", "finished": _now(),
+                  "seconds": round(time.time() - started, 3), "host": socket.gethostname(), "pid": os.getpid()}
+        write_json(point_dir / ATTEMPT_FILE, record)
+        return 130
+    write_json(point_dir / ATTEMPT_FILE, record)
+    return 0 if record["state"] == "done" else 1
+
+
+# ----------------------------------------------------------------------------- Ray
+
+def _ray_attempt(spec: dict) -> dict:
+    """A Ray task: one attempt; threads for the kernel from the task's CPUs (Ray sets the GPUs)."""
+    from workbench.experiments.sweep import _attempt
+
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(max(1, int(spec["threads"])))
+    record = _attempt(Path(spec["notebook"]), spec["params"], Path(spec["point_dir"]),
+                      kernel_name=spec["kernel_name"], timeout=spec["timeout"])
+    return record | {"devices": os.environ.get("CUDA_VISIBLE_DEVICES") or None}
+
+
+def _probe(probe: str, token: str, notebook: str) -> dict:
+    """A Ray task on one node: can it read the driver's probe file and the notebook, and write beside them?"""
+    host = socket.gethostname()
+    problems = []
+    path = Path(probe)
+    try:
+        if path.read_text() != token:
+            problems.append(f"{path} holds another content there")
+    except OSError as err:
+        problems.append(f"cannot read the driver's file {path} ({err.strerror or err})")
+    if not Path(notebook).is_file():
+        problems.append(f"no notebook {notebook}")
+    reply = path.with_name(f"{path.name}-{host}-{os.getpid()}")
+    try:
+        reply.write_text(token)
+    except OSError as err:
+        problems.append(f"cannot write {reply.parent} ({err.strerror or err})")
+        reply = None
+    return {"host": host, "problems": problems, "reply": str(reply) if reply else None}
+
+
+class SharedStorageError(RuntimeError):
+    """The sweep folder (or the notebook) is not at the same path on every Ray node."""
+
+
+def check_shared_storage(out_dir: Path, notebook: Path, *, timeout: float = 300.0) -> list[str]:
+    """Check that every alive Ray node sees ``out_dir`` and ``notebook`` at the same path.
+
+    The driver writes a probe file in ``out_dir``; one task per node (pinned to it) reads it, looks
+    for the notebook and writes a reply beside it, which the driver must then see.
+
+    Returns:
+        The hosts checked.
+
+    Raises:
+        SharedStorageError: naming each node and what it could not see.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    token = uuid.uuid4().hex
+    probe = out_dir / f".probe-{token[:12]}"
+    probe.write_text(token)
+    probe_task = ray.remote(_probe)
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        refs = [probe_task.options(num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(str(probe), token, str(notebook)) for n in nodes]
+        results = ray.get(refs, timeout=timeout)
+        problems = []
+        for node, result in zip(nodes, results):
+            where = f"node {result['host']} ({node.get('NodeManagerAddress', '?')})"
+            if result["reply"] and not Path(result["reply"]).is_file():
+                result["problems"].append(f"wrote {result['reply']}, which the driver does not see")
+            problems += [f"{where}: {p}" for p in result["problems"]]
+        if problems:
+            raise SharedStorageError(
+                f"the sweep folder {out_dir} is not on storage every Ray node sees at the same path: "
+                + "; ".join(problems) + ". Put the sweep folder, the notebooks and the data on a shared file "
+                "system mounted at the same path on every node (README: 'Sweeps on a Ray cluster').")
+        return [r["host"] for r in results]
+    finally:
+        for path in out_dir.glob(f"{probe.name}*"):
+            path.unlink(missing_ok=True)
+
+
+class RayExecutor(Executor):
+    """Each attempt is a Ray task with ``num_cpus``/``num_gpus``; the driver (this process) keeps the sweep.
+
+    Args:
+        address: the cluster (``"auto"``, ``"HOST:PORT"``, ``"ray://HOST:10001"``); None: the runtime
+            already initialised in this process, else a new local one.
+        num_cpus, num_gpus: a point's resources (torch threads = ``num_cpus``).
+        jobs: attempts submitted at once (None: as many as the cluster's CPUs/GPUs hold now).
+    """
+
+    kind = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: float = 1, num_gpus: float = 0,
+                 jobs: int | None = None) -> None:
+        try:
+            import ray
+        except ImportError as err:
+            raise ImportError(f"executor 'ray' needs Ray ({err}): pip install -e '.[ray]'") from None
+        if address is not None and ray.is_initialized():
+            log.info("ray: already initialised in this process; address %s not used", address)
+        self._owns_runtime = not ray.is_initialized()
+        if self._owns_runtime:
+            # a local runtime: no dashboard and a small object store (tasks return small records),
+            # quicker to start on a busy machine
+            local = {"include_dashboard": False, "object_store_memory": LOCAL_OBJECT_STORE} if address is None else {}
+            try:
+                ray.init(address=address, log_to_driver=False, **local)
+            except Exception as err:  # noqa: BLE001 - Ray raises plain Exception when a start times out
+                what = "start a local Ray runtime" if address is None else f"join the Ray cluster at {address}"
+                raise ConnectionError(f"could not {what}: {str(err).splitlines()[0]}") from err
+        self.ray = ray
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+        if jobs is None:
+            resources = ray.cluster_resources()
+            fits = [resources.get("CPU", 0) // num_cpus] if num_cpus else []
+            fits += [resources.get("GPU", 0) // num_gpus] if num_gpus else []
+            jobs = int(min(fits)) if fits else 1
+        if jobs < 1:
+            raise ValueError(f"the Ray cluster has no room for a point with num_cpus={num_cpus}, num_gpus={num_gpus} "
+                             f"({ray.cluster_resources()})")
+        self.capacity = jobs
+        self._task = ray.remote(_ray_attempt)
+        self._running: dict[Any, Attempt] = {}
+
+    def prepare(self, out_dir: Path, notebook: Path) -> None:
+        hosts = check_shared_storage(out_dir, notebook)
+        log.info("ray: %d node(s) see %s: %s", len(hosts), out_dir, ", ".join(hosts))
+
+    def can_start(self) -> bool:
+        return len(self._running) < self.capacity
+
+    def start(self, attempt: Attempt) -> Any:
+        attempt.placement = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        spec = {"notebook": str(attempt.notebook), "params": attempt.params, "point_dir": str(attempt.point_dir),
+                "kernel_name": attempt.kernel_name, "timeout": attempt.timeout, "threads": max(1, int(self.num_cpus))}
+        ref = self._task.options(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0,
+                                 name=f"sweep-point {attempt.name}").remote(spec)
+        self._running[ref] = attempt
+        return attempt
+
+    def finished(self, timeout: float) -> list[tuple[Any, dict]]:
+        if not self._running:
+            return []
+        ready, _ = self.ray.wait(list(self._running), num_returns=1, timeout=timeout)
+        out = []
+        for ref in ready:
+            attempt = self._running.pop(ref)
+            try:
+                record = self.ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - a lost task or worker is a failed attempt
+                record = {"state": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0][:500]}",
+                          "traceback": str(err)[-6000:]}
+            out.append((attempt, record))
+        return out
+
+    def stop(self) -> list[Any]:
+        refs = list(self._running)
+        for ref in refs:
+            self.ray.cancel(ref)  # KeyboardInterrupt in the task: papermill shuts its kernel down
+        _, still = self.ray.wait(refs, num_returns=len(refs), timeout=STOP_GRACE) if refs else ([], [])
+        for ref in still:
+            self.ray.cancel(ref, force=True)
+        return [self._running.pop(ref) for ref in refs]
+
+    def close(self) -> None:
+        if self._owns_runtime:  # started here: leave no Ray processes behind
+            self.ray.shutdown()
+
+
+def make_executor(executor: str | Executor = "local", *, jobs: int | None = None,
+                  devices: str | Sequence[int | str] | None = None, gpus_per_point: int | None = None,
+                  cpus_per_point: float | None = None, address: str | None = None) -> Executor:
+    """An executor from :func:`~workbench.experiments.sweep`'s options.
+
+    ``"local"`` with ``jobs`` 1 (or None) and no ``devices``: :class:`InProcess`; otherwise
+    :class:`LocalProcesses` (``gpus_per_point`` default 1, ``cpus_per_point``: threads per worker,
+    default cores // jobs). ``"ray"``: :class:`RayExecutor` (``cpus_per_point`` default 1,
+    ``gpus_per_point`` default 0).
+    """
+    if isinstance(executor, Executor):
+        return executor
+    if executor == "local":
+        if (jobs is None or jobs == 1) and not parse_devices(devices):
+            return InProcess()
+        return LocalProcesses(jobs, devices, gpus_per_point or 1,
+                              threads=int(cpus_per_point) if cpus_per_point else None)
+    if executor == "ray":
+        if devices:
+            raise ValueError("devices is for the local executor; Ray gives each point gpus_per_point GPUs")
+        return RayExecutor(address, num_cpus=cpus_per_point or 1, num_gpus=gpus_per_point or 0, jobs=jobs)
+    raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_point_main())
