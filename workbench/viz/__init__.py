@@ -10,6 +10,7 @@ from workbench.viz.plots import (
     pair_agreements,
     plot_agreement_distribution,
     plot_beside_paper,
+    plot_camera_grid,
     plot_camera_heatmap,
     plot_camera_profile,
     plot_cmc,
@@ -31,7 +32,7 @@ from workbench.viz.views import (
 from workbench.viz.widgets import CameraExplorer, ImageExplorer, RunExplorer, ThresholdExplorer, explore
 
 __all__ = [
-    "plot_training_curves", "plot_cmc", "plot_embedding", "plot_soft_label", "plot_camera_heatmap",
+    "plot_training_curves", "plot_camera_grid", "plot_cmc", "plot_embedding", "plot_soft_label", "plot_camera_heatmap",
     "plot_camera_profile", "plot_agreement_distribution", "plot_retrieval", "plot_beside_paper", "embed_2d", "pair_agreements",
     "rank_gallery", "save_figure", "SoftLabelViews", "compute_views", "load_views", "init_checkpoint_of",
     "collapse_report", "final_threshold",

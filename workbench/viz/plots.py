@@ -33,6 +33,7 @@ from workbench.ops import to_numpy
 from workbench.runs import atomic_write_bytes
 
 __all__ = [
+    "plot_camera_grid",
     "plot_training_curves", "plot_cmc", "plot_embedding", "plot_soft_label", "plot_camera_heatmap",
     "plot_camera_profile", "plot_agreement_distribution", "plot_retrieval", "embed_2d", "pair_agreements",
     "rank_gallery", "camera_means", "draw_agreement", "save_figure", "figure_png", "image_array",
@@ -123,6 +124,38 @@ def _per_panel(value: Any, panels: Mapping[str, Any], name: str) -> dict[str, An
 
 
 # ----------------------------------------------------------------------------- training curves
+
+
+def plot_camera_grid(samples: Sequence[Sample], *, n_ids: int = 8, save_to: PathLike | None = None) -> Figure:
+    """One image per (camera, identity): rows are cameras, columns the first ``n_ids`` identities.
+
+    An empty cell says the camera never saw that person, which is what makes cross-camera
+    matching (and L_CML) necessary.
+
+    Args:
+        samples: e.g. a split's training images with the dataset's own pids and camera ids.
+        n_ids: identities (columns) shown.
+        save_to: folder to save ``camera_grid.png`` in.
+    """
+    cams = sorted({s.camid for s in samples})
+    pids = sorted({s.pid for s in samples})[:n_ids]
+    first: dict[tuple[int, int], str] = {}
+    for s in samples:
+        first.setdefault((s.camid, s.pid), s.path)
+    fig, axes = _grid(len(cams) * len(pids), ncols=len(pids), size=(1.1, 2.0))
+    for ax, (cam, pid) in zip(axes, [(c, p) for c in cams for p in pids]):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if (cam, pid) in first:
+            ax.imshow(image_array(first[cam, pid]))
+        else:  # this camera never saw this identity
+            ax.text(0.5, 0.5, "not seen\nby this\ncamera", ha="center", va="center", fontsize=7, color="0.5",
+                    transform=ax.transAxes)
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+        ax.set_title(f"id {pid} · cam {cam}", fontsize=7)
+    save_figure(fig, save_to, "camera_grid")
+    return fig
 
 
 def _read_history(history: Any, x: str) -> pd.DataFrame:
