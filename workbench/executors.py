@@ -381,11 +381,16 @@ class RayExecutor(Executor):
             # a local runtime: no dashboard and a small object store (tasks return small records),
             # quicker to start on a busy machine
             local = {"include_dashboard": False, "object_store_memory": LOCAL_OBJECT_STORE} if address is None else {}
-            try:
-                ray.init(address=address, log_to_driver=False, **local)
-            except Exception as err:  # noqa: BLE001 - Ray raises plain Exception when a start times out
-                what = "start a local Ray runtime" if address is None else f"join the Ray cluster at {address}"
-                raise ConnectionError(f"could not {what}: {str(err).splitlines()[0]}") from err
+            tries = 3 if address is None else 1  # a local raylet gets 30 s to register: retry on a busy machine
+            for attempt in range(tries):
+                try:
+                    ray.init(address=address, log_to_driver=False, **local)
+                    break
+                except Exception as err:  # noqa: BLE001 - Ray raises plain Exception when a start times out
+                    ray.shutdown()
+                    if attempt == tries - 1:
+                        what = "start a local Ray runtime" if address is None else f"join the Ray cluster at {address}"
+                        raise ConnectionError(f"could not {what}: {str(err).splitlines()[0]}") from err
         self.ray = ray
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
         if jobs is None:
