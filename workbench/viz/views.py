@@ -196,7 +196,7 @@ def load_views(run_dir: str | Path, *, checkpoint: str | Path | None = None, nam
         batch_size: images per forward pass.
     """
     from workbench.config import load_config
-    from workbench.engine import load_domains, load_model
+    from workbench.builders import load_domains, load_model
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.json")
