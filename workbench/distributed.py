@@ -73,7 +73,7 @@ def barrier(ctx: Context) -> None:
 def world_size() -> int:
     """Processes in the default group (1 without torch.distributed)."""
     if dist.is_available() and dist.is_initialized():
-        return dist.getworld_size()
+        return dist.get_world_size()
     return 1
 
 
