@@ -600,13 +600,7 @@ class MARTrainer(Trainer):
         loader = build_test_loader(self.target.train, image_size=self.cfg.data.image_size,
                                    batch_size=self.cfg.train.eval_batch_size, workers=self.cfg.data.workers,
                                    cache=self.target_cache, labeled=False)
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with self.autocast():
-                feats = torch.cat([self.net(self.to_device(b["img"])).feature.float() for b in loader])
-        finally:
-            self.net.train(was_training)
+        feats, _, _ = self._target_features(loader)  # dataset order
         multilabels = soft_multilabel(feats, self.net.agents.detach(), self.cfg.loss.scale)  # (N, Np)
         labels = [(s.pid, s.camid) for s in self.target.train]
         images = self.target_cache.images if self.target_cache is not None else None
@@ -633,6 +627,11 @@ class MARTrainer(Trainer):
         else:
             loader = build_test_loader(self.target.train, image_size=d.image_size, batch_size=t.eval_batch_size,
                                        workers=d.workers, cache=self.target_cache, labeled=False)
+        return self._target_features(loader)
+
+    @torch.no_grad()
+    def _target_features(self, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eval-mode features of an unlabeled target loader: ``(features, camids, dataset indices)``."""
         was_training = self.net.training
         self.net.eval()
         feats, camids, index = [], [], []
