@@ -122,3 +122,10 @@ def test_a_bug_keeps_its_traceback_and_user_errors_show_one_with_verbose(monkeyp
     assert cli.main([]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.rstrip().endswith("error: lr = 'abc': not a number")
+
+
+def test_diagnose_refuses_a_folder_that_is_not_a_finished_stage2_run(tmp_path, capsys) -> None:
+    from workbench.cli import main
+
+    assert main(["diagnose", str(tmp_path)]) == 2
+    assert "not a finished stage-2 run folder" in capsys.readouterr().err

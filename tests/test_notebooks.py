@@ -169,7 +169,8 @@ def test_04_loss_ablation_with_papermill_from(where: str, nb_env, stage1: Path, 
     cwd, notebook = (REPO, "notebooks/04_loss_ablation.ipynb") if where == "repository root" else (
         NOTEBOOKS, "04_loss_ablation.ipynb")
     variants = ["full", "w/o both"] if where == "repository root" else ["w/o both"]
-    params = {**FAST, "variants": variants, "init_checkpoint": str(stage1), "out_dir": str(tmp_path)}
+    params = {**FAST, "variants": variants, "init_checkpoint": str(stage1), "out_dir": str(tmp_path),
+              "results_dir": None}
     proc = _papermill_cli(notebook, tmp_path / "04.ipynb", params, cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = ex.collect(tmp_path / "points")
@@ -185,15 +186,19 @@ def test_04_loss_ablation_with_papermill_from(where: str, nb_env, stage1: Path, 
     assert "KeyboardInterrupt" not in streams  # no kernel-shutdown noise after the sweep
     tables = [o["data"]["text/plain"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if "text/plain" in o.get("data", {})]
+    markdown = [o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                if "text/markdown" in o.get("data", {})]
     paper = ex.PAPER_RESULTS["loss_ablation"][variants[0]]["market1501"]["rank1"]
-    assert any("rank-1 (paper)" in t and f"{paper:g}" in t for t in tables)  # the paper beside ours, Table 3
+    assert any("paper rank-1" in t and f"{paper:.1f}" in t for t in markdown)  # the paper beside ours, Table 3
+    assert any("No committed results at `None`" in t for t in markdown)
     assert any("rank1 (%)" in t for t in tables)  # percent, not fractions
     assert images(nb) >= 1  # ours beside the paper as bars
 
 
 @pytest.mark.notebooks
 def test_a_wrong_train_notebook_is_one_line_with_the_paths_tried(nb_env, stage1: Path, tmp_path: Path) -> None:
-    params = {**FAST, "variants": ["full"], "init_checkpoint": str(stage1), "train_notebook": "03_typo.ipynb"}
+    params = {**FAST, "variants": ["full"], "init_checkpoint": str(stage1), "train_notebook": "03_typo.ipynb",
+              "results_dir": None}
     proc = _papermill_cli("notebooks/04_loss_ablation.ipynb", tmp_path / "04.ipynb", params, REPO)
     assert proc.returncode != 0
     nb = nbformat.read(tmp_path / "04.ipynb", as_version=4)
@@ -206,7 +211,8 @@ def test_a_wrong_train_notebook_is_one_line_with_the_paths_tried(nb_env, stage1:
 def test_05_hyperparameter_curves(nb_env, stage1: Path, tmp_path: Path) -> None:
     # the smoke preset's lr (2e-4) is the fixed value: the lr grid shares that point with the epochs grid
     execute("05_hyperparameter_curves", {**FAST, "epochs_grid": [1], "lr_grid": [2e-4, 1e-3],
-                                         "weight_decay_grid": [], "init_checkpoint": str(stage1)}, tmp_path)
+                                         "weight_decay_grid": [], "init_checkpoint": str(stage1),
+                                         "results_dir": None}, tmp_path)
     df = ex.collect(tmp_path / "points")
     assert df["state"].tolist() == ["done", "done"], df["error"].tolist()
     assert sorted(df["lr"].tolist()) == [2e-4, 1e-3]
@@ -216,7 +222,7 @@ def test_05_hyperparameter_curves(nb_env, stage1: Path, tmp_path: Path) -> None:
 @pytest.mark.notebooks
 def test_06_feature_fusion(nb_env, tmp_path: Path) -> None:
     execute("06_feature_fusion", {**FAST, "combinations": ["layer4", "layer1+layer4"],
-                                  "reference_pretraining": False}, tmp_path)
+                                  "reference_pretraining": False, "results_dir": None}, tmp_path)
     df = ex.collect(tmp_path / "points")
     assert df["state"].tolist() == ["done", "done"], df["error"].tolist()
     assert dict(zip(df["stages"], df["feature_dim"])) == {"layer4": 1280, "layer1+layer4": 1304}
@@ -230,7 +236,7 @@ def test_07_pretraining_ablation_runs_table_1_rows(nb_env, tmp_path: Path, monke
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     params = {"preset": "smoke", "epochs": 1, "pretrain_epochs": 1,
               "rows": ["ResNet50 / none", "ResNet50 / ResNet50 (random init)"],
-              "networks": {"ResNet50": "mobilenet_v2"}}  # Table 1's protocol with the CPU backbone
+              "networks": {"ResNet50": "mobilenet_v2"}, "results_dir": None}  # Table 1's protocol, CPU backbone
     nb = execute("07_pretraining_ablation", params, tmp_path)
     df = ex.collect(tmp_path / "points").set_index("pretrained")
     assert df.loc["none", "state"] == "done" and df.loc["none", "seconds_per_epoch"] > 0
@@ -242,6 +248,27 @@ def test_07_pretraining_ablation_runs_table_1_rows(nb_env, tmp_path: Path, monke
     tables = [o["data"]["text/plain"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if "text/plain" in o.get("data", {})]
     assert any("61.401" in t and "42.548" in t for t in tables)  # Table 1's two rows beside ours
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("name,experiment", [("04_loss_ablation", "loss_ablation"),
+                                             ("05_hyperparameter_curves", "hyperparameters"),
+                                             ("07_pretraining_ablation", "pretraining")])
+def test_opened_from_the_repository_the_notebook_shows_the_committed_results(name: str, experiment: str,
+                                                                           nb_env, tmp_path: Path) -> None:
+    # the defaults, as JupyterLab opens it: results/<experiment>/ is shown and nothing trains
+    folder = REPO / "results" / experiment
+    assert (folder / "runs.csv").is_file(), f"{folder} is committed with the repository"
+    runs_root = Path(os.environ["WORKBENCH_RUNS"])
+    before = sorted(runs_root.iterdir())
+    nb = execute(name, {}, tmp_path)
+    assert sorted(runs_root.iterdir()) == before  # no new run folder
+    assert not (tmp_path / "points").exists() and not (tmp_path / "pretrain").exists()
+    markdown = "".join(o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                       if "text/markdown" in o.get("data", {}))
+    assert (folder / "README.md").read_text().splitlines()[0] in markdown  # the generated README, shown
+    assert "data:image/png;base64," in markdown and f"Shown from `results/{experiment}`" in markdown
+    assert images(nb) >= 1
 
 
 # ----------------------------------------------------------------------------- parameters

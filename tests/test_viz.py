@@ -108,6 +108,21 @@ def test_load_views_reads_a_run_folder(setup, tmp_path) -> None:
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True) | {"init_checkpoint": str(stage1)}
     save_checkpoint(tmp_path / "checkpoint.pt", state)
     assert init_checkpoint_of(tmp_path) == stage1
+    # `diagnose`: L_MDL's positives by camera, stage 1 and stage 2, at the run's first and last T
+    from workbench.cli import main
+    from workbench.viz.views import mining_by_camera
+
+    write_json(tmp_path / "metrics.json", {"init_threshold": 0.9})
+    (tmp_path / "history.csv").write_text("epoch,threshold\n1,0.9\n2,0.5\n")
+    assert main(["diagnose", str(tmp_path), "--csv", str(tmp_path / "camera.csv"), "--device", "cpu"]) == 0
+    table = pd.read_csv(tmp_path / "camera.csv")
+    assert len(table) == 2 * 2 * 3 and set(table["model"]) == {"stage 1", "stage 2"}
+    n = len(setup["target"].train)
+    assert (table[table["pairs of"] == "all"]["pairs"] == n * (n - 1) // 2).all()
+    v = setup["views"]["after"]
+    expected = mining_by_camera(v.multilabels["train"], v.pids("train"), v.camids("train"), 0.5)
+    row = table[(table.model == "stage 2") & (table.threshold == 0.5) & (table["pairs of"] == "cross camera")]
+    assert int(row["called positive"].iloc[0]) == expected.loc["cross camera", "called positive"]
 
 
 # ----------------------------------------------------------------------------- plots
@@ -422,3 +437,16 @@ def test_retrieval_legend_heatmap_ticks_and_identity_note(views) -> None:
     many = np.arange(len(v.features["train"])) % 30  # 30 identities: no legend, a note instead
     emb = plot_embedding(v.features["train"], many, method="pca")
     assert emb.axes[0].get_legend() is None and "30 identities" in emb.axes[0].get_xlabel()
+
+
+def test_mining_by_camera_counts_what_a_threshold_calls_positive_per_camera() -> None:
+    from workbench.viz.views import mining_by_camera
+
+    # two people, two cameras; the labels follow the camera, not the person (a camera-biased model)
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0.5, 0.5]], dtype=np.float32)
+    table = mining_by_camera(y, pids=[0, 0, 1, 1], camids=[0, 1, 0, 1], threshold=0.5)
+    same, cross = table.loc["same camera"], table.loc["cross camera"]
+    assert (same["pairs"], same["called positive"], same["precision (%)"]) == (2, 2, 0.0)
+    assert same["mean agreement, false"] == pytest.approx(0.75)
+    assert (cross["pairs"], cross["called positive"], cross["recall (%)"]) == (4, 0, 0.0)
+    assert cross["mean agreement, true"] == 0.0 and table.loc["all", "pairs"] == 6

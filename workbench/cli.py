@@ -463,6 +463,60 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     rp.set_defaults(func=_cmd_report)
 
 
+# ----------------------------------------------------------------------------- results
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from workbench.experiments.summary import write_experiment
+
+    written = write_experiment(args.experiment, args.sweeps, args.out, reference=args.reference, notes=args.notes)
+    for kind, path in written.items():
+        print(f"{kind:>10}: {path}")
+    return 0
+
+
+def _add_results(sub: argparse._SubParsersAction) -> None:
+    from workbench.experiments.summary import EXPERIMENTS
+
+    rs = sub.add_parser("results", help="write results/<experiment>/ (runs.csv, summary, figures, README) from "
+                                        "sweep folders of 03_train_mar.ipynb")
+    rs.add_argument("experiment", choices=sorted(EXPERIMENTS), help="the paper's table or figure")
+    rs.add_argument("sweeps", nargs="+", metavar="SWEEP", help="sweep folders holding its runs")
+    rs.add_argument("--out", required=True, help="the results folder, e.g. results/loss_ablation")
+    rs.add_argument("--reference", default=None, metavar="CSV",
+                    help="results CSV whose direct-transfer and stage-1 rows head the table "
+                         "(e.g. results/real/runs.csv)")
+    rs.add_argument("--notes", default=None, metavar="NOTES.md",
+                    help="hand-written notes (the diagnosis) included in the generated README")
+    rs.set_defaults(func=_cmd_results)
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from workbench.distributed import resolve_device
+    from workbench.runs import atomic_write_text
+    from workbench.viz.views import camera_mining_report
+
+    run_dir = Path(args.run)
+    if not (run_dir / "checkpoint.pt").is_file() or not (run_dir / "metrics.json").is_file():
+        raise CLIError(f"{run_dir}: not a finished stage-2 run folder (checkpoint.pt and metrics.json)")
+    table = camera_mining_report(run_dir, device=resolve_device(args.device))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.csv:
+        atomic_write_text(args.csv, table.to_csv(index=False, float_format="%.4g"))
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 0
+
+
+def _add_diagnose(sub: argparse._SubParsersAction) -> None:
+    dg = sub.add_parser("diagnose", help="which target pairs L_MDL's threshold calls positive, by camera, before "
+                                         "and after stage 2 (uses the hidden labels: diagnosis only)")
+    dg.add_argument("run", metavar="RUN_DIR", help="a finished stage-2 run folder")
+    dg.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
+    dg.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    dg.set_defaults(func=_cmd_diagnose)
+
+
 # ----------------------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:
@@ -479,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_sweep(sub)
     _add_report(sub)
+    _add_results(sub)
+    _add_diagnose(sub)
     return parser
 
 

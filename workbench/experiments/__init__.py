@@ -8,6 +8,8 @@ One module per step, every public name re-exported here (notebooks use ``ex.<nam
     report.py    markdown tables and results CSVs (``python -m workbench report``)
     paper.py     the paper's numbers (PAPER.md) and the ablation / fusion / pretraining definitions
     notebook.py  notebook-side helpers: notebook_config, ensure_run, find_run, record_metrics
+    summary.py   the paper's experiments as results/<experiment>/: runs.csv, seed statistics with paired
+                 differences, figures, a generated README (``python -m workbench results``)
 
 A sweep runs one notebook once per point of a grid, each point in its own folder::
 
@@ -62,6 +64,17 @@ from workbench.experiments.results import (
     paper_table,
     select,
 )
+from workbench.experiments.summary import (
+    EXPERIMENTS,
+    CommittedResults,
+    committed_curves,
+    committed_results,
+    label_points,
+    seed_summary,
+    seed_table,
+    summary_markdown,
+    write_experiment,
+)
 from workbench.experiments.sweep import (
     NOTEBOOK_ENV,
     STATUS_FILE,
@@ -87,6 +100,8 @@ __all__ = [
     "select",
     "NOTEBOOK_ENV", "STATUS_FILE", "NotebookParameterError", "check_choices", "check_points", "notebook_parameters",
     "read_status", "repo_path", "repo_root", "resolve_notebook", "run_notebook", "sweep",
+    "EXPERIMENTS", "CommittedResults", "committed_curves", "committed_results", "label_points", "seed_summary", "seed_table",
+    "summary_markdown", "write_experiment",
     "agent_similarity",
 ]
 

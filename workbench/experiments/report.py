@@ -9,7 +9,8 @@ run it describes instead of being typed in. ``PATH`` may be
   row per run, stage 1 first (the rows ``make demo`` prints);
 - a sweep folder (one sub-folder per point with ``status.json``): one row per point;
 - a ``metrics.json`` file;
-- a results CSV (what ``--csv`` writes): a ``run`` column and the metric columns as fractions.
+- a results CSV (what ``--csv`` writes): a ``run`` column and the metric columns as fractions;
+- a committed experiment folder (``results/loss_ablation`` ...): its table over seeds.
 
 Example:
     >>> print(markdown_table([("stage 2", {"rank1": 0.5, "mAP": 0.25})]))
@@ -155,7 +156,17 @@ def results_csv(rows: Sequence[Row]) -> str:
 
 
 def report(path: str | Path, *, footnote: bool = True) -> str:
-    """The markdown results table of ``path`` (what ``python -m workbench report PATH`` prints)."""
+    """The markdown results table of ``path`` (what ``python -m workbench report PATH`` prints).
+
+    A committed experiment folder (``results/loss_ablation`` ...) gives its seed table instead
+    (:func:`workbench.experiments.summary.folder_table`).
+    """
+    from workbench.experiments.summary import EXPERIMENTS, folder_table
+
+    path = Path(path)
+    if path.is_dir() and path.name in EXPERIMENTS and (path / "runs.csv").is_file():
+        return folder_table(path) + (f"\n\n({FOOTNOTE}; mean ± std over seeds, Δ: paired difference with its "
+                                     "95 % interval)" if footnote else "")
     text = markdown_table(results_rows(path))
     return text + (f"\n\n({FOOTNOTE})" if footnote else "")
 

@@ -15,7 +15,9 @@ from workbench.viz.plots import (
     plot_camera_profile,
     plot_cmc,
     plot_embedding,
+    plot_epoch_and_parameter_curves,
     plot_retrieval,
+    plot_rows_beside_paper,
     plot_soft_label,
     plot_training_curves,
     rank_gallery,
@@ -33,7 +35,8 @@ from workbench.viz.widgets import CameraExplorer, ImageExplorer, RunExplorer, Th
 
 __all__ = [
     "plot_training_curves", "plot_camera_grid", "plot_cmc", "plot_embedding", "plot_soft_label", "plot_camera_heatmap",
-    "plot_camera_profile", "plot_agreement_distribution", "plot_retrieval", "plot_beside_paper", "embed_2d", "pair_agreements",
+    "plot_camera_profile", "plot_agreement_distribution", "plot_retrieval", "plot_beside_paper", "plot_rows_beside_paper",
+    "plot_epoch_and_parameter_curves", "embed_2d", "pair_agreements",
     "rank_gallery", "save_figure", "SoftLabelViews", "compute_views", "load_views", "init_checkpoint_of",
     "collapse_report", "final_threshold",
     "ImageExplorer", "CameraExplorer", "RunExplorer", "ThresholdExplorer", "explore",

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:  # pandas is imported inside the functions that need it
+    import pandas as pd
 
 import numpy as np
 import torch
@@ -113,6 +116,92 @@ def collapse_report(multilabels: np.ndarray, distmat: np.ndarray | None = None, 
         text += f"; retrieval distances span only {float(d.min()):.3f} to {float(d.max()):.3f}"
     return text + (". The model learned nothing to show here: the stage-2 learning rate is the usual cause "
                    "(L_AL's step is lr × λ2 = 50 × lr); train with the paper's lr 2e-4 or reuse a run that learned.")
+
+
+def mining_by_camera(multilabels: np.ndarray, pids: np.ndarray, camids: np.ndarray,
+                     threshold: float) -> "pd.DataFrame":
+    """Which pairs a threshold on soft-multilabel agreement calls positive, split by camera.
+
+    L_MDL calls a pair of target images positive when their agreement ``Σ_k min(y_ik, y_jk)``
+    reaches the threshold T. This counts, over every pair of the given images (the labels are used
+    for the diagnosis only), the pairs at or above T from the same camera and from different
+    cameras, how many of them are true matches, and how many of the true matches they find. If the
+    soft multilabels carry the camera (the view-specific bias L_CML is there to remove), the
+    "positives" are mostly same-camera pairs and their precision is low across cameras.
+
+    Args:
+        multilabels: (N, Np) soft multilabels of target images.
+        pids: (N,) identities (hidden labels).
+        camids: (N,) cameras.
+        threshold: T (e.g. a run's final threshold).
+
+    Returns:
+        Index ``same camera``, ``cross camera``, ``all``; columns ``pairs``, ``called positive``,
+        ``precision (%)`` (true matches among those), ``recall (%)`` (true matches found of all true
+        matches there), ``mean agreement, true`` and ``mean agreement, false``.
+    """
+    import pandas as pd
+
+    from workbench.losses import agreement
+
+    y = torch.as_tensor(np.asarray(multilabels), dtype=torch.float32)
+    a = agreement(y, y).numpy()  # (N, N)
+    i, j = np.triu_indices(len(y), k=1)
+    a = a[i, j]
+    pids, camids = np.asarray(pids), np.asarray(camids)
+    same_id, same_cam = pids[i] == pids[j], camids[i] == camids[j]
+    called = a >= threshold
+    rows = {}
+    for name, mask in (("same camera", same_cam), ("cross camera", ~same_cam), ("all", np.ones_like(same_cam))):
+        c, t = called & mask, same_id & mask
+        rows[name] = {"pairs": int(mask.sum()), "called positive": int(c.sum()),
+                      "precision (%)": 100 * float((c & same_id).sum()) / max(int(c.sum()), 1),
+                      "recall (%)": 100 * float((c & same_id).sum()) / max(int(t.sum()), 1),
+                      "mean agreement, true": float(a[t].mean()) if t.any() else float("nan"),
+                      "mean agreement, false": float(a[mask & ~same_id].mean()) if (mask & ~same_id).any()
+                      else float("nan")}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def camera_mining_report(run_dir: str | Path, *, device: str | torch.device = "cpu") -> "pd.DataFrame":
+    """:func:`mining_by_camera` of a stage-2 run before and after joint training.
+
+    The stage-1 model the run started from and the run's own model, each at the threshold T the run
+    had at the start of stage 2 and at its end, over every pair of the target's training images.
+
+    Args:
+        run_dir: a stage-2 run folder (``checkpoint.pt``, ``metrics.json`` with ``init_threshold``,
+            ``history.csv``).
+        device: where the networks run.
+
+    Returns:
+        One row per (model, T, pairs of same camera | cross camera | all), with the columns of
+        :func:`mining_by_camera`.
+    """
+    import json
+
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    t_start = json.loads((run_dir / "metrics.json").read_text()).get("init_threshold")
+    t_end = final_threshold(run_dir)
+    thresholds = [("T at the start of stage 2", t_start), ("T at the end of stage 2", t_end)]
+    models = [("stage 1", init_checkpoint_of(run_dir)), ("stage 2", run_dir / "checkpoint.pt")]
+    parts = []
+    for name, checkpoint in models:
+        if checkpoint is None:
+            continue
+        views = load_views(run_dir, checkpoint=checkpoint, name=name, device=device)
+        y, pids, cams = views.multilabels["train"], views.pids("train"), views.camids("train")
+        for label, t in thresholds:
+            if t is None:
+                continue
+            table = mining_by_camera(y, pids, cams, float(t)).rename_axis("pairs of").reset_index()
+            table.insert(0, "threshold", float(t))
+            table.insert(0, "T", label)
+            table.insert(0, "model", name)
+            parts.append(table)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def agent_representatives(reference: Sequence[Sample], num_agents: int) -> list[str | None]:

@@ -1,0 +1,198 @@
+"""results/<experiment>/ from sweep folders: run records, rows, paired statistics, figures, README, CLI."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from workbench import experiments as ex
+from workbench.cli import main
+from workbench.config import get_preset
+from workbench.experiments.summary import (
+    committed_curves,
+    epoch_curve,
+    label_rows,
+    parameter_curve,
+    run_records,
+    t_interval,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _point(sweep: Path, name: str, *, seed: int, mAP: float, stage1: Path | None, epochs: int = 2,
+           lr: float = 2e-4, weight_decay: float = 5e-4, pretrained: str | None = "imagenet.pth",
+           precision: float = 0.25, **switches: bool) -> Path:
+    """One finished point of a 03_train_mar sweep, as the notebook leaves it (fractions in the files)."""
+    cfg = get_preset("cpu")
+    cfg = replace(cfg, model=replace(cfg.model, pretrained=pretrained),
+                  loss=replace(cfg.loss, **switches),
+                  train=replace(cfg.train, seed=seed, epochs=epochs, lr=lr, weight_decay=weight_decay))
+    folder = sweep / name
+    (folder / "mar").mkdir(parents=True)
+    (folder / "mar" / "config.json").write_text(cfg.to_json())
+    metrics = {"rank1": mAP - 0.04, "rank5": mAP + 0.2, "rank10": mAP + 0.3, "mAP": mAP, "mAP_devkit": mAP - 0.03,
+               "mINP": mAP - 0.06, "initial": {"rank1": 0.25, "mAP": 0.294}, "init_threshold": 0.40,
+               "stage": "mar", "epochs": epochs, "seed": seed, "commit": "abc123"}
+    (folder / "mar" / "metrics.json").write_text(json.dumps(metrics))
+    history = pd.DataFrame({"epoch": range(1, epochs + 1), "threshold": [0.4 - 0.05 * e for e in range(1, epochs + 1)],
+                            "n_pos": [0.0] + [400.0] * (epochs - 1), "n_neg": [0.0] + [800.0] * (epochs - 1),
+                            "pos_precision": [math.nan] + [precision] * (epochs - 1),
+                            "mdl": [0.0] + [0.6] * (epochs - 1), "cml": 170.0, "al": 0.04, "rj": 1.05,
+                            "rank1": [mAP - 0.05] * (epochs - 1) + [mAP - 0.04],
+                            "mAP": [mAP - 0.01] * (epochs - 1) + [mAP]})
+    history.to_csv(folder / "mar" / "history.csv", index=False)
+    (folder / "metrics.json").write_text(json.dumps({
+        "rank1": mAP - 0.04, "mAP": mAP, "start_checkpoint": str(stage1) if stage1 else "",
+        "final_threshold": 0.3, "final_pos_precision": precision, "seconds_per_epoch": 270.0, "images_per_s": 60.0}))
+    (folder / "status.json").write_text(json.dumps({"state": "done", "name": name, "params": {"seed": seed, **switches},
+                                                    "seconds": 600.0, "finished": "2026-12-01T18:00:00+00:00"}))
+    return folder
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    stage1 = tmp_path / "stage1" / "pretrain"
+    stage1.mkdir(parents=True)
+    (stage1 / "checkpoint.pt").write_bytes(b"")
+    (stage1 / "metrics.json").write_text(json.dumps({"rank1": 0.254, "mAP": 0.294, "commit": "s1commit", "epochs": 12}))
+    (stage1 / "config.json").write_text(get_preset("cpu").to_json())
+    ckpt = stage1 / "checkpoint.pt"
+    s = tmp_path / "sweep"
+    full = dict(use_mdl=True, use_cml=True, use_al=True, use_rj=True)
+    no_cml = dict(full, use_cml=False)
+    _point(s, "full-0", seed=0, mAP=0.30, stage1=ckpt, **full)
+    _point(s, "full-1", seed=1, mAP=0.32, stage1=ckpt, **full)
+    _point(s, "nocml-0", seed=0, mAP=0.29, stage1=ckpt, **no_cml)
+    _point(s, "nocml-1", seed=1, mAP=0.30, stage1=ckpt, **no_cml)
+    _point(s, "lr-0", seed=0, mAP=0.28, stage1=ckpt, lr=8e-4, **full)
+    _point(s, "nostage1-0", seed=0, mAP=0.10, stage1=None, **full)
+    _point(s, "short-0", seed=0, mAP=0.50, stage1=ckpt, epochs=1, **full)  # another budget: not a table row
+    (s / "failed").mkdir()
+    (s / "failed" / "status.json").write_text(json.dumps({"state": "failed", "error": "boom", "params": {}}))
+    return s
+
+
+def test_t_interval_matches_the_textbook_value() -> None:
+    mean, low, high = t_interval([-1.0, -2.0])
+    assert mean == -1.5
+    assert high - mean == pytest.approx(12.7062 * math.sqrt(0.5) / math.sqrt(2), rel=1e-4)  # t(0.975, 1) sd/√n
+    assert math.isnan(t_interval([1.0])[1]) and math.isnan(t_interval([])[0])
+
+
+def test_records_are_matched_on_what_a_run_did(sweep: Path) -> None:
+    records, histories = run_records([sweep])
+    assert len(records) == 7  # the failed point is left out
+    rec = records.set_index("run")
+    assert rec.loc["full-0", "commit"] == "abc123" and rec.loc["full-0", "stage1_commit"] == "s1commit"
+    assert rec.loc["full-0", "stage1"] == True and rec.loc["nostage1-0", "stage1"] == False  # noqa: E712
+    assert rec.loc["full-0", "init"] == "imagenet" and rec.loc["full-0", "stages"] == "layer4"
+    assert rec.loc["full-0", "final_pos_precision"] == 0.25 and rec.loc["full-0", "final_n_pos"] == 400
+    assert rec.loc["full-0", "wall_seconds"] == 600.0 and rec.loc["full-0", "start_mAP"] == 0.294
+    # epoch 0 of every history is the start (stage 1's metrics)
+    assert histories[histories.epoch == 0]["mAP"].tolist() == [0.294] * 7
+
+    loss = label_rows(records, ex.EXPERIMENTS["loss_ablation"])
+    assert loss[["row", "seed"]].values.tolist() == [["full", 0], ["full", 1], ["w/o CML", 0], ["w/o CML", 1]]
+    pre = label_rows(records, ex.EXPERIMENTS["pretraining"])  # the full runs are also Table 1's first row
+    assert pre["row"].tolist() == ["ImageNet + stage 1", "ImageNet + stage 1", "ImageNet, no stage 1"]
+
+
+def test_paired_differences_and_the_paper_beside(sweep: Path) -> None:
+    records, _ = run_records([sweep])
+    exp = ex.EXPERIMENTS["loss_ablation"]
+    summary = ex.seed_summary(label_rows(records, exp), exp)
+    assert summary.loc["full", "mAP_mean"] == pytest.approx(31.0) and summary.loc["full", "runs"] == 2
+    assert summary.loc["full", "mAP_std"] == pytest.approx(math.sqrt(2))
+    assert summary.loc["w/o CML", "delta_mAP"] == pytest.approx(-1.5)
+    assert summary.loc["w/o CML", "delta_mAP_high"] - summary.loc["w/o CML", "delta_mAP"] == pytest.approx(
+        12.7062 * math.sqrt(0.5) / math.sqrt(2), rel=1e-4)
+    assert summary.loc["w/o CML", "paper_mAP"] == 34.6
+    assert summary.loc["w/o CML", "paper_delta_mAP"] == pytest.approx(34.6 - 39.361)
+    assert summary.loc["w/o RAL", "runs"] == 0 and math.isnan(summary.loc["w/o RAL", "mAP_mean"])
+    table = ex.summary_markdown(summary, exp)
+    assert "| w/o CML | 2 | " in table and "-1.5 [" in table and "31.0 ± 1.4" in table
+
+
+def test_curves_from_histories_and_one_at_a_time_runs(sweep: Path) -> None:
+    records, histories = run_records([sweep])
+    exp = ex.EXPERIMENTS["hyperparameters"]
+    lr = parameter_curve(records, exp, "lr")
+    assert lr.index.tolist() == [2e-4, 8e-4]
+    assert lr.loc[8e-4, "mAP"] == pytest.approx(28.0)
+    assert lr.loc[2e-4, "mAP"] == pytest.approx(30.0) and lr.loc[2e-4, "mAP_std"] == pytest.approx(math.sqrt(2))
+    curve = epoch_curve(histories, ["full-0", "full-1"])
+    assert curve.index.tolist() == [0, 1, 2] and curve.loc[2, "mAP_mean"] == pytest.approx(31.0)
+
+
+def test_results_command_writes_the_folder_and_notebooks_read_it(sweep: Path, tmp_path: Path, capsys) -> None:
+    reference = tmp_path / "real.csv"
+    reference.write_text("run,rank1,rank5,rank10,mAP,mAP_devkit,mINP,stage,epochs,seed,commit,init_threshold\n"
+                         "direct transfer,0.06,0.16,0.24,0.08,0.06,0.04,none,0,,abc,\n"
+                         "stage 1,0.25,0.46,0.57,0.29,0.26,0.23,pretrain,12,0,abc,\n")
+    notes = tmp_path / "NOTES.md"
+    notes.write_text("## Diagnosis\n\nwritten by hand")
+    out = tmp_path / "results" / "loss_ablation"
+    assert main(["results", "loss_ablation", str(sweep), "--out", str(out), "--reference", str(reference),
+                 "--notes", str(notes)]) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    assert runs["row"].tolist() == ["full", "full", "w/o CML", "w/o CML"]
+    for column in ("seed", "commit", "wall_seconds", "rank1", "mAP", "mAP_devkit", "mINP", "final_threshold",
+                   "final_pos_precision", "lr", "weight_decay", "lambda_ref", "stage1_commit"):
+        assert runs[column].notna().all(), column
+    readme = (out / "README.md").read_text()
+    assert "| direct transfer | 1 | 6.0 | 8.0 |" in readme and "written by hand" in readme
+    assert "![Table 3: loss ablation](loss_ablation.png)" in readme and "commit abc123" in readme
+    assert (out / "loss_ablation.png").stat().st_size > 10_000
+    assert len(pd.read_csv(out / "histories.csv")) == 4 * 3  # epochs 0, 1, 2 of four runs
+    diag = pd.read_csv(out / "diagnostics.csv", index_col=0)  # the last epoch, weighted as in L_MAR
+    assert diag.loc["full", "λ2·β·L_RJ"] == pytest.approx(50 * 0.2 * 1.05)
+    assert diag.loc["full", "λ1·L_CML"] == pytest.approx(2e-4 * 170.0) and diag.loc["full", "L_MDL"] == 0.6
+    assert diag.loc["w/o CML", "true among mined + (%)"] == pytest.approx(25.0)
+    assert "## What stage 2 did" in readme
+
+    shown = ex.committed_results(out)
+    assert shown is not None and len(shown.runs) == 4 and (shown.runs["state"] == "done").all()
+    assert "data:image/png;base64," in shown._repr_markdown_()  # figures inline in a notebook
+    assert ex.seed_table(shown.runs, "loss_ablation").loc["w/o CML", "delta_mAP"] == pytest.approx(-1.5)
+    assert ex.committed_results(tmp_path / "nothing") is None and ex.committed_results(None) is None
+
+    hp = tmp_path / "results" / "hyperparameters"
+    assert main(["results", "hyperparameters", str(sweep), "--out", str(hp)]) == 0
+    curves = committed_curves(ex.committed_results(hp))
+    assert curves["lr"].index.tolist() == [2e-4, 8e-4] and "rank1" in curves["epochs"]
+    assert (hp / "hyperparameters.png").is_file()
+
+
+def test_a_sweep_label_follows_its_parameters() -> None:
+    df = pd.DataFrame({"use_mdl": [True, True], "use_cml": [True, False], "use_al": [True, True],
+                       "use_rj": [True, True], "state": ["done", "done"], "rank1": [0.3, 0.2], "mAP": [0.3, 0.2],
+                       "mAP_devkit": [0.3, 0.2], "mINP": [0.3, 0.2]})
+    table = ex.seed_table(df, "loss_ablation")  # a notebook's own one-seed sweep
+    assert table.loc["w/o CML", "delta_mAP"] == pytest.approx(-10.0) and math.isnan(table.loc["w/o CML", "delta_mAP_low"])
+
+
+def test_unknown_experiment_and_missing_sweep_are_one_line(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["results", "table9", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert main(["results", "loss_ablation", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "sweep folder" in capsys.readouterr().err
+
+
+def test_report_of_an_experiment_folder_is_its_seed_table_and_readme_keeps_it(sweep: Path, tmp_path: Path) -> None:
+    from workbench.experiments.report import report, update_readme
+
+    out = tmp_path / "results" / "loss_ablation"
+    ex.write_experiment("loss_ablation", [sweep], out)
+    table = report(out, footnote=False)
+    assert table.startswith("|  | runs | rank-1 |") and "| w/o CML | 2 |" in table
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- report: results/loss_ablation -->\nold\n<!-- /report -->\n")
+    assert update_readme(readme) == ["results/loss_ablation"] and table in readme.read_text()
+    hp = tmp_path / "results" / "hyperparameters"
+    ex.write_experiment("hyperparameters", [sweep], hp)
+    assert "| lr | 0.0008 | 1 | 24.0 | 28.0 |" in report(hp, footnote=False)
