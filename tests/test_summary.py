@@ -196,3 +196,19 @@ def test_report_of_an_experiment_folder_is_its_seed_table_and_readme_keeps_it(sw
     hp = tmp_path / "results" / "hyperparameters"
     ex.write_experiment("hyperparameters", [sweep], hp)
     assert "| lr | 0.0008 | 1 | 24.0 | 28.0 |" in report(hp, footnote=False)
+
+
+def test_notes_quote_numbers_from_the_committed_files(sweep: Path, tmp_path: Path) -> None:
+    from workbench.errors import ConfigError
+    from workbench.experiments.summary import fill_numbers
+
+    out = tmp_path / "loss_ablation"
+    notes = tmp_path / "NOTES.md"
+    notes.write_text("Without L_CML: {{ summary.csv: row=w/o CML; delta_mAP }} mAP; full at "
+                     "{{summary.csv: row=full; mAP_mean}} (seed 1: {{ runs.csv: row=full; seed=1; mAP% }}).")
+    ex.write_experiment("loss_ablation", [sweep], out, notes=notes)
+    assert "Without L_CML: -1.5 mAP; full at 31.0 (seed 1: 32.0)." in (out / "README.md").read_text()
+    with pytest.raises(ConfigError, match="no row of summary.csv matches"):
+        fill_numbers("{{ summary.csv: row=w/o nothing; mAP_mean }}", out)
+    with pytest.raises(ConfigError, match="has no column 'rank2'"):
+        fill_numbers("{{ summary.csv: row=full; rank2 }}", out)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -599,10 +600,58 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
                  "images/s, median over runs). "
                  "`runs.csv`: one row per run; `histories.csv`: their per-epoch history (epoch 0: the start).", ""]
     if notes is not None and Path(notes).is_file():
-        body += [Path(notes).read_text().strip(), ""]
+        body += [fill_numbers(Path(notes).read_text().strip(), out), ""]
     written["readme"] = out / "README.md"
     atomic_write_text(written["readme"], "\n".join(body).rstrip() + "\n")
     return written
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*(?P<file>[^:{}]+?):\s*(?P<spec>[^{}]*?)\s*\}\}")
+
+
+def fill_numbers(text: str, folder: str | os.PathLike) -> str:
+    """Replace ``{{ FILE: key=value; ...; COLUMN }}`` in hand-written notes with the number in ``folder/FILE``.
+
+    The row is the first whose columns equal every ``key=value`` (the first column, e.g. ``row``, counts
+    too); the value is printed with one decimal (``delta_*`` columns with a sign); ``COLUMN%`` shows a
+    fraction (``runs.csv``'s ``mAP``) in percent. ``FILE`` is relative to the results folder. So the numbers a
+    diagnosis quotes are read from the committed files each time the README is generated, never typed.
+
+    Example:
+        ``{{ summary.csv: row=w/o CML; delta_mAP }}`` → ``-0.5``
+
+    Raises:
+        ConfigError: a placeholder naming a missing file, column or row (the placeholder is quoted).
+    """
+    import pandas as pd
+
+    folder = Path(folder)
+    tables: dict[str, pd.DataFrame] = {}
+
+    def value(match: "re.Match[str]") -> str:
+        name, parts = match["file"].strip(), [p.strip() for p in match["spec"].split(";") if p.strip()]
+        where = f"notes placeholder {match.group(0)!r}"
+        if name not in tables:
+            if not (folder / name).is_file():
+                raise ConfigError(f"{where}: no file {folder / name}")
+            tables[name] = pd.read_csv(folder / name)
+        df, column = tables[name], parts[-1] if parts else ""
+        scale = 1.0
+        if column.endswith("%") and column[:-1] in df:  # a fraction, shown in percent
+            column, scale = column[:-1], 100.0
+        if column not in df:
+            raise ConfigError(f"{where}: {name} has no column {column!r}")
+        for cond in parts[:-1]:
+            key, _, wanted = cond.partition("=")
+            if key.strip() not in df:
+                raise ConfigError(f"{where}: {name} has no column {key.strip()!r}")
+            df = df[df[key.strip()].astype(str) == wanted.strip()]
+        if not len(df):
+            raise ConfigError(f"{where}: no row of {name} matches")
+        number = scale * float(df[column].iloc[0])
+        return f"{number:+.1f}" if column.startswith("delta") or column.startswith("paper_delta") else f"{number:.1f}"
+
+    return _PLACEHOLDER.sub(value, text)
 
 
 def _settings(runs: "pd.DataFrame") -> dict[str, Any]:
@@ -676,7 +725,6 @@ class CommittedResults:
     def _repr_markdown_(self) -> str:
         # figures are relative links in the README: show them inline from this folder
         import base64
-        import re
 
         def inline(match: "re.Match[str]") -> str:
             path = self.folder / match.group(2)
