@@ -212,3 +212,10 @@ def test_notes_quote_numbers_from_the_committed_files(sweep: Path, tmp_path: Pat
         fill_numbers("{{ summary.csv: row=w/o nothing; mAP_mean }}", out)
     with pytest.raises(ConfigError, match="has no column 'rank2'"):
         fill_numbers("{{ summary.csv: row=full; rank2 }}", out)
+
+
+def test_small_numbers_keep_two_significant_digits(tmp_path: Path) -> None:
+    from workbench.experiments.summary import fill_numbers
+
+    (tmp_path / "d.csv").write_text("row,x\nfull,0.0342\nother,12.34\n")
+    assert fill_numbers("{{ d.csv: row=full; x }} and {{ d.csv: row=other; x }}", tmp_path) == "0.034 and 12.3"

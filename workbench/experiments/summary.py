@@ -613,7 +613,8 @@ def fill_numbers(text: str, folder: str | os.PathLike) -> str:
     """Replace ``{{ FILE: key=value; ...; COLUMN }}`` in hand-written notes with the number in ``folder/FILE``.
 
     The row is the first whose columns equal every ``key=value`` (the first column, e.g. ``row``, counts
-    too); the value is printed with one decimal (``delta_*`` columns with a sign); ``COLUMN%`` shows a
+    too); the value is printed with one decimal (below 1: two significant digits; ``delta_*`` columns with a
+    sign); ``COLUMN%`` shows a
     fraction (``runs.csv``'s ``mAP``) in percent. ``FILE`` is relative to the results folder. So the numbers a
     diagnosis quotes are read from the committed files each time the README is generated, never typed.
 
@@ -649,7 +650,9 @@ def fill_numbers(text: str, folder: str | os.PathLike) -> str:
         if not len(df):
             raise ConfigError(f"{where}: no row of {name} matches")
         number = scale * float(df[column].iloc[0])
-        return f"{number:+.1f}" if column.startswith("delta") or column.startswith("paper_delta") else f"{number:.1f}"
+        if column.startswith("delta") or column.startswith("paper_delta"):
+            return f"{number:+.1f}"
+        return f"{number:.1f}" if abs(number) >= 1 or number == 0 else f"{number:.2g}"  # small: 2 significant
 
     return _PLACEHOLDER.sub(value, text)
 
