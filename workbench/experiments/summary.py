@@ -225,6 +225,9 @@ def run_records(sweeps: Sequence[str | os.PathLike]) -> "tuple[pd.DataFrame, pd.
                 h.insert(0, "run", rec["run"])
                 histories.append(h)
     df = pd.DataFrame(records)
+    first = ["run", "sweep", "seed", "commit", "finished", "wall_seconds", "init", "stage1", "stage1_commit",
+             "stage1_seed", "stage1_epochs", "stage1_init", "stage1_rank1", "stage1_mAP"]
+    df = df[[c for c in first if c in df] + [c for c in df if c not in first]]  # the same order whatever came first
     hist_df = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
     return df, hist_df
 
