@@ -72,6 +72,7 @@ from workbench.experiments.summary import (
     label_points,
     seed_summary,
     seed_table,
+    show_committed,
     summary_markdown,
     write_experiment,
 )
@@ -101,7 +102,7 @@ __all__ = [
     "NOTEBOOK_ENV", "STATUS_FILE", "NotebookParameterError", "check_choices", "check_points", "notebook_parameters",
     "read_status", "repo_path", "repo_root", "resolve_notebook", "run_notebook", "sweep",
     "EXPERIMENTS", "CommittedResults", "committed_curves", "committed_results", "label_points", "seed_summary", "seed_table",
-    "summary_markdown", "write_experiment",
+    "show_committed", "summary_markdown", "write_experiment",
     "agent_similarity",
 ]
 

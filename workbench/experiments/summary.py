@@ -35,17 +35,11 @@ if TYPE_CHECKING:  # pandas is imported inside the functions that need it
     import pandas as pd
 
 from workbench.errors import ConfigError, MissingFileError
-from workbench.experiments.paper import LOSS_ABLATION, PAPER_RESULTS
-from workbench.experiments.results import MAIN_METRICS, collect
+from workbench.experiments.paper import FUSION_COMBINATIONS, LOSS_ABLATION, PAPER_RESULTS
+from workbench.experiments.results import MAIN_METRICS, collect, select
 
-#: metric key → title in tables and figures
-TITLES = {"rank1": "rank-1", "rank5": "rank-5", "rank10": "rank-10", "mAP": "mAP", "mAP_devkit": "mAP*",
-          "mINP": "mINP"}
 #: the metrics of a summary table (percent)
 SUMMARY_METRICS = ("rank1", "mAP", "mAP_devkit", "mINP")
-#: what a run record normalises, and matches rows on
-RECORD_KEYS = ("use_mdl", "use_cml", "use_al", "use_rj", "lr", "weight_decay", "stages", "backbone", "init",
-               "stage1", "epochs", "lambda_cml", "lambda_ref", "beta")
 
 
 @dataclass(frozen=True)
@@ -98,7 +92,7 @@ EXPERIMENTS: dict[str, Experiment] = {
              "random); no stage 1 = stage 2 starts from those weights with randomly initialised agents."),
     "feature_fusion": Experiment(
         "feature_fusion", "Table 2: multi-level feature fusion", base={**_DEFAULTS, **_FULL},
-        rows={c: dict(stages=c) for c in PAPER_RESULTS["feature_fusion"]}, baseline="layer4",
+        rows={c: dict(stages=c) for c in FUSION_COMBINATIONS}, baseline="layer4",
         paper=PAPER_RESULTS["feature_fusion"],
         note="Each fusion has its own stage 1 (the fused feature is what the agents classify)."),
     "hyperparameters": Experiment(
@@ -204,6 +198,7 @@ def run_records(sweeps: Sequence[str | os.PathLike]) -> "tuple[pd.DataFrame, pd.
                 "init": _init_of(flat.get("pretrained")), **_start_of(summary.get("start_checkpoint")),
                 **{m: stage2.get(m) for m in MAIN_METRICS},
                 **{f"start_{m}": (stage2.get("initial") or {}).get(m) for m in MAIN_METRICS},
+                "num_query": stage2.get("num_query"), "num_valid": stage2.get("num_valid"),
                 "init_threshold": stage2.get("init_threshold"),
                 "final_threshold": summary.get("final_threshold"),
                 "final_n_pos": last.get("n_pos") if len(hist) else None,
@@ -232,21 +227,6 @@ def run_records(sweeps: Sequence[str | os.PathLike]) -> "tuple[pd.DataFrame, pd.
     return df, hist_df
 
 
-def _matches(value: Any, wanted: Any) -> bool:
-    if isinstance(wanted, bool) or isinstance(value, bool):
-        return bool(value) == bool(wanted) if isinstance(value, bool) and isinstance(wanted, bool) else False
-    if isinstance(wanted, (int, float)) and isinstance(value, (int, float)):
-        return math.isclose(float(value), float(wanted), rel_tol=1e-6)
-    return str(value) == str(wanted)
-
-
-def _select(records: "pd.DataFrame", wanted: Mapping[str, Any]) -> "pd.DataFrame":
-    if not len(records):
-        return records
-    mask = [all(_matches(r.get(k), v) for k, v in wanted.items()) for r in records.to_dict("records")]
-    return records[mask]
-
-
 def label_rows(records: "pd.DataFrame", experiment: Experiment, *, epochs: int | None = None) -> "pd.DataFrame":
     """The records that are rows of ``experiment``'s table, with a ``row`` column (in row order).
 
@@ -260,7 +240,7 @@ def label_rows(records: "pd.DataFrame", experiment: Experiment, *, epochs: int |
 
     parts = []
     for label, wanted in experiment.rows.items():
-        rows = _select(records, {**experiment.base, **wanted}).copy()
+        rows = select(records, **{**experiment.base, **wanted}).copy()
         rows.insert(0, "row", label)
         parts.append(rows)
     out = pd.concat(parts, ignore_index=True) if parts else records.iloc[0:0]
@@ -417,7 +397,7 @@ def parameter_curve(records: "pd.DataFrame", experiment: Experiment, param: str,
     import pandas as pd
 
     others = {k: v for k, v in experiment.base.items() if k != param}
-    matching = _select(records, others)
+    matching = select(records, **others)
     if not len(matching):
         return pd.DataFrame()
     epochs = int(matching["epochs"].mode().iloc[0])
@@ -553,7 +533,7 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
         fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
         written["figure"] = out / f"{name}.png"
         body += ["## Table", "", summary_markdown(summary, exp, reference_rows=refs), "",
-                 "Percent on the target's test split (972 queries). mean ± std over seeds; Δ: the paired "
+                 f"Percent on the target's test split{_queries(rows)}. mean ± std over seeds; Δ: the paired "
                  "difference to the baseline row over the seeds both ran, with its 95 % Student-t interval "
                  "(no interval with one pair). mAP = standard AP, mAP* = Market devkit AP. The paper's "
                  "numbers: Zhang et al. 2020 (ResNet-50, MSMT17 → Market-1501, see `PAPER_RESULTS`).", "",
@@ -568,9 +548,9 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
                      "L_MDL used in the last epoch; true among mined +: the share of mined positives that are "
                      "the same identity (the trainer checks them against the labels the loss never sees).", ""]
     else:
-        used = _select(records, {k: v for k, v in exp.base.items() if k not in exp.curves})
+        used = select(records, **{k: v for k, v in exp.base.items() if k not in exp.curves})
         curves = {p: parameter_curve(records, exp, p) for p in exp.curves if p != "epochs"}
-        full = _select(records, exp.base)
+        full = select(records, **exp.base)
         if len(full):
             full = full[full["epochs"] == full["epochs"].max()]
         curves = {"epochs": epoch_curve(histories, full["run"].tolist() if len(full) else []), **curves}
@@ -616,10 +596,10 @@ def fill_numbers(text: str, folder: str | os.PathLike) -> str:
     """Replace ``{{ FILE: key=value; ...; COLUMN }}`` in hand-written notes with the number in ``folder/FILE``.
 
     The row is the first whose columns equal every ``key=value`` (the first column, e.g. ``row``, counts
-    too); the value is printed with one decimal (below 1: two significant digits; ``delta_*`` columns with a
-    sign); ``COLUMN%`` shows a
-    fraction (``runs.csv``'s ``mAP``) in percent. ``FILE`` is relative to the results folder. So the numbers a
-    diagnosis quotes are read from the committed files each time the README is generated, never typed.
+    too); the value is printed with one decimal (below 1: two significant digits; ``delta_*`` columns
+    with a sign); ``COLUMN%`` shows a fraction (``runs.csv``'s ``mAP``) in percent. ``FILE`` is relative
+    to the results folder. So the numbers a diagnosis quotes are read from the committed files each
+    time the README is generated, never typed.
 
     Example:
         ``{{ summary.csv: row=w/o CML; delta_mAP }}`` → ``-0.5``
@@ -658,6 +638,14 @@ def fill_numbers(text: str, folder: str | os.PathLike) -> str:
         return f"{number:.1f}" if abs(number) >= 1 or number == 0 else f"{number:.2g}"  # small: 2 significant
 
     return _PLACEHOLDER.sub(value, text)
+
+
+def _queries(runs: "pd.DataFrame") -> str:
+    """`` (972 queries)`` from the runs' metrics (the queries with a match in the gallery), or nothing."""
+    import pandas as pd
+
+    counts = set(pd.to_numeric(runs.get("num_valid", pd.Series(dtype=float)), errors="coerce").dropna().astype(int))
+    return f" ({counts.pop()} queries)" if len(counts) == 1 else ""
 
 
 def _settings(runs: "pd.DataFrame") -> dict[str, Any]:
@@ -705,7 +693,7 @@ def label_points(df: "pd.DataFrame", name: str) -> "pd.DataFrame":
             keys = {k: v for k, v in wanted.items() if k in done}
             if not keys:
                 continue
-            rows = _select(done, keys).copy()
+            rows = select(done, **keys).copy()
             rows.insert(0, "row", label)
             parts.append(rows)
         out = pd.concat(parts, ignore_index=True) if parts else done.iloc[0:0].assign(row=[])
@@ -780,3 +768,18 @@ def committed_curves(committed: CommittedResults, names: Sequence[str] = ("epoch
         c = pd.read_csv(path, index_col=0)
         out[name] = c.rename(columns={f"{m}_mean": m for m in ("rank1", "mAP")})
     return out
+
+
+def show_committed(results_dir: str | os.PathLike | None) -> CommittedResults | None:
+    """A notebook's first look: display ``results_dir``'s committed results (its README, figures inline)
+    and return them, or say that there are none (then the notebook runs its own sweep) and return None."""
+    from IPython.display import Markdown, display
+
+    committed = committed_results(results_dir)
+    if committed is None:
+        display(Markdown(f"No committed results at `{results_dir}`: the sweep below runs."))
+    else:
+        display(committed)
+        display(Markdown(f"Shown from `{results_dir}`: the sections below use these runs and train nothing. "
+                         "Set `results_dir = None` to run the sweep yourself."))
+    return committed

@@ -28,6 +28,7 @@ from matplotlib.ticker import MaxNLocator
 
 from workbench.data import Sample
 from workbench.evaluation.metrics import valid_gallery_mask
+from workbench.experiments.report import COLUMNS as METRIC_TITLES
 from workbench.losses import LOSS_TERMS, agreement, pair_agreement
 from workbench.ops import to_numpy
 from workbench.runs import atomic_write_bytes
@@ -747,7 +748,7 @@ def plot_rows_beside_paper(summary: pd.DataFrame, metrics: Sequence[str] = ("ran
         ours = pd.to_numeric(summary.get(f"{m}_mean"), errors="coerce").to_numpy(dtype=float)
         std = np.nan_to_num(pd.to_numeric(summary.get(f"{m}_std"), errors="coerce").to_numpy(dtype=float))
         paper = pd.to_numeric(summary.get(f"paper_{m}"), errors="coerce").to_numpy(dtype=float)
-        _bars_beside_paper(ax, rows, ours, paper, std, labels=ax is axes[0], xlabel=f"{TITLE_OF.get(m, m)} (%)",
+        _bars_beside_paper(ax, rows, ours, paper, std, labels=ax is axes[0], xlabel=f"{METRIC_TITLES.get(m, m)} (%)",
                            names=("paper (ResNet-50, Market)", "ours (mean ± std)"), missing="no run")
     axes[0].legend(fontsize=7, loc="lower right")
     ax = axes[-1]
@@ -764,7 +765,7 @@ def plot_rows_beside_paper(summary: pd.DataFrame, metrics: Sequence[str] = ("ran
     ax.set_xlim(span.min() - 1, span.max() + 1)  # 0 and every interval inside, with a margin
     ax.set_ylim(len(rows) - 0.5, -1.4)  # rows top to bottom, room for the legend above the first
     ax.set_yticks(pos, [""] * len(rows))
-    ax.set_xlabel(f"Δ {TITLE_OF.get(delta, delta)} vs baseline (points)")
+    ax.set_xlabel(f"Δ {METRIC_TITLES.get(delta, delta)} vs baseline (points)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", ncols=2)
     if title:
@@ -773,8 +774,6 @@ def plot_rows_beside_paper(summary: pd.DataFrame, metrics: Sequence[str] = ("ran
     return fig
 
 
-TITLE_OF = {"rank1": "rank-1", "rank5": "rank-5", "rank10": "rank-10", "mAP": "mAP", "mAP_devkit": "mAP*",
-            "mINP": "mINP"}
 _PARAMETER_TITLES = {"epochs": "stage-2 epochs", "lr": "learning rate", "weight_decay": "weight decay"}
 
 
@@ -804,7 +803,7 @@ def plot_epoch_and_parameter_curves(curves: Mapping[str, pd.DataFrame], metrics:
                 ys = pd.to_numeric(c.get(f"{m}_mean", c.get(m)), errors="coerce").to_numpy(dtype=float)
                 std = pd.to_numeric(c.get(f"{m}_std"), errors="coerce").to_numpy(dtype=float) \
                     if f"{m}_std" in c else np.full_like(ys, np.nan)
-                ax.plot(xs, ys, marker="o", color=colours.get(m), label=TITLE_OF.get(m, m))
+                ax.plot(xs, ys, marker="o", color=colours.get(m), label=METRIC_TITLES.get(m, m))
                 has = ~np.isnan(std)
                 if has.any():
                     ax.errorbar(xs[has], ys[has], yerr=std[has], fmt="none", ecolor=colours.get(m), capsize=3)
