@@ -220,12 +220,30 @@ def test_05_hyperparameter_curves(nb_env, stage1: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.notebooks
-def test_06_feature_fusion(nb_env, tmp_path: Path) -> None:
-    execute("06_feature_fusion", {**FAST, "combinations": ["layer4", "layer1+layer4"],
-                                  "reference_pretraining": False, "results_dir": None}, tmp_path)
+def test_06_feature_fusion_one_stage1_per_combination_shared_by_the_seeds(nb_env, tmp_path: Path) -> None:
+    execute("06_feature_fusion", {**FAST, "combinations": ["layer1+layer4"], "seeds": [0, 1],
+                                  "pretrain_epochs": 1, "results_dir": None}, tmp_path)
+    stage1 = ex.collect(tmp_path / "stage1")
+    assert stage1["stages"].tolist() == ["layer1+layer4"] and stage1["state"].tolist() == ["done"]
+    checkpoint = Path(stage1["path"][0]) / "pretrain" / "checkpoint.pt"
     df = ex.collect(tmp_path / "points")
     assert df["state"].tolist() == ["done", "done"], df["error"].tolist()
-    assert dict(zip(df["stages"], df["feature_dim"])) == {"layer4": 1280, "layer1+layer4": 1304}
+    assert sorted(df["seed"]) == [0, 1] and set(df["stages"]) == {"layer1+layer4"}
+    for _, point in df.iterrows():  # both seeds start from the combination's one stage 1
+        start = json.loads((Path(point["path"]) / "metrics.json").read_text())["start_checkpoint"]
+        assert Path(start) == checkpoint
+        assert not (Path(point["path"]) / "pretrain").exists()  # no stage 1 of its own
+    assert set(df["feature_dim"]) == {1304}  # MobileNetV2: 24 (layer1) + 1280 (layer4)
+
+
+@pytest.mark.notebooks
+def test_06_feature_fusion_without_stage1(nb_env, tmp_path: Path) -> None:
+    execute("06_feature_fusion", {**FAST, "combinations": ["layer4"], "reference_pretraining": False,
+                                  "results_dir": None}, tmp_path)
+    df = ex.collect(tmp_path / "points")
+    assert df["state"].tolist() == ["done"], df["error"].tolist()
+    assert df["feature_dim"].tolist() == [1280]
+    assert not (tmp_path / "stage1").exists() and not (Path(df["path"][0]) / "pretrain").exists()
 
 
 @pytest.mark.notebooks

@@ -3,7 +3,8 @@
 One module per step, every public name re-exported here (notebooks use ``ex.<name>``)::
 
     grids.py     grid files and dicts → points with readable names (load_grid, one_at_a_time)
-    sweep.py     notebook parameters and paths, run_notebook, check_points, sweep (one folder a point)
+    sweep.py     notebook parameters and paths, run_notebook, check_points, sweep (one folder a point),
+                 shared_stage1 (one stage 1 per combination, shared by its stage-2 seeds)
     results.py   collect a sweep folder, select, paper_table / paper_rows, curve, metrics tables
     report.py    markdown tables and results CSVs (``python -m workbench report``)
     paper.py     the paper's numbers (PAPER.md) and the ablation / fusion / pretraining definitions
@@ -88,6 +89,7 @@ from workbench.experiments.sweep import (
     repo_root,
     resolve_notebook,
     run_notebook,
+    shared_stage1,
     sweep,
 )
 
@@ -100,7 +102,7 @@ __all__ = [
     "MAIN_METRICS", "METRICS_FILE", "collect", "curve", "in_percent", "metrics_table", "paper_rows", "paper_table",
     "select",
     "NOTEBOOK_ENV", "STATUS_FILE", "NotebookParameterError", "check_choices", "check_points", "notebook_parameters",
-    "read_status", "repo_path", "repo_root", "resolve_notebook", "run_notebook", "sweep",
+    "read_status", "repo_path", "repo_root", "resolve_notebook", "run_notebook", "shared_stage1", "sweep",
     "EXPERIMENTS", "CommittedResults", "committed_curves", "committed_results", "label_points", "seed_summary", "seed_table",
     "show_committed", "summary_markdown", "write_experiment",
     "agent_similarity",

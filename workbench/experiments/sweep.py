@@ -500,3 +500,35 @@ def _run_points(todo: list[tuple["Attempt", dict]], runner: "Executor", *, retri
         bar.close()
         runner.close()
     return counts
+
+
+def shared_stage1(points: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, *,
+                  base_params: Mapping[str, Any] | None = None, notebook: str | os.PathLike = "02_pretrain_reference.ipynb",
+                  **sweep_kwargs: Any) -> "tuple[pd.DataFrame, list[Path | None]]":
+    """One stage 1 per point, run as a sweep of ``02_pretrain_reference.ipynb``, for stage-2 points to share.
+
+    The protocol of the committed Tables 1 and 2: one stage-1 run per (backbone init, fused stages)
+    combination, and every stage-2 seed of that combination starts from its checkpoint, so the spread over
+    seeds is the spread of stage 2. (Each stage-2 point running its own stage 1 also varies stage 1.)
+
+    Args:
+        points: one dict of notebook-02 parameters per stage 1, e.g. ``[{"stages": "layer3+layer4"}]``.
+        out_dir: the stage-1 sweep folder; points already done there are reused.
+        base_params: parameters shared by every point; those notebook 02 does not declare (stage-2
+            parameters such as ``epochs``) are left out, so a stage-2 sweep's base can be passed as is.
+        notebook: the stage-1 notebook (relative: looked up like ``train_notebook``).
+        **sweep_kwargs: ``jobs``, ``retries``, ``progress`` ... as :func:`sweep` takes them.
+
+    Returns:
+        ``(frame, checkpoints)``: :func:`sweep`'s frame of the stage-1 points, and per point (in order) its
+        ``pretrain/checkpoint.pt``, or None where that point failed (its ``error`` is in the frame).
+    """
+    nb_path = resolve_notebook(notebook, "stage1_notebook")
+    declared = notebook_parameters(nb_path)
+    base = {k: v for k, v in (base_params or {}).items() if k in declared}
+    df = sweep(nb_path, [dict(p) for p in points], out_dir, base_params=base, **sweep_kwargs)
+    checkpoints: list[Path | None] = []
+    for state, path in zip(df["state"], df["path"]):
+        checkpoint = Path(path) / "pretrain" / "checkpoint.pt"
+        checkpoints.append(checkpoint if state == "done" and checkpoint.is_file() else None)
+    return df, checkpoints
