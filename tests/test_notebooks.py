@@ -271,6 +271,7 @@ def test_07_pretraining_ablation_runs_table_1_rows(nb_env, tmp_path: Path, monke
 @pytest.mark.notebooks
 @pytest.mark.parametrize("name,experiment", [("04_loss_ablation", "loss_ablation"),
                                              ("05_hyperparameter_curves", "hyperparameters"),
+                                             ("06_feature_fusion", "feature_fusion"),
                                              ("07_pretraining_ablation", "pretraining")])
 def test_opened_from_the_repository_the_notebook_shows_the_committed_results(name: str, experiment: str,
                                                                            nb_env, tmp_path: Path) -> None:
@@ -281,7 +282,7 @@ def test_opened_from_the_repository_the_notebook_shows_the_committed_results(nam
     before = sorted(runs_root.iterdir())
     nb = execute(name, {}, tmp_path)
     assert sorted(runs_root.iterdir()) == before  # no new run folder
-    assert not (tmp_path / "points").exists() and not (tmp_path / "pretrain").exists()
+    assert not any((tmp_path / d).exists() for d in ("points", "pretrain", "stage1"))
     markdown = "".join(o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
                        if "text/markdown" in o.get("data", {}))
     assert (folder / "README.md").read_text().splitlines()[0] in markdown  # the generated README, shown

@@ -115,7 +115,8 @@ def test_paired_differences_and_the_paper_beside(sweep: Path) -> None:
     assert summary.loc["w/o CML", "paper_delta_mAP"] == pytest.approx(34.6 - 39.361)
     assert summary.loc["w/o RAL", "runs"] == 0 and math.isnan(summary.loc["w/o RAL", "mAP_mean"])
     table = ex.summary_markdown(summary, exp)
-    assert "| w/o CML | 2 | " in table and "-1.5 [" in table and "31.0 ± 1.4" in table
+    assert "| w/o CML | 2 | 29.4 | " in table and "-1.5 [" in table and "31.0 ± 1.4" in table  # 29.4: start mAP
+    assert summary.loc["w/o CML", "start_mAP_mean"] == pytest.approx(29.4)
 
 
 def test_curves_from_histories_and_one_at_a_time_runs(sweep: Path) -> None:
@@ -145,7 +146,7 @@ def test_results_command_writes_the_folder_and_notebooks_read_it(sweep: Path, tm
                    "final_pos_precision", "lr", "weight_decay", "lambda_ref", "stage1_commit"):
         assert runs[column].notna().all(), column
     readme = (out / "README.md").read_text()
-    assert "| direct transfer | 1 | 6.0 | 8.0 |" in readme and "written by hand" in readme
+    assert "| direct transfer | 1 |  | 6.0 | 8.0 |" in readme and "written by hand" in readme
     assert "![Table 3: loss ablation](loss_ablation.png)" in readme and "commit abc123" in readme
     assert (out / "loss_ablation.png").stat().st_size > 10_000
     assert len(pd.read_csv(out / "histories.csv")) == 4 * 3  # epochs 0, 1, 2 of four runs
@@ -189,7 +190,7 @@ def test_report_of_an_experiment_folder_is_its_seed_table_and_readme_keeps_it(sw
     out = tmp_path / "results" / "loss_ablation"
     ex.write_experiment("loss_ablation", [sweep], out)
     table = report(out, footnote=False)
-    assert table.startswith("|  | runs | rank-1 |") and "| w/o CML | 2 |" in table
+    assert table.startswith("|  | runs | start mAP | rank-1 |") and "| w/o CML | 2 |" in table
     readme = tmp_path / "README.md"
     readme.write_text("<!-- report: results/loss_ablation -->\nold\n<!-- /report -->\n")
     assert update_readme(readme) == ["results/loss_ablation"] and table in readme.read_text()

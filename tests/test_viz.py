@@ -123,6 +123,13 @@ def test_load_views_reads_a_run_folder(setup, tmp_path) -> None:
     expected = mining_by_camera(v.multilabels["train"], v.pids("train"), v.camids("train"), 0.5)
     row = table[(table.model == "stage 2") & (table.threshold == 0.5) & (table["pairs of"] == "cross camera")]
     assert int(row["called positive"].iloc[0]) == expected.loc["cross camera", "called positive"]
+    # `diagnose --stages`: the fused stages of both models (smoke: layer4 alone, so layer4 and fused agree)
+    assert main(["diagnose", str(tmp_path), "--stages", "--csv", str(tmp_path / "stages.csv"), "--device", "cpu"]) == 0
+    stages = pd.read_csv(tmp_path / "stages.csv")
+    assert stages[["model", "stage"]].values.tolist() == [["stage 1", "layer4"], ["stage 1", "fused"],
+                                                          ["stage 2", "layer4"], ["stage 2", "fused"]]
+    assert stages["norm_share"].tolist() == pytest.approx([1.0] * 4)
+    assert stages.loc[3, "mAP"] == pytest.approx(setup["views"]["after"].metrics["mAP"], abs=1e-4)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -450,3 +457,30 @@ def test_mining_by_camera_counts_what_a_threshold_calls_positive_per_camera() ->
     assert same["mean agreement, false"] == pytest.approx(0.75)
     assert (cross["pairs"], cross["called positive"], cross["recall (%)"]) == (4, 0, 0.0)
     assert cross["mean agreement, true"] == 0.0 and table.loc["all", "pairs"] == 6
+
+
+def test_fusion_stage_report_splits_the_fused_vector_by_stage(setup) -> None:
+    from dataclasses import replace
+
+    from workbench.data import build_test_loader
+    from workbench.evaluation import evaluate_features, extract_features
+    from workbench.viz.views import fusion_stage_report
+
+    cfg, target = setup["cfg"], setup["target"]
+    torch.manual_seed(0)
+    net = build_model(replace(cfg.model, stages=("layer1", "layer4"), embed_dim=None), 5, pretrained=False).eval()
+    table = fusion_stage_report(net, target, image_size=cfg.data.image_size)
+    widths = net.fusion.channels
+    assert table.index.tolist() == ["layer1", "layer4", "fused"]
+    assert table.loc["layer1", "dims"] == widths["layer1"] and table.loc["fused", "dims"] == net.fusion.out_dim
+    assert table.loc["layer1", "norm_share"] + table.loc["layer4", "norm_share"] == pytest.approx(1.0)
+    assert table.loc["fused", "norm_share"] == pytest.approx(1.0)
+    # without an embedding, the fused row is the model's own retrieval
+    feats = {p: extract_features(net, build_test_loader(list(getattr(target, p)), image_size=cfg.data.image_size))
+             for p in ("query", "gallery")}
+    own = evaluate_features(feats["query"][0], feats["gallery"][0], feats["query"][1], feats["gallery"][1],
+                            feats["query"][2], feats["gallery"][2], max_rank=min(50, len(target.gallery)))
+    assert table.loc["fused", "mAP"] == pytest.approx(own["mAP"], abs=1e-6)
+    assert table.loc["fused", "rank1"] == pytest.approx(own["rank1"], abs=1e-6)
+    # a stage alone is its own slice: layer1 alone differs from the fused retrieval
+    assert 0.0 <= table.loc["layer1", "mAP"] <= 1.0

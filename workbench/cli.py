@@ -495,12 +495,13 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 
     from workbench.distributed import resolve_device
     from workbench.runs import atomic_write_text
-    from workbench.viz.views import camera_mining_report
+    from workbench.viz.views import camera_mining_report, fusion_stage_run_report
 
     run_dir = Path(args.run)
     if not (run_dir / "checkpoint.pt").is_file() or not (run_dir / "metrics.json").is_file():
         raise CLIError(f"{run_dir}: not a finished stage-2 run folder (checkpoint.pt and metrics.json)")
-    table = camera_mining_report(run_dir, device=resolve_device(args.device))
+    report = fusion_stage_run_report if args.stages else camera_mining_report
+    table = report(run_dir, device=resolve_device(args.device))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if args.csv:
         atomic_write_text(args.csv, table.to_csv(index=False, float_format="%.4g"))
@@ -513,6 +514,9 @@ def _add_diagnose(sub: argparse._SubParsersAction) -> None:
                                          "and after stage 2 (uses the hidden labels: diagnosis only)")
     dg.add_argument("run", metavar="RUN_DIR", help="a finished stage-2 run folder")
     dg.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
+    dg.add_argument("--stages", action="store_true",
+                    help="instead: each fused stage's share of the fused vector and its retrieval accuracy alone, "
+                         "stage-1 and stage-2 model")
     dg.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     dg.set_defaults(func=_cmd_diagnose)
 

@@ -310,6 +310,10 @@ def seed_summary(rows: "pd.DataFrame", experiment: Experiment, metrics: Sequence
             base_paper = (experiment.paper.get(experiment.baseline) or {}).get(dataset) or {}
             if label != experiment.baseline:
                 entry[f"paper_delta_{m}"] = paper_row.get(m, math.nan) - base_paper.get(m, math.nan)
+        for m in ("rank1", "mAP"):  # the model stage 2 started from: stage 1's direct transfer, or the init
+            if f"start_{m}" in mine:
+                values = 100 * pd.to_numeric(mine[f"start_{m}"], errors="coerce")
+                entry[f"start_{m}_mean"] = float(values.mean()) if len(values) else math.nan
         for key in ("final_threshold", "final_pos_precision", "final_n_pos", "wall_seconds"):
             if key in mine:
                 entry[f"{key}_mean"] = float(pd.to_numeric(mine[key], errors="coerce").mean()) if len(mine) else math.nan
@@ -347,15 +351,15 @@ def summary_markdown(summary: "pd.DataFrame", experiment: Experiment, *, referen
             (direct transfer, stage 1 alone).
     """
     base = experiment.baseline
-    head = ["", "runs", "rank-1", "mAP", "mAP*", "mINP", f"Δ rank-1 vs {base}", f"Δ mAP vs {base}",
+    head = ["", "runs", "start mAP", "rank-1", "mAP", "mAP*", "mINP", f"Δ rank-1 vs {base}", f"Δ mAP vs {base}",
             "paper rank-1", "paper mAP", "paper Δ mAP"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for label, m in reference_rows:
-        cells = [label, "1", *(_num(100 * m[k]) if m.get(k) is not None else "–"
-                                for k in ("rank1", "mAP", "mAP_devkit", "mINP")), "", "", "", "", ""]
+        cells = [label, "1", "", *(_num(100 * m[k]) if m.get(k) is not None else "–"
+                                    for k in ("rank1", "mAP", "mAP_devkit", "mINP")), "", "", "", "", ""]
         lines.append("| " + " | ".join(cells) + " |")
     for label, r in summary.iterrows():
-        cells = [str(label), str(int(r["runs"])),
+        cells = [str(label), str(int(r["runs"])), _num(r.get("start_mAP_mean")),
                  *(_pm(r[f"{k}_mean"], r[f"{k}_std"]) for k in ("rank1", "mAP", "mAP_devkit", "mINP"))]
         for k in ("rank1", "mAP"):
             cells.append("(baseline)" if label == base else _delta(r.get(f"delta_{k}", math.nan),
@@ -533,7 +537,9 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
         fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
         written["figure"] = out / f"{name}.png"
         body += ["## Table", "", summary_markdown(summary, exp, reference_rows=refs), "",
-                 f"Percent on the target's test split{_queries(rows)}. mean ± std over seeds; Δ: the paired "
+                 f"Percent on the target's test split{_queries(rows)}. start mAP: the model stage 2 started from "
+                 "(stage 1's direct transfer, or the initial weights without stage 1), mean over the row's runs. "
+                 "mean ± std over seeds; Δ: the paired "
                  "difference to the baseline row over the seeds both ran, with its 95 % Student-t interval "
                  "(no interval with one pair). mAP = standard AP, mAP* = Market devkit AP. The paper's "
                  "numbers: Zhang et al. 2020 (ResNet-50, MSMT17 → Market-1501, see `PAPER_RESULTS`).", "",

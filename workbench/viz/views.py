@@ -298,6 +298,85 @@ def load_views(run_dir: str | Path, *, checkpoint: str | Path | None = None, nam
     return views
 
 
+class _FusedFeature(torch.nn.Module):
+    """A MARNet whose ``.feature`` is its fused vector (before the embedding and the L2 norm)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        from collections import namedtuple
+
+        return namedtuple("Fused", "feature")(self.net(x).fused.float())  # (B, fused_dim)
+
+
+def fusion_stage_report(model: torch.nn.Module, split: Split, *, image_size: tuple[int, int],
+                        batch_size: int = 64, device: str | torch.device = "cpu") -> "pd.DataFrame":
+    """What each fused stage brings to a model's feature, on the target's query / gallery.
+
+    Per stage of ``model.fusion`` (global-average-pooled, as fused): its width, its mean share of the
+    fused vector's squared norm (how much of the cosine it decides when the fused vector is
+    L2-normalized without an embedding), and the retrieval accuracy of that stage alone (cosine on its
+    L2-normalized slice); the row ``fused`` is the whole fused vector. Uses the test split's labels: a
+    diagnosis, not a training signal.
+
+    Returns:
+        Index: stage names, then ``fused``. Columns: ``dims``, ``norm_share``, ``rank1``, ``mAP``.
+    """
+    import pandas as pd
+
+    model = model.to(device)
+    wrapped = _FusedFeature(model).to(device)
+    fused, pids, cams = {}, {}, {}
+    for part in ("query", "gallery"):
+        loader = build_test_loader(list(getattr(split, part)), image_size=tuple(image_size), batch_size=batch_size)
+        feats, pids[part], cams[part] = extract_features(wrapped, loader, device=device)
+        fused[part] = feats  # (N, fused_dim)
+    slices, start = {}, 0
+    for stage, width in model.fusion.channels.items():
+        slices[stage] = slice(start, start + width)
+        start += width
+    slices["fused"] = slice(0, start)
+    every = torch.cat([fused["query"], fused["gallery"]]).double()  # (N, fused_dim)
+    total = every.pow(2).sum(1)
+    total = torch.where(total > 0, total, torch.nan)  # an all-zero vector has no share to give
+    rows = {}
+    for stage, cols in slices.items():
+        q, g = (torch.nn.functional.normalize(fused[p][:, cols], dim=1).numpy() for p in ("query", "gallery"))
+        metrics = evaluate_features(q, g, pids["query"], pids["gallery"], cams["query"], cams["gallery"],
+                                    max_rank=min(50, g.shape[0]))
+        share = every[:, cols].pow(2).sum(1) / total
+        rows[stage] = {"dims": cols.stop - cols.start, "norm_share": float(share.nanmean()),
+                       "rank1": float(metrics["rank1"]), "mAP": float(metrics["mAP"])}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("stage")
+
+
+def fusion_stage_run_report(run_dir: str | Path, *, device: str | torch.device = "cpu") -> "pd.DataFrame":
+    """:func:`fusion_stage_report` of a stage-2 run's model and of the stage-1 model it started from.
+
+    Returns:
+        The rows of both, with a first column ``model`` (``stage 1`` | ``stage 2``) and ``stage``.
+    """
+    import pandas as pd
+
+    from workbench.builders import load_domains, load_model
+    from workbench.config import load_config
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.json")
+    target, _ = load_domains(cfg.data)
+    parts = []
+    for name, checkpoint in (("stage 1", init_checkpoint_of(run_dir)), ("stage 2", run_dir / "checkpoint.pt")):
+        if checkpoint is None:
+            continue
+        table = fusion_stage_report(load_model(checkpoint, device), target, image_size=cfg.data.image_size,
+                                    device=device).reset_index()
+        table.insert(0, "model", name)
+        parts.append(table)
+    return pd.concat(parts, ignore_index=True)
+
+
 def final_threshold(run_dir: str | Path) -> float | None:
     """The last agreement threshold T in a run's ``history.csv`` (None without one)."""
     import pandas as pd
