@@ -30,3 +30,15 @@ def test_update_readme_rewrites_a_stale_table(tmp_path) -> None:
     assert report(results, footnote=False) in text and "| ours | 50.0 | 60.0 | 70.0 | 25.0 | 20.0 | 10.0 |" in text
     assert text.startswith("intro\n") and text.endswith("<!-- /report -->\nend\n")
     assert update_readme(readme, check=True) == []
+
+
+def test_a_benchmark_output_is_quoted_as_it_is(tmp_path) -> None:
+    out = tmp_path / "bench.txt"
+    out.write_text("# python benchmarks/x.py (commit abc)\nratio 2.03%\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- report: bench.txt -->\nold\n<!-- /report -->\n")
+    assert update_readme(readme) == ["bench.txt"]
+    assert readme.read_text() == ("<!-- report: bench.txt -->\n```text\n# python benchmarks/x.py (commit abc)\n"
+                                  "ratio 2.03%\n```\n<!-- /report -->\n")
+    out.write_text("ratio 2.50%\n")  # a new measurement: the README block is stale until regenerated
+    assert update_readme(readme, check=True) == ["bench.txt"]

@@ -159,11 +159,14 @@ def report(path: str | Path, *, footnote: bool = True) -> str:
     """The markdown results table of ``path`` (what ``python -m workbench report PATH`` prints).
 
     A committed experiment folder (``results/loss_ablation`` ...) gives its seed table instead
-    (:func:`workbench.experiments.summary.folder_table`).
+    (:func:`workbench.experiments.summary.folder_table`); a ``.txt`` file (a benchmark's committed
+    output, ``results/benchmarks/*.txt``) is quoted as it is, in a fenced block.
     """
     from workbench.experiments.summary import EXPERIMENTS, folder_table
 
     path = Path(path)
+    if path.suffix == ".txt":
+        return "```text\n" + path.read_text().rstrip("\n") + "\n```"
     if path.is_dir() and path.name in EXPERIMENTS and (path / "runs.csv").is_file():
         return folder_table(path) + (f"\n\n({FOOTNOTE}; mean ± std over seeds, Δ: paired difference with its "
                                      "95 % interval)" if footnote else "")
