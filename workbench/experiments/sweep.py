@@ -523,7 +523,7 @@ def shared_stage1(points: Sequence[Mapping[str, Any]], out_dir: str | os.PathLik
         ``(frame, checkpoints)``: :func:`sweep`'s frame of the stage-1 points, and per point (in order) its
         ``pretrain/checkpoint.pt``, or None where that point failed (its ``error`` is in the frame).
     """
-    nb_path = resolve_notebook(notebook, "stage1_notebook")
+    nb_path = resolve_notebook(notebook, "shared_stage1(notebook=...)")
     declared = notebook_parameters(nb_path)
     base = {k: v for k, v in (base_params or {}).items() if k in declared}
     df = sweep(nb_path, [dict(p) for p in points], out_dir, base_params=base, **sweep_kwargs)

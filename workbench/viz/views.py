@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 if TYPE_CHECKING:  # pandas is imported inside the functions that need it
     import pandas as pd
@@ -298,17 +298,20 @@ def load_views(run_dir: str | Path, *, checkpoint: str | Path | None = None, nam
     return views
 
 
+class _Fused(NamedTuple):
+    feature: torch.Tensor  # (B, fused_dim)
+
+
 class _FusedFeature(torch.nn.Module):
-    """A MARNet whose ``.feature`` is its fused vector (before the embedding and the L2 norm)."""
+    """A MARNet whose ``.feature`` is its fused vector (before the embedding and the L2 norm), so
+    :func:`extract_features` returns the fused vectors."""
 
     def __init__(self, net: torch.nn.Module) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, x: torch.Tensor):
-        from collections import namedtuple
-
-        return namedtuple("Fused", "feature")(self.net(x).fused.float())  # (B, fused_dim)
+    def forward(self, x: torch.Tensor) -> _Fused:
+        return _Fused(self.net(x).fused.float())
 
 
 def fusion_stage_report(model: torch.nn.Module, split: Split, *, image_size: tuple[int, int],
@@ -326,8 +329,7 @@ def fusion_stage_report(model: torch.nn.Module, split: Split, *, image_size: tup
     """
     import pandas as pd
 
-    model = model.to(device)
-    wrapped = _FusedFeature(model).to(device)
+    wrapped = _FusedFeature(model.to(device))
     fused, pids, cams = {}, {}, {}
     for part in ("query", "gallery"):
         loader = build_test_loader(list(getattr(split, part)), image_size=tuple(image_size), batch_size=batch_size)
