@@ -86,7 +86,7 @@ def test_public_api_resolves_lazily() -> None:
 
 def test_cpu_preset_without_the_shared_weights_is_an_error_naming_the_file(tmp_path, monkeypatch) -> None:
     from workbench.config import get_preset
-    from workbench.engine import build_model
+    from workbench.builders import build_model
     from workbench.models.backbones import WeightsError
 
     monkeypatch.setenv("WORKBENCH_SHARED", str(tmp_path))  # a shared folder without weights/

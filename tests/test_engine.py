@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from workbench.config import from_params
-from workbench.engine import MARTrainer, TrainingDiverged, load_domains, load_model, pretrain, train_mar
-from workbench.runs import load_checkpoint
+from workbench.builders import load_domains, load_model
+from workbench.engine import MARTrainer, TrainingDiverged, pretrain, train_mar
+from workbench.runs import RunFolder, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,9 +144,13 @@ def test_nan_guard_names_epoch_step_term_and_keeps_checkpoint(stage1, tmp_path, 
         return losses
 
     monkeypatch.setattr(MARTrainer, "compute_losses", poisoned)
-    with pytest.raises(TrainingDiverged, match=r"epoch 1, step 0: term 'cml' = nan.*checkpoint\.pt"):
+    # epochs and steps counted as the logs count them (1-based); the checkpoint named exists and is epoch 1
+    with pytest.raises(TrainingDiverged, match=r"epoch 2/2, step 1/\d+: term 'cml' = nan; the last good "
+                                               r"checkpoint is .*nan/checkpoint\.pt \(epoch 1\)"):
         train_mar(cfg, tmp_path / "nan", init_checkpoint=stage1.checkpoint)
     assert load_checkpoint(tmp_path / "nan" / "checkpoint.pt")["epoch"] == 0
+    assert RunFolder(tmp_path / "nan").state == "failed"
+    assert "TrainingDiverged" in RunFolder(tmp_path / "nan").record().error
 
 
 def test_bf16_autocast_on_cpu(stage1, tmp_path) -> None:
@@ -216,7 +221,7 @@ def test_milestones_mean_what_the_official_trainer_did() -> None:
     decay the lr from 0-based epochs 11 and 16."""
     from bisect import bisect_right
 
-    from workbench.engine import build_scheduler
+    from workbench.builders import build_scheduler
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
     sched = build_scheduler(opt, (12, 17), 0.1)
@@ -271,23 +276,19 @@ def test_resume_with_another_config_is_refused_and_config_json_kept(stage1, tmp_
 
 def test_a_crash_between_last_checkpoint_and_metrics_is_evaluated_on_resume(data_env, tmp_path, monkeypatch,
                                                                             capsys) -> None:
-    import workbench.engine as engine
+    from workbench import faults
     from workbench.cli import main
-
-    real = engine.write_json
-
-    def crash_on_metrics(path, obj):
-        if Path(path).name == "metrics.json":
-            raise KeyboardInterrupt("killed between checkpoint and metrics")
-        real(path, obj)
+    from workbench.engine import load_result
 
     cfg = from_params({"preset": "smoke"})
-    monkeypatch.setattr(engine, "write_json", crash_on_metrics)
-    with pytest.raises(KeyboardInterrupt):
+    faults.reset()
+    monkeypatch.setenv(faults.ENV, "enospc@metrics.json")  # the disk fills up at the very last write
+    with pytest.raises(OSError, match="No space left"):
         pretrain(cfg, tmp_path / "pre")
-    monkeypatch.setattr(engine, "write_json", real)
+    monkeypatch.delenv(faults.ENV)
     assert (tmp_path / "pre" / "checkpoint.pt").is_file() and not (tmp_path / "pre" / "metrics.json").exists()
-    assert engine.load_result(tmp_path / "pre") is None  # not finished
+    assert load_result(tmp_path / "pre") is None  # not finished
+    assert not list((tmp_path / "pre").glob(".*.tmp"))  # the temporary file was removed
     assert main(["pretrain", "--resume", "--run-dir", str(tmp_path / "pre")]) == 0
     assert "rank-1" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "pre" / "metrics.json").read_text())

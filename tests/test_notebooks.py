@@ -65,7 +65,7 @@ def test_nbstripout_finds_nothing_to_strip() -> None:
 def smoke_data(tmp_path_factory) -> Path:
     """The synthetic smoke sets, generated once for the session."""
     from workbench.config import from_params
-    from workbench.engine import load_domains
+    from workbench.builders import load_domains
 
     root = tmp_path_factory.mktemp("workbench-data")
     with pytest.MonkeyPatch.context() as mp:

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from workbench.config import get_preset
 from workbench.data import Sample
-from workbench.engine import build_model, load_domains
+from workbench.builders import build_model, load_domains
 from workbench.runs import save_checkpoint, write_csv, write_json
 from workbench.viz import (
     CameraExplorer,

@@ -1,24 +1,28 @@
-"""Builders: configuration → objects (domains, model, optimizer, schedule).
+"""Builders: configuration → objects (domains, model, loss, optimizer, schedule).
 
 Config objects stop here: the trainers, the CLI, the notebooks and the viz views call these, and
 everything below them takes plain arguments.
 """
 from __future__ import annotations
 
+import inspect
 import logging
+from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from workbench.config import SYNTHETIC_SIZES, DataConfig, ModelConfig
+from workbench.config import SYNTHETIC_SIZES, DataConfig, LossConfig, ModelConfig
 from workbench.data import Sample, Split, load_dataset
 from workbench.errors import ConfigError
+from workbench.losses import MARLoss
 from workbench.models import MARNet
 from workbench.paths import resolve_path
 from workbench.runs import load_checkpoint
 
-__all__ = ["load_domains", "build_model", "load_model", "init_from_checkpoint", "build_optimizer", "build_scheduler"]
+__all__ = ["load_domains", "build_model", "load_model", "init_from_checkpoint", "build_loss", "build_optimizer",
+           "build_scheduler"]
 
 log = logging.getLogger("workbench.builders")
 
@@ -76,6 +80,14 @@ def init_from_checkpoint(net: MARNet, checkpoint: str | Path) -> list[str]:
         )
     net.load_state_dict(state, strict=False)
     return missing
+
+
+def build_loss(loss: LossConfig, num_targets: int, num_agents: int) -> MARLoss:
+    """:class:`MARLoss` from the loss config: every ``LossConfig`` field that ``MARLoss`` takes is passed by
+    name, so a new loss field is one line in ``LossConfig`` plus its use in the loss (fields the trainer
+    reads itself, such as ``init_images``, are not arguments of the loss)."""
+    takes = inspect.signature(MARLoss).parameters
+    return MARLoss(num_targets, num_agents, **{f.name: getattr(loss, f.name) for f in fields(loss) if f.name in takes})
 
 
 def build_optimizer(net: MARNet, lr: float, weight_decay: float, momentum: float) -> torch.optim.SGD:

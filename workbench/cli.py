@@ -121,16 +121,22 @@ def _resolve_resume(args: argparse.Namespace) -> None:
         raise CLIError("--resume needs --run-dir (the run folder to continue)")
 
 
-def _resume(args: argparse.Namespace):
-    """``--resume``: the run folder's saved config plus any option given now; a difference is refused."""
-    from pathlib import Path
+def _resumable(args: argparse.Namespace):
+    """With ``--resume``, the run folder when a run started there (its ``config.json`` is written, a
+    checkpoint or not), else None."""
+    from workbench.runs import RunFolder
 
-    from workbench.config import load_config
+    _resolve_resume(args)
+    folder = RunFolder(args.run_dir) if args.resume else None
+    return folder if folder is not None and folder.has_config else None
+
+
+def _resume(args: argparse.Namespace, folder):
+    """``--resume``: everything from the run folder (config, stage, start checkpoint) plus any option
+    given now; a difference is refused."""
     from workbench.engine import resume_run
 
-    saved_path = Path(args.run_dir) / "config.json"
-    saved = load_config(saved_path) if saved_path.is_file() else None
-    return resume_run(args.run_dir, _config_from_args(args, saved=saved))
+    return resume_run(folder.path, _config_from_args(args, saved=folder.config()))
 
 
 # ----------------------------------------------------------------------------- train / pretrain
@@ -149,13 +155,10 @@ def _print_metrics(title: str, metrics: dict) -> None:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from workbench.engine import pretrain
 
-    _resolve_resume(args)
-    if args.resume and (Path(args.run_dir) / "checkpoint.pt").is_file():
-        result = _resume(args)
+    if (folder := _resumable(args)) is not None:
+        result = _resume(args, folder)
     else:
         result = pretrain(_config_from_args(args), args.run_dir, resume=args.resume)
     _print_metrics("stage 1 (direct transfer to the target)", result.metrics)
@@ -164,13 +167,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from workbench.engine import train_mar
 
-    _resolve_resume(args)
-    if args.resume and (Path(args.run_dir) / "checkpoint.pt").is_file():
-        result = _resume(args)
+    if (folder := _resumable(args)) is not None:
+        result = _resume(args, folder)
     else:
         if args.init is None and not args.no_pretraining:
             raise CLIError("train needs --init STAGE1_CHECKPOINT (or --no-pretraining for the ablation)")
@@ -216,11 +216,11 @@ def _image_size(args: argparse.Namespace) -> tuple[int, int]:
     if args.checkpoint:
         from pathlib import Path
 
-        from workbench.config import load_config
+        from workbench.runs import RunFolder
 
-        config = Path(args.checkpoint).with_name("config.json")
-        if config.is_file():
-            return load_config(config).data.image_size
+        saved = RunFolder(Path(args.checkpoint).parent).config_or_none()
+        if saved is not None:
+            return saved.data.image_size
     return _config_from_args(args).data.image_size
 
 
@@ -229,9 +229,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from workbench.evaluation import evaluate
     from workbench.runs import write_json
 
-    split = load_dataset(args.dataset, args.root)
     device = resolve_device(args.device or "auto")
-    net = _model_for(args).to(device)
+    net = _model_for(args).to(device)  # a bad checkpoint is refused before the dataset is read
+    split = load_dataset(args.dataset, args.root)
     metrics = evaluate(net, split, image_size=_image_size(args), batch_size=args.batch_size, device=device,
                        amp=bool(args.amp), flip=args.flip, rerank=args.rerank, metric=args.metric)
     _print_metrics(f"{args.dataset} ({'checkpoint ' + args.checkpoint if args.checkpoint else 'backbone weights only'})",
@@ -491,15 +491,14 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from workbench.distributed import resolve_device
-    from workbench.runs import atomic_write_text
+    from workbench.runs import RunFolder, atomic_write_text
     from workbench.viz.views import camera_mining_report, fusion_stage_run_report
 
-    run_dir = Path(args.run)
-    if not (run_dir / "checkpoint.pt").is_file() or not (run_dir / "metrics.json").is_file():
-        raise CLIError(f"{run_dir}: not a finished stage-2 run folder (checkpoint.pt and metrics.json)")
+    folder = RunFolder(args.run)
+    if folder.state != "finished" or not folder.has_checkpoint or folder.record().stage == "pretrain":
+        raise CLIError(f"{folder.path}: not a finished stage-2 run folder (its state: {folder.state})")
+    run_dir = folder.path
     report = fusion_stage_run_report if args.stages else camera_mining_report
     table = report(run_dir, device=resolve_device(args.device))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

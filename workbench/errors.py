@@ -25,4 +25,8 @@ class MissingFileError(WorkbenchError, FileNotFoundError):
 
 
 class CheckpointError(MissingFileError):
-    """A checkpoint file is missing."""
+    """A checkpoint file is missing, unreadable, or holds non-finite weights."""
+
+
+class RunInUseError(RunFolderError):
+    """Another process holds the run folder's lock (two writers never share a run folder)."""

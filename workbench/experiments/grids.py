@@ -215,7 +215,10 @@ def _slug(value: Any) -> str:
         text = repr(value)
     else:
         text = str(value)
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-.") or "x"
+    slug = re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-.") or "x"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        slug = "-" + slug  # a number keeps its sign: lr=-0.1 is not lr=0.1
+    return slug
 
 
 def point_name(point: Mapping[str, Any], hash_params: Mapping[str, Any] | None = None, *,

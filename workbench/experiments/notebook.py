@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the fu
 
 from workbench.experiments.results import METRICS_FILE, _flatten  # noqa: F401
 from workbench.experiments.sweep import NotebookParameterError, repo_path
+from workbench.runs import RunFolder
 
 log = logging.getLogger("workbench.experiments")
 
@@ -85,22 +86,21 @@ def find_run(kind: str, stage: str = "mar", cfg: "Config | None" = None,
     Returns:
         The run folder, or None.
     """
-    from workbench.config import load_config
     from workbench.paths import runs_root
 
     root = Path(root) if root is not None else runs_root()
     if not root.is_dir():
         return None
     for folder in sorted(root.glob(f"*-{kind}"), reverse=True):
-        run = folder / stage
-        if not (run / "metrics.json").is_file() or not (run / "config.json").is_file():
+        run = RunFolder(folder / stage)
+        if not run.is_finished or not run.has_config:
             continue
         if cfg is not None:
-            saved = load_config(run / "config.json").flat()
+            saved = run.config().flat()
             wanted = cfg.flat()
             if any(saved.get(k) != wanted.get(k) for k in ("preset", *DATA_PARAMETERS, "synthetic_size")):
                 continue
-        return run
+        return run.path
     return None
 
 

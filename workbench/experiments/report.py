@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import ConfigError, MissingFileError
+from workbench.runs import PointFolder, RunFolder
 
 #: metric key → column title (fractions in the files, percent in the table)
 COLUMNS = {"rank1": "rank-1", "rank5": "rank-5", "rank10": "rank-10", "mAP": "mAP", "mAP_devkit": "mAP*",
@@ -50,11 +51,12 @@ def _read_json(path: Path) -> dict:
 
 
 def _is_run(folder: Path) -> bool:
-    return (folder / "metrics.json").is_file() and (folder / "config.json").is_file()
+    run = RunFolder(folder)
+    return run.is_finished and run.has_config
 
 
 def _run_rows(run: Path, title: str | None = None, *, initial: bool = True) -> list[Row]:
-    metrics = _read_json(run / "metrics.json")
+    metrics = RunFolder(run).metrics()
     rows: list[Row] = []
     if initial and isinstance(metrics.get("initial"), Mapping):
         rows.append((f"{title or run.name}: before joint training", metrics["initial"]))
@@ -112,10 +114,10 @@ def results_rows(path: str | Path) -> list[Row]:
     if runs:  # beside its stage-1 run, a stage-2 run's start ("initial") would repeat stage 1's row
         has_stage1 = any(run.name == "pretrain" for run in runs)
         return [row for run in runs for row in _run_rows(run, RUN_TITLES.get(run.name), initial=not has_stage1)]
-    if any((p / "status.json").is_file() for p in path.iterdir() if p.is_dir()):
+    if any(PointFolder(p).status_path.is_file() for p in path.iterdir() if p.is_dir()):
         return _sweep_rows(path)
-    if (path / "metrics.json").is_file():
-        return [(path.name, _read_json(path / "metrics.json"))]
+    if (summary := PointFolder(path).summary()) is not None:
+        return [(path.name, summary)]
     raise ConfigError(f"{path.resolve()} holds no results: expected a run folder (config.json + metrics.json), "
                      "folders of runs, a sweep folder (points with status.json) or metrics.json")
 

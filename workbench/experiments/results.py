@@ -15,8 +15,9 @@ if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the fu
 from workbench.experiments.grids import _plain
 from workbench.experiments.paper import PAPER_METRICS  # noqa: F401
 from workbench.experiments.sweep import STATUS_FILE, read_status  # noqa: F401
+from workbench.runs import PointFolder
 
-METRICS_FILE = "metrics.json"
+METRICS_FILE = PointFolder.SUMMARY
 #: the metrics shown first by :func:`collect` and the CLI (fractions in [0, 1])
 MAIN_METRICS = ("rank1", "rank5", "rank10", "mAP", "mAP_devkit", "mINP")
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # pandas is imported inside the functions that need it
 from workbench.errors import ConfigError, MissingFileError
 from workbench.experiments.paper import FUSION_COMBINATIONS, LOSS_ABLATION, PAPER_RESULTS
 from workbench.experiments.results import MAIN_METRICS, collect, select
+from workbench.runs import PointFolder, RunFolder
 
 #: the metrics of a summary table (percent)
 SUMMARY_METRICS = ("rank1", "mAP", "mAP_devkit", "mINP")
@@ -132,7 +133,7 @@ def _commit_of(run: Path, metrics: Mapping[str, Any]) -> str | None:
         return str(metrics["commit"])
     import subprocess
 
-    notebook = _read_json(run.parent / "status.json").get("notebook")
+    notebook = (PointFolder(run.parent).status() or {}).get("notebook")
     if not notebook:
         return None
     try:
@@ -146,8 +147,9 @@ def _start_of(checkpoint: str | None) -> dict[str, Any]:
     """What the stage-2 run started from: the stage-1 run next to its checkpoint (commit, seed, epochs)."""
     if not checkpoint:
         return {"stage1": False}
-    run = Path(checkpoint).parent
-    metrics, config = _read_json(run / "metrics.json"), _read_json(run / "config.json")
+    folder = RunFolder(Path(checkpoint).parent)
+    run = folder.path
+    metrics, config = _read_json(folder.metrics_path), _read_json(folder.config_path)
     flat = _flat_config(config) if config else {}
     return {"stage1": True, "stage1_commit": _commit_of(run, metrics), "stage1_seed": flat.get("seed"),
             "stage1_epochs": metrics.get("epochs", flat.get("pretrain_epochs")),
@@ -181,31 +183,31 @@ def run_records(sweeps: Sequence[str | os.PathLike]) -> "tuple[pd.DataFrame, pd.
             raise MissingFileError(f"sweep folder {sweep_dir} does not exist")
         points = collect(sweep_dir)
         for _, point in points[points["state"] == "done"].iterrows():
-            folder = Path(point["path"])
-            run = folder / "mar"
-            config, stage2 = _read_json(run / "config.json"), _read_json(run / "metrics.json")
+            point_folder = PointFolder(point["path"])
+            folder, run = point_folder.path, point_folder.run("mar")
+            config, stage2 = _read_json(run.config_path), _read_json(run.metrics_path)
             if not config or not stage2:
                 continue
+            record = run.record()  # the engine's record (rebuilt from the run's files for older runs)
             flat = _flat_config(config)
-            status = _read_json(folder / "status.json")
-            summary = _read_json(folder / "metrics.json")
-            hist = pd.read_csv(run / "history.csv") if (run / "history.csv").is_file() else pd.DataFrame()
+            status = point_folder.status() or {}
+            hist = pd.read_csv(run.history_path) if run.history_path.is_file() else pd.DataFrame()
             last = hist.iloc[-1] if len(hist) else {}
             rec: dict[str, Any] = {
                 "run": folder.name, "sweep": sweep_dir.name, "seed": flat.get("seed"),
-                "commit": _commit_of(run, stage2), "finished": status.get("finished"),
+                "commit": _commit_of(run.path, stage2), "finished": status.get("finished"),
                 "wall_seconds": status.get("seconds"),
-                "init": _init_of(flat.get("pretrained")), **_start_of(summary.get("start_checkpoint")),
+                "init": _init_of(flat.get("pretrained")), **_start_of(record.start_checkpoint),
                 **{m: stage2.get(m) for m in MAIN_METRICS},
                 **{f"start_{m}": (stage2.get("initial") or {}).get(m) for m in MAIN_METRICS},
                 "num_query": stage2.get("num_query"), "num_valid": stage2.get("num_valid"),
-                "init_threshold": stage2.get("init_threshold"),
-                "final_threshold": summary.get("final_threshold"),
+                "init_threshold": record.init_threshold,
+                "final_threshold": record.final_threshold,
                 "final_n_pos": last.get("n_pos") if len(hist) else None,
                 "final_n_neg": last.get("n_neg") if len(hist) else None,
-                "final_pos_precision": summary.get("final_pos_precision"),
-                "seconds_per_epoch": summary.get("seconds_per_epoch"),
-                "images_per_s": summary.get("images_per_s"),
+                "final_pos_precision": record.final_pos_precision,
+                "seconds_per_epoch": record.seconds_per_epoch,
+                "images_per_s": record.images_per_s,
             }
             if rec["stage1"] and rec.get("stage1_init"):  # the init of the first network trained
                 rec["init"] = rec["stage1_init"]

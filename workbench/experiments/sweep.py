@@ -25,8 +25,9 @@ if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the fu
 
 from workbench.errors import ConfigError, MissingFileError
 from workbench.experiments.grids import _load_grid, _plain, point_name
+from workbench.runs import PointFolder
 
-STATUS_FILE = "status.json"
+STATUS_FILE = PointFolder.STATUS
 
 log = logging.getLogger("workbench.experiments")
 
@@ -241,11 +242,7 @@ def _error_of(err: BaseException) -> tuple[str, str]:
 
 def read_status(point_dir: str | os.PathLike) -> dict[str, Any] | None:
     """A point's ``status.json`` (None when absent or unreadable)."""
-    path = Path(point_dir) / STATUS_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return PointFolder(point_dir).status()
 
 
 def _literal(source: Any) -> Any:
@@ -493,7 +490,8 @@ def _run_points(todo: list[tuple["Attempt", dict]], runner: "Executor", *, retri
         runner.stop()
         for attempt, _, _, status, started in running.values():
             write_json(attempt.point_dir / STATUS_FILE, status | {
-                "state": "failed", "error": "KeyboardInterrupt: interrupted", "finished": _now(),
+                "state": "interrupted", "error": "interrupted (Ctrl-C or SIGTERM); run the sweep again to resume it",
+                "finished": _now(),
                 "seconds": round(time.time() - started, 3)})
         raise
     finally:
@@ -529,6 +527,6 @@ def shared_stage1(points: Sequence[Mapping[str, Any]], out_dir: str | os.PathLik
     df = sweep(nb_path, [dict(p) for p in points], out_dir, base_params=base, **sweep_kwargs)
     checkpoints: list[Path | None] = []
     for state, path in zip(df["state"], df["path"]):
-        checkpoint = Path(path) / "pretrain" / "checkpoint.pt"
-        checkpoints.append(checkpoint if state == "done" and checkpoint.is_file() else None)
+        run = PointFolder(path).run("pretrain")
+        checkpoints.append(run.checkpoint_path if state == "done" and run.has_checkpoint else None)
     return df, checkpoints

@@ -31,7 +31,7 @@ from workbench.evaluation.metrics import valid_gallery_mask
 from workbench.experiments.report import COLUMNS as METRIC_TITLES
 from workbench.losses import LOSS_TERMS, agreement, pair_agreement
 from workbench.ops import to_numpy
-from workbench.runs import atomic_write_bytes
+from workbench.runs import RunFolder, atomic_write_bytes
 
 __all__ = [
     "plot_camera_grid",
@@ -166,7 +166,8 @@ def _read_history(history: Any, x: str) -> pd.DataFrame:
     if isinstance(history, (str, Path)):
         path = Path(history)
         if path.is_dir():
-            path = path / ("steps.csv" if x == "step" else "history.csv")
+            folder = RunFolder(path)
+            path = folder.steps_path if x == "step" else folder.history_path
         if not path.is_file():
             raise FileNotFoundError(f"no training history at {path}")
         return pd.read_csv(path)
@@ -247,7 +248,7 @@ def _cmc_of(value: Any) -> tuple[np.ndarray, dict]:
     """(cmc, metrics) from a metrics dict, a CMC array, a run folder or a ``metrics.json``."""
     if isinstance(value, (str, Path)):
         path = Path(value)
-        value = json.loads((path / "metrics.json" if path.is_dir() else path).read_text())
+        value = RunFolder(path).metrics() if path.is_dir() else json.loads(path.read_text())
     if isinstance(value, Mapping):
         if "cmc" not in value:
             raise ValueError(f"metrics without a 'cmc' entry (keys: {sorted(value)})")

@@ -178,15 +178,16 @@ def camera_mining_report(run_dir: str | Path, *, device: str | torch.device = "c
         One row per (model, T, pairs of same camera | cross camera | all), with the columns of
         :func:`mining_by_camera`.
     """
-    import json
-
     import pandas as pd
 
-    run_dir = Path(run_dir)
-    t_start = json.loads((run_dir / "metrics.json").read_text()).get("init_threshold")
-    t_end = final_threshold(run_dir)
-    thresholds = [("T at the start of stage 2", t_start), ("T at the end of stage 2", t_end)]
-    models = [("stage 1", init_checkpoint_of(run_dir)), ("stage 2", run_dir / "checkpoint.pt")]
+    from workbench.runs import RunFolder
+
+    folder = RunFolder(run_dir)
+    record = folder.record()
+    run_dir = folder.path
+    thresholds = [("T at the start of stage 2", record.init_threshold),
+                  ("T at the end of stage 2", record.final_threshold)]
+    models = [("stage 1", init_checkpoint_of(run_dir)), ("stage 2", folder.checkpoint_path)]
     parts = []
     for name, checkpoint in models:
         if checkpoint is None:
@@ -264,11 +265,10 @@ def compute_views(model: torch.nn.Module, split: Split, reference: Sequence[Samp
 
 
 def init_checkpoint_of(run_dir: str | Path) -> Path | None:
-    """The stage-1 checkpoint a stage-2 run started from (``init_checkpoint`` in its checkpoint)."""
-    from workbench.runs import load_checkpoint
+    """The stage-1 checkpoint a stage-2 run started from (its record's ``start_checkpoint``)."""
+    from workbench.runs import RunFolder
 
-    state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
-    init = state.get("init_checkpoint") or None
+    init = RunFolder(run_dir).record().start_checkpoint
     return Path(init) if init else None
 
 
@@ -284,17 +284,17 @@ def load_views(run_dir: str | Path, *, checkpoint: str | Path | None = None, nam
         device: where the network runs.
         batch_size: images per forward pass.
     """
-    from workbench.config import load_config
     from workbench.builders import load_domains, load_model
+    from workbench.runs import RunFolder
 
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.json")
+    folder = RunFolder(run_dir)
+    cfg = folder.config()
     target, reference = load_domains(cfg.data)
-    model = load_model(checkpoint if checkpoint is not None else run_dir / "checkpoint.pt", device)
+    model = load_model(checkpoint if checkpoint is not None else folder.checkpoint_path, device)
     views = compute_views(model, target, reference, image_size=cfg.data.image_size, batch_size=batch_size,
-                          device=device, scale=cfg.loss.scale, name=name or run_dir.name)
-    if checkpoint is None or Path(checkpoint).resolve() == (run_dir / "checkpoint.pt").resolve():
-        views.threshold = final_threshold(run_dir)
+                          device=device, scale=cfg.loss.scale, name=name or folder.path.name)
+    if checkpoint is None or Path(checkpoint).resolve() == folder.checkpoint_path.resolve():
+        views.threshold = folder.record().final_threshold
     return views
 
 
@@ -363,13 +363,13 @@ def fusion_stage_run_report(run_dir: str | Path, *, device: str | torch.device =
     import pandas as pd
 
     from workbench.builders import load_domains, load_model
-    from workbench.config import load_config
+    from workbench.runs import RunFolder
 
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.json")
+    folder = RunFolder(run_dir)
+    cfg = folder.config()
     target, _ = load_domains(cfg.data)
     parts = []
-    for name, checkpoint in (("stage 1", init_checkpoint_of(run_dir)), ("stage 2", run_dir / "checkpoint.pt")):
+    for name, checkpoint in (("stage 1", init_checkpoint_of(folder.path)), ("stage 2", folder.checkpoint_path)):
         if checkpoint is None:
             continue
         table = fusion_stage_report(load_model(checkpoint, device), target, image_size=cfg.data.image_size,
@@ -380,13 +380,7 @@ def fusion_stage_run_report(run_dir: str | Path, *, device: str | torch.device =
 
 
 def final_threshold(run_dir: str | Path) -> float | None:
-    """The last agreement threshold T in a run's ``history.csv`` (None without one)."""
-    import pandas as pd
+    """The agreement threshold T after a run's last epoch (its record; None for stage 1)."""
+    from workbench.runs import RunFolder
 
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
-        return None
-    history = pd.read_csv(path)
-    if "threshold" not in history or history["threshold"].dropna().empty:
-        return None
-    return float(history["threshold"].dropna().iloc[-1])
+    return RunFolder(run_dir).record().final_threshold

@@ -1,10 +1,9 @@
-"""Run folders: atomic writes of checkpoints, config, history and metrics.
+"""Atomic file writes, checkpoints and RNG state: the storage under :class:`~workbench.runs.RunFolder`.
 
-A run folder holds ``config.json``, ``history.csv`` (one row per epoch), ``steps.csv`` (one row per
-step), ``metrics.json`` (final metrics) and ``checkpoint.pt``. Every file is written to a temporary
-file in the same folder and renamed into place, so a crash leaves either the old or the new file,
-never half of one. Checkpoints hold only tensors, numbers, strings, lists and dicts: they load with
-``torch.load(weights_only=True)``.
+Every file is written to a temporary file in the same folder and renamed into place, so a crash
+leaves either the old or the new file, never half of one; new files get the process umask's mode.
+Checkpoints hold only tensors, numbers, strings, lists and dicts: they load with
+``torch.load(weights_only=True)``, and only one whose model tensors are all finite is written or read.
 """
 from __future__ import annotations
 
@@ -19,10 +18,23 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
-import torch
+import sys
+from typing import TYPE_CHECKING
 
+import numpy as np
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it: reading a run folder does not
+    import torch
+
+from workbench import faults
+from workbench.errors import CheckpointError
 from workbench.paths import runs_root
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -31,7 +43,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a run's files follow the umask
         with os.fdopen(fd, "wb") as fh:
+            faults.write_point(path.name)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -52,7 +66,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
         return _jsonable(value.tolist())
-    if isinstance(value, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is not None and isinstance(value, torch.Tensor):
         return _jsonable(value.tolist())
     if isinstance(value, (np.floating, float)):
         value = float(value)
@@ -97,29 +112,69 @@ def read_rows(path: str | Path) -> list[dict]:
         return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def nonfinite_tensors(state: dict) -> list[str]:
+    """Names of the floating tensors of a state dict (nested dicts walked) holding NaN or inf."""
+    import torch
+
+    bad: list[str] = []
+    for key, value in state.items():
+        if isinstance(value, dict):
+            bad += [f"{key}.{name}" for name in nonfinite_tensors(value)]
+        elif torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad.append(str(key))
+    return bad
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """``torch.save`` to a temporary file, then rename: the previous checkpoint survives a crash."""
+    """``torch.save`` to a temporary file, then rename: the previous checkpoint survives a crash.
+
+    Raises:
+        CheckpointError: ``state["model"]`` holds a non-finite tensor (nothing is written: the file
+            on disk stays the last good checkpoint).
+    """
+    import torch
+
+    bad = nonfinite_tensors(state.get("model", {}))
+    if bad:
+        raise CheckpointError(f"not writing {path}: {len(bad)} model tensor(s) hold NaN or inf "
+                              f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})")
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | Path, map_location: "str | torch.device" = "cpu") -> dict:
     """Load a workbench checkpoint with ``weights_only=True``.
 
     Raises:
-        CheckpointError: naming the path when it is missing (a ``FileNotFoundError``).
+        CheckpointError: one line naming the path when it is missing, unreadable (empty, truncated,
+            not a torch file), not a workbench checkpoint (no ``model``), or holds non-finite weights.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
-        from workbench.errors import CheckpointError
-
         raise CheckpointError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, KeyError ... for bad files
+        size = path.stat().st_size
+        what = "empty" if size == 0 else f"{size} bytes, truncated or not a torch file"
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint ({what}: {first})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path} is not a workbench checkpoint (no 'model' state dict)")
+    bad = nonfinite_tensors(state["model"])
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights in {len(bad)} tensor(s) "
+                              f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); it cannot be used")
+    return state
 
 
 def rng_state() -> dict:
     """Python, numpy and torch (CPU and CUDA) RNG states as tensors and plain values."""
+    import torch
+
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -135,6 +190,8 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` saved."""
     import ast
+
+    import torch
 
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]

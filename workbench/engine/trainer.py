@@ -1,0 +1,481 @@
+"""The epoch loop shared by both training stages.
+
+One :class:`Trainer` runs the epochs for both stages — device, AMP, DDP, optimizer and schedule,
+per-step and per-epoch logs, evaluation, atomic checkpoints of finite weights only, resume and the
+NaN guard — and asks its subclass for the batches and for ``compute_losses(batch) -> dict``
+(torchreid's ``forward_backward`` split in two). The run folder it writes is a
+:class:`~workbench.runs.RunFolder`; whether to start, resume or reload is decided in
+:mod:`workbench.engine.lifecycle`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from workbench import faults
+from workbench.builders import build_optimizer, build_scheduler, load_domains
+from workbench.config import Config
+from workbench.data import ImageCache
+from workbench.distributed import barrier, setup_context
+from workbench.errors import WorkbenchError
+from workbench.evaluation import METRIC_KEYS, evaluate, format_metrics
+from workbench.losses import LOSS_TERMS
+from workbench.paths import source_commit
+from workbench.runs import RunFolder, RunRecord, epoch_summary, new_run_dir, nonfinite_tensors, rng_state, \
+    save_checkpoint, set_rng_state
+from workbench.tensorboard import TensorBoardLog
+
+log = logging.getLogger("workbench.engine")
+
+
+class TrainingDiverged(WorkbenchError, RuntimeError):
+    """A loss term or the weights became NaN or inf; the run folder keeps the last good checkpoint."""
+
+
+@dataclass
+class RunResult:
+    """What a training stage returns."""
+
+    run_dir: Path
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run_dir)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder.checkpoint_path
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# ----------------------------------------------------------------------------- progress
+
+class _ProgressLog:
+    """Log lines during an epoch when no progress bar is shown (not a TTY: nohup, notebooks, CI).
+
+    The first step is logged at once, then one line every ``every_s`` seconds: step/steps, images/s
+    and the epoch's ETA.
+    """
+
+    def __init__(self, stage: str, epoch: int, epochs: int, steps: int, every_s: float, *, enabled: bool) -> None:
+        self.stage, self.epoch, self.epochs, self.steps = stage, epoch, epochs, steps
+        self.every_s, self.enabled = every_s, enabled
+        self.start = self.last = time.perf_counter()
+        self.logged_first = False
+
+    def step(self, done: int, images: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.logged_first and now - self.last < self.every_s and done < self.steps:
+            return
+        self.logged_first, self.last = True, now
+        elapsed = max(now - self.start, 1e-9)
+        eta = elapsed / done * (self.steps - done)
+        log.info("%s epoch %d/%d step %d/%d: loss %.4g, %.1f images/s, epoch ETA %d:%02d", self.stage,
+                 self.epoch + 1, self.epochs, done, self.steps, loss, images / elapsed, eta // 60, eta % 60)
+
+
+# ----------------------------------------------------------------------------- the epoch loop
+
+class Trainer:
+    """The epoch loop shared by both stages.
+
+    Subclasses set ``stage``, build their loader in ``__init__`` and implement
+    :meth:`compute_losses` (forward and loss of one batch, returning a dict with a differentiable
+    ``loss`` and detached scalars for logging) and :meth:`batches`.
+
+    Args:
+        cfg: the run's configuration (saved as ``config.json``).
+        run_dir: the run folder, a path or a :class:`RunFolder` (a new ``runs/<time>-<stage>`` when None).
+        resume: continue from the folder's checkpoint if it exists.
+        callbacks: called as ``cb(trainer, epoch, row)`` after each epoch's checkpoint is written
+            (live plots in notebooks; an exception stops the run, the checkpoint is kept).
+    """
+
+    stage = "train"
+
+    def __init__(self, cfg: Config, run_dir: str | Path | RunFolder | None = None, *, resume: bool = False,
+                 callbacks: Sequence[Callable] = ()) -> None:
+        self.ctx = setup_context(cfg.train.device)
+        self.cfg = cfg
+        self.callbacks = list(callbacks)
+        if run_dir is None:
+            run_dir = new_run_dir(self.stage) if self.ctx.is_main else None
+            if self.ctx.distributed:
+                holder = [str(run_dir) if run_dir else None]
+                dist.broadcast_object_list(holder, src=0)
+                run_dir = holder[0]
+        self.folder = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+        self.run_dir = self.folder.path
+        if self.ctx.is_main:
+            log.info("%s: preparing %s (device %s, %d process%s)", self.stage, self.run_dir, self.ctx.device,
+                     self.ctx.world_size, "es" if self.ctx.world_size > 1 else "")
+        self.resume = resume
+        # weights come from the checkpoint: skip downloads and stage-1 loading
+        self.resuming = resume and self.folder.has_checkpoint
+        self.device = self.ctx.device
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = torch.float16 if cuda else torch.bfloat16
+        self.use_amp = bool(cfg.train.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and cuda)
+        self.channels_last = bool(cfg.train.channels_last and cuda)
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(cfg.train.seed)
+        self.target, self.reference = load_domains(cfg.data)
+        self.num_agents = len({s.pid for s in self.reference})
+        self.history: list[dict] = []
+        self.steps: list[dict] = []
+        self.start_epoch = 0
+        self.good_epoch = 0  # the epoch (1-based) the folder's checkpoint holds; 0: none written
+        self.extra_metrics: dict = {}
+        self.record = RunRecord(stage=self.stage, seed=cfg.train.seed)
+        self.tb: TensorBoardLog | None = None
+
+    # -- to implement
+    def compute_losses(self, batch, epoch: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def batches(self, epoch: int) -> Iterable:
+        raise NotImplementedError
+
+    @property
+    def num_epochs(self) -> int:
+        raise NotImplementedError
+
+    # -- shared pieces
+    def _image_cache(self, samples) -> ImageCache | None:
+        d = self.cfg.data
+        return ImageCache(samples, d.image_size) if d.cache_images else None
+
+    def _set_optimizer(self, lr: float, weight_decay: float, milestones) -> None:
+        self.optimizer = build_optimizer(self.net, lr, weight_decay, self.cfg.train.momentum)
+        self.scheduler = build_scheduler(self.optimizer, milestones, self.cfg.train.gamma)
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        module = module.to(self.device)
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        if self.ctx.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return module
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
+
+    def evaluate_target(self) -> dict:
+        """Rank metrics of the current network on the target query/gallery (rank 0 only)."""
+        t = self.cfg.train
+        started = time.perf_counter()
+        log.info("%s: evaluating on %d query / %d gallery images", self.stage, len(self.target.query),
+                 len(self.target.gallery))
+        metrics = evaluate(self.net, self.target, image_size=self.cfg.data.image_size, batch_size=t.eval_batch_size,
+                           workers=self.cfg.data.workers, device=self.device, amp=self.use_amp, flip=t.flip_test)
+        log.info("%s: evaluated in %.0f s: %s (%%)", self.stage, time.perf_counter() - started,
+                 format_metrics(metrics))
+        return metrics
+
+    def state_dict(self, epoch: int) -> dict:
+        return {
+            "stage": self.stage,
+            "epoch": epoch,
+            "model": self.net.state_dict(),
+            "model_config": {**asdict(self.cfg.model), "stages": list(self.cfg.model.stages)},
+            "num_agents": self.net.num_agents,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "history": self.history,
+            "steps": self.steps,
+            "extra_metrics": self.extra_metrics,
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.history = list(state["history"])
+        self.steps = list(state["steps"])
+        self.extra_metrics = dict(state.get("extra_metrics", {}))
+        self.start_epoch = self.good_epoch = int(state["epoch"]) + 1
+
+    def _try_resume(self) -> bool:
+        if not self.resume or not self.folder.has_checkpoint:
+            if self.resume:
+                log.info("%s has no checkpoint yet: starting from scratch", self.run_dir)
+            return False
+        self.load_state(self.folder.checkpoint(map_location=self.device))
+        log.info("resumed %s at epoch %d", self.run_dir, self.start_epoch)
+        return True
+
+    def _write_logs(self) -> None:
+        self.folder.write_logs(self.history, self.steps)
+
+    def _last_good(self) -> str:
+        if self.good_epoch:
+            return f"the last good checkpoint is {self.folder.checkpoint_path} (epoch {self.good_epoch})"
+        return f"no checkpoint was written in {self.run_dir}"
+
+    def _check_finite(self, losses: dict, epoch: int, step: int) -> None:
+        for name in LOSS_TERMS:
+            if name in losses and not torch.isfinite(losses[name]).all():
+                raise TrainingDiverged(
+                    f"non-finite loss in {self.stage} at epoch {epoch + 1}/{self.num_epochs}, step "
+                    f"{step + 1}/{self.steps_per_epoch}: term {name!r} = {float(losses[name].detach())}; {self._last_good()}"
+                )
+
+    def _save_checkpoint(self, epoch: int) -> None:
+        """Write the epoch's checkpoint, only if every weight and loss state is finite (on every rank,
+        so that DDP ranks stop together)."""
+        state = self.state_dict(epoch)
+        bad = nonfinite_tensors(state["model"]) + nonfinite_tensors(state.get("criterion", {}))
+        if bad:
+            raise TrainingDiverged(
+                f"non-finite weights in {self.stage} after epoch {epoch + 1}/{self.num_epochs} ({len(bad)} "
+                f"tensor(s), e.g. {', '.join(bad[:3])}); not saved; {self._last_good()}")
+        if self.ctx.is_main:
+            save_checkpoint(self.folder.checkpoint_path, state)
+        self.good_epoch = epoch + 1
+
+    def _reduce(self, totals: dict[str, float]) -> dict[str, float]:
+        if not self.ctx.distributed:
+            return totals
+        keys = sorted(totals)
+        t = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return {k: float(v) / self.ctx.world_size for k, v in zip(keys, t.tolist())}
+
+    def _step_values(self, losses: dict) -> dict[str, float]:
+        """The step's logged values with one device sync; under DDP averaged over ranks.
+
+        Counts (``n_pos``, ``n_neg``) and the threshold are already global (computed on the gathered
+        target batch), so averaging leaves them unchanged; the per-rank loss means become global means.
+        """
+        keys = sorted(losses)
+        values = torch.stack([v.detach().float().reshape(()) if torch.is_tensor(v)
+                              else torch.tensor(float(v), device=self.device) for v in (losses[k] for k in keys)])
+        if self.ctx.distributed:
+            dist.all_reduce(values)
+            values = values / self.ctx.world_size
+        return dict(zip(keys, values.tolist()))
+
+    def train_epoch(self, epoch: int) -> dict:
+        self.net.train()
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        images = 0
+        show = (self.cfg.train.progress and self.ctx.is_main and sys.stderr.isatty()
+                and not os.environ.get("CI"))
+        bar = tqdm(total=self.steps_per_epoch, desc=f"{self.stage} {epoch + 1}/{self.num_epochs}",
+                   disable=not show, leave=False, dynamic_ncols=True)
+        start = time.perf_counter()
+        progress = _ProgressLog(self.stage, epoch, self.num_epochs, self.steps_per_epoch,
+                                self.cfg.train.log_every_s, enabled=self.ctx.is_main and not show)
+        last = start
+        for step, batch in enumerate(self.batches(epoch)):
+            with self.autocast():
+                losses = self.compute_losses(batch, epoch)
+            self._check_finite(losses, epoch, step)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(losses["loss"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            images += self.batch_images(batch)
+            row = {"epoch": epoch, "step": step} | self._step_values(losses)
+            for k, value in row.items():
+                if k not in ("epoch", "step") and math.isfinite(value):
+                    sums[k] += value
+                    counts[k] += 1
+            self.steps.append(row)
+            faults.point("step")
+            if self.tb is not None:
+                now = time.perf_counter()
+                self.tb.step(epoch * self.steps_per_epoch + step, row, self.optimizer.param_groups[0]["lr"],
+                             self.batch_images(batch) * self.ctx.world_size / max(now - last, 1e-9))
+                last = now
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            bar.update()
+            progress.step(step + 1, images * self.ctx.world_size, row["loss"])
+        bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        means = self._reduce({k: sums[k] / counts[k] for k in sums})
+        return self.summarize_epoch(means, sums) | {
+            "seconds": round(seconds, 3),
+            "images_per_s": round(images * self.ctx.world_size / max(seconds, 1e-9), 2),
+        }
+
+    def summarize_epoch(self, means: dict, sums: dict) -> dict:
+        return dict(means)
+
+    def batch_images(self, batch) -> int:
+        raise NotImplementedError
+
+    @property
+    def steps_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def before_training(self) -> None:
+        """Hook run once on a fresh (not resumed) start."""
+
+    def synced_state(self) -> list[torch.Tensor]:
+        """Tensors that must be identical on every DDP rank (checked after each epoch)."""
+        return [p.detach() for p in self.net.parameters()]
+
+    def check_synced(self) -> None:
+        """Under DDP, fail loudly if ranks drifted apart (a bug, never expected)."""
+        if not self.ctx.distributed:
+            return
+        sums = torch.stack([t.double().sum() for t in self.synced_state()]).to(self.device)
+        gathered = [torch.empty_like(sums) for _ in range(self.ctx.world_size)]
+        dist.all_gather(gathered, sums)
+        if not all(torch.allclose(g, gathered[0], rtol=1e-6, atol=1e-6) for g in gathered):
+            raise RuntimeError("DDP ranks hold different model/loss state after an epoch")
+
+    def fit(self) -> RunResult:
+        """Run the remaining epochs; returns the run folder, the final metrics and the history.
+
+        Rank 0 holds the folder's lock throughout (a second writer is refused). A fresh start writes
+        ``config.json`` and ``run.json``; a resume never rewrites the config (the lifecycle checked that
+        it matches) and first rewrites ``history.csv``/``steps.csv`` from the checkpoint, repairing
+        a crash between a checkpoint and its rows. A run is finished when ``metrics.json`` exists: it is
+        written last, and a run whose last epoch is checkpointed but whose metrics are missing (a crash
+        in between) is evaluated again when resumed. An exception marks ``run.json`` failed, with the
+        error; an interrupt (Ctrl-C, a kill) leaves it interrupted, to resume.
+        """
+        if not self.ctx.is_main:
+            return self._fit(self._try_resume())
+        with self.folder.lock():
+            resumed = self._try_resume()
+            if resumed:
+                self._write_logs()
+                self.record = self.folder.record_or_none() or self.record
+                self.record.state, self.record.error = "running", None
+            else:
+                self.folder.write_config(self.cfg)
+                self.record.started, self.record.commit = _now(), source_commit()
+            self._write_record()
+            if self.cfg.train.tensorboard:
+                self.tb = TensorBoardLog(self.run_dir, purge_step=self.start_epoch * self.steps_per_epoch)
+            try:
+                result = self._fit(resumed)
+            except Exception as err:
+                self.record.state, self.record.error = "failed", f"{type(err).__name__}: {err}"
+                self._write_record()
+                raise
+            finally:
+                if self.tb is not None:
+                    self.tb.close()
+            self.record.state, self.record.finished = "finished", _now()
+            self._write_record()
+            return result
+
+    def _write_record(self) -> None:
+        """``run.json``: the record, with what the history and the stage's extra metrics say now."""
+        summary = epoch_summary(self.history)
+        if self.stage != "mar":
+            summary.pop("final_threshold", None), summary.pop("final_pos_precision", None)
+        self.record.__dict__.update(summary)
+        self.record.start_metrics = dict(self.extra_metrics.get("initial", self.record.start_metrics))
+        self.record.init_threshold = self.extra_metrics.get("init_threshold", self.record.init_threshold)
+        self.folder.write_record(self.record)
+
+    def _fit(self, resumed: bool) -> RunResult:
+        if not resumed:
+            self.before_training()
+        every = self.cfg.train.eval_every
+        metrics: dict = {}
+        for epoch in range(self.start_epoch, self.num_epochs):
+            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+            row |= self.train_epoch(epoch)
+            self.scheduler.step()
+            last = epoch == self.num_epochs - 1
+            if last or (every > 0 and (epoch + 1) % every == 0):
+                if self.ctx.is_main:
+                    metrics = self.evaluate_target()
+                    row |= {k: metrics[k] for k in METRIC_KEYS}
+                    if self.tb is not None:
+                        self.tb.evaluation((epoch + 1) * self.steps_per_epoch, metrics)
+                barrier(self.ctx)
+            self.history.append(row)
+            log.info("%s epoch %d/%d: %s", self.stage, epoch + 1, self.num_epochs,
+                     ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
+            faults.point("epoch-end")
+            # rows first, then the checkpoint that marks the epoch done: a crash in between leaves rows
+            # of an epoch that the resume trains again and rewrites
+            if self.ctx.is_main:
+                self._write_logs()
+            self._save_checkpoint(epoch)
+            if self.ctx.is_main:
+                faults.point("after-checkpoint")
+                self._write_record()
+            if last:
+                metrics = self._finish(metrics, epoch + 1)
+            barrier(self.ctx)
+            self.check_synced()
+            for cb in self.callbacks:
+                cb(self, epoch, row)
+        if not metrics:  # resumed after the last epoch's checkpoint
+            metrics = self._finish_without_training()
+        return RunResult(self.run_dir, metrics, list(self.history))
+
+    def _finish(self, evaluation: dict, epochs_done: int) -> dict:
+        """The end of a run: the projector (TensorBoard), then ``metrics.json``, which marks it finished;
+        every rank returns rank 0's metrics."""
+        metrics: dict = {}
+        if self.ctx.is_main:
+            metrics = self.final_metrics(evaluation)
+            if self.tb is not None:
+                faults.point("projector")
+                self.write_projector(epochs_done * self.steps_per_epoch)
+            self.folder.write_metrics(metrics)
+        if self.ctx.distributed:
+            holder = [metrics]
+            dist.broadcast_object_list(holder, src=0)
+            metrics = holder[0]
+        return metrics
+
+    def _finish_without_training(self) -> dict:
+        """All epochs are checkpointed: reload ``metrics.json``, or evaluate and finish if it is missing."""
+        if self.folder.is_finished:
+            return self.folder.metrics()
+        log.info("%s: every epoch is done but %s is missing: evaluating the final checkpoint", self.stage,
+                 self.folder.metrics_path)
+        evaluation = self.evaluate_target() if self.ctx.is_main else {}
+        return self._finish(evaluation, self.num_epochs)
+
+    def write_projector(self, global_step: int) -> None:
+        """Hook at the end of a run, with TensorBoard on: embeddings for the projector (stage 2)."""
+
+    def final_metrics(self, metrics: dict) -> dict:
+        """What ``metrics.json`` holds: the last evaluation plus the stage's extra figures."""
+        out = {k: v for k, v in metrics.items() if k not in ("distmat", "qf", "gf")}
+        return out | {"stage": self.stage, "epochs": self.num_epochs, "seed": self.cfg.train.seed,
+                      "commit": source_commit(), **self.extra_metrics}
