@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -307,13 +308,51 @@ def from_params(params: dict[str, Any], base: str | Config | None = None) -> Con
         if group not in _GROUPS or name not in _FIELD_GROUP or _FIELD_GROUP[name] != group:
             raise ConfigError(f"unknown config field {key!r}; known: {sorted(_FIELD_GROUP)}")
         per_group[group][name] = value
-    return Config(
+    return check_ranges(Config(
         data=_coerce_group(cfg.data, per_group["data"], "data"),
         model=_coerce_group(cfg.model, per_group["model"], "model"),
         loss=_coerce_group(cfg.loss, per_group["loss"], "loss"),
         train=_coerce_group(cfg.train, per_group["train"], "train"),
         preset=cfg.preset,
-    )
+    ))
+
+
+#: the allowed range of each numeric field: (lowest, highest, lowest allowed itself, highest allowed itself)
+_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    **dict.fromkeys(("lr", "pretrain_lr", "scale", "margin", "gamma"), (0, math.inf, False, False)),
+    **dict.fromkeys(("epochs", "pretrain_epochs", "n_reference", "pretrain_batch_size", "eval_batch_size"),
+                    (1, math.inf, True, False)),
+    "n_target": (2, math.inf, True, False),  # L_MDL mines pairs within the target half
+    **dict.fromkeys(("weight_decay", "pretrain_weight_decay", "lambda_cml", "lambda_ref", "beta", "eval_every",
+                     "mdl_warmup_epochs", "workers", "pad", "log_every_s", "seed", "synthetic_seed"),
+                    (0, math.inf, True, False)),
+    "mining_ratio": (0, 1, False, True),
+    "momentum": (0, 1, True, False),
+    "last_stride": (1, 2, True, True),
+}
+
+
+def check_ranges(cfg: Config) -> Config:
+    """``cfg`` when every numeric field is in its range (a negative lr, zero epochs ... are refused when
+    the config is made, not after the data has loaded).
+
+    Raises:
+        ConfigError: naming the first field out of range, its value and the range.
+    """
+    flat = cfg.flat()
+    for name, (low, high, low_ok, high_ok) in _RANGES.items():
+        value = flat[name]
+        if value is None:
+            continue
+        if not (low < value or (low_ok and value == low)) or not (value < high or (high_ok and value == high)):
+            lo, hi = "[" if low_ok else "(", "]" if high_ok else ")"
+            raise ConfigError(f"{name} = {value!r} is out of range: it must lie in {lo}{low:g}, {high:g}{hi}")
+    for name in ("image_size", "milestones", "pretrain_milestones"):
+        if any(v < 1 for v in flat[name]):
+            raise ConfigError(f"{name} = {flat[name]!r}: every entry must be a positive integer")
+    if flat["embed_dim"] is not None and flat["embed_dim"] < 1:
+        raise ConfigError(f"embed_dim = {flat['embed_dim']!r}: a positive size, or none for no embedding")
+    return cfg
 
 
 def load_config(path: str | Path) -> Config:

@@ -260,6 +260,9 @@ def run_point_main(argv: list[str] | None = None) -> int:
     rp.add_argument("spec", help="JSON: notebook, params, point_dir, kernel_name, timeout")
     args = parser.parse_args(argv)
     spec = json.loads(args.spec)
+    # a sweep started as a background job of a non-interactive shell (`... &`) hands its workers SIGINT
+    # ignored; the sweep stops its workers with SIGINT, so take it back
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from workbench.experiments.sweep import _attempt, _now
     from workbench.runs import write_json
 
@@ -270,7 +273,7 @@ def run_point_main(argv: list[str] | None = None) -> int:
         record = _attempt(Path(spec["notebook"]), spec["params"], point_dir, kernel_name=spec["kernel_name"],
                           timeout=spec["timeout"])
     except KeyboardInterrupt:
-        record = {"state": "failed", "error": "KeyboardInterrupt: interrupted", "finished": _now(),
+        record = {"state": "interrupted", "error": "interrupted; run the sweep again to resume it", "finished": _now(),
                   "seconds": round(time.time() - started, 3), "host": socket.gethostname(), "pid": os.getpid()}
         write_json(point_dir / ATTEMPT_FILE, record)
         return 130

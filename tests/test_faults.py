@@ -1,0 +1,284 @@
+"""Fault injection: real kills, a full disk, a second writer, corrupt and non-finite checkpoints, bad input.
+
+Every fault is injected for real — ``SIGKILL`` of a training process at a named point of its run
+(:mod:`workbench.faults`), ``ENOSPC`` raised by a write, a second process locking the folder, broken
+files on disk — and the test asserts what a user sees: the resumed run equals the uninterrupted one
+(weights, metrics, every CSV row but the timings), or the command fails with one ``error:`` line
+naming the file, exit status 2. :data:`FAULTS` lists what is covered; README's reliability paragraph
+counts it (``python -m workbench report --readme README.md``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench import faults
+from workbench.cli import main
+from workbench.config import from_params
+from workbench.engine import pretrain
+from workbench.runs import RunFolder, load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: (kill point, what it stands for) — each kills a 3-epoch stage-2 run, which then resumes with
+#: ``train --run-dir R --resume`` alone (config, stage and start checkpoint come from the folder)
+KILLS = [
+    ("step#7", "mid-epoch (SIGKILL after the 7th step of epoch 2)"),
+    ("history.csv#1", "before the first checkpoint (while the first epoch's rows are written)"),
+    ("checkpoint.pt#2", "mid-write of the second checkpoint (its temporary file left behind)"),
+    ("after-checkpoint#2", "right after the second checkpoint's rename"),
+    ("steps.csv#3", "between the last epoch's history row and its steps rows"),
+    ("after-checkpoint#3", "between the final checkpoint and metrics.json"),
+    ("metrics.json#1", "while metrics.json is written"),
+]
+#: every fault and bad input this suite injects (README counts them)
+FAULTS = [f"kill {point}: {what}" for point, what in KILLS] + [
+    "ENOSPC at a checkpoint write", "ENOSPC at the final metrics", "ENOSPC before the TensorBoard projector",
+    "a second writer of one run folder", "a lock left by a killed process",
+    "an empty checkpoint", "a truncated checkpoint", "a text file as checkpoint",
+    "a checkpoint with NaN in its weights", "divergence with lr=1e6", "divergence with lr=1e12",
+    "lr=-0.1", "epochs=0", "--epochs -1", "a sweep point killed mid-run",
+]
+
+TIMINGS = {"seconds", "images_per_s"}  # the only columns a resumed run may differ in
+EPOCHS = ["--set", "epochs=3", "--set", "eval_every=0"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    """The environment of the processes under test: synthetic smoke data in a module folder, one thread."""
+    data = tmp_path_factory.mktemp("data")
+    out = {k: v for k, v in os.environ.items() if k != faults.ENV}
+    out |= {"WORKBENCH_DATA": str(data), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CI": "1"}
+    return out
+
+
+@pytest.fixture(scope="module")
+def stage1(env, tmp_path_factory) -> Path:
+    old = os.environ.get("WORKBENCH_DATA")
+    os.environ["WORKBENCH_DATA"] = env["WORKBENCH_DATA"]
+    try:
+        result = pretrain(from_params({"preset": "smoke", "tensorboard": False}), tmp_path_factory.mktemp("s1") / "pre")
+    finally:
+        if old is None:
+            os.environ.pop("WORKBENCH_DATA", None)
+        else:
+            os.environ["WORKBENCH_DATA"] = old
+    return result.checkpoint
+
+
+def workbench(env: dict, *args: str, fault: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m workbench ARGS`` in its own process, with a fail point armed when given."""
+    run_env = dict(env) | ({faults.ENV: fault} if fault else {})
+    return subprocess.run([sys.executable, "-m", "workbench", *args], env=run_env, cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def train(env: dict, run: Path, stage1: Path, *extra: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    return workbench(env, "train", "--preset", "smoke", "--init", str(stage1), "--run-dir", str(run),
+                     "--no-tensorboard", *EPOCHS, *extra, fault=fault)
+
+
+def rows(path: Path, drop: set[str] = TIMINGS) -> list[dict]:
+    with open(path, newline="") as fh:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(fh)]
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """The resumed run equals the uninterrupted one: weights and loss state, metrics, every CSV row."""
+    got, want = load_checkpoint(run / "checkpoint.pt"), load_checkpoint(reference / "checkpoint.pt")
+    assert got["epoch"] == want["epoch"]
+    for part in ("model", "criterion"):
+        for key, value in want[part].items():
+            assert torch.equal(got[part][key], value), f"{part}.{key} differs after the resume"
+    for name in ("history.csv", "steps.csv"):
+        assert rows(run / name) == rows(reference / name), f"{name} differs after the resume"
+    drop = {"commit"} | TIMINGS  # metrics.json holds the evaluation's seconds
+    a, b = json.loads((run / "metrics.json").read_text()), json.loads((reference / "metrics.json").read_text())
+    assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+    assert not list(run.glob(".*.tmp")), "a temporary file was left behind"
+    assert RunFolder(run).state == "finished"
+
+
+def one_error_line(proc: subprocess.CompletedProcess | tuple[int, str], *, names: str | Path) -> str:
+    code, err = (proc.returncode, proc.stderr) if isinstance(proc, subprocess.CompletedProcess) else proc
+    lines = [line for line in err.strip().splitlines() if line.strip() and " INFO " not in line]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert str(names) in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def reference_run(env, stage1, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("ref") / "mar"
+    proc = train(env, run, stage1)
+    assert proc.returncode == 0, proc.stderr
+    return run
+
+
+# ----------------------------------------------------------------------------- kills
+
+@pytest.mark.parametrize("point", [p for p, _ in KILLS], ids=[p for p, _ in KILLS])
+def test_a_run_killed_anywhere_resumes_to_the_same_result(env, stage1, reference_run, tmp_path, point) -> None:
+    run = tmp_path / "mar"
+    killed = train(env, run, stage1, fault=f"kill@{point}")
+    assert killed.returncode == -signal.SIGKILL, f"the fail point {point} was never reached:\n{killed.stderr}"
+    assert RunFolder(run).state == "interrupted"
+    resumed = workbench(env, "train", "--run-dir", str(run), "--resume")  # no --init, no --set: the folder says
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run, reference_run)
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+@pytest.mark.parametrize("point", ["checkpoint.pt#2", "metrics.json#1"])
+def test_a_full_disk_keeps_the_last_checkpoint_and_resumes(env, stage1, reference_run, tmp_path, point) -> None:
+    run = tmp_path / "mar"
+    full = train(env, run, stage1, fault=f"enospc@{point}")
+    assert full.returncode == 1 and "No space left on device" in full.stderr
+    assert not list(run.glob(".*.tmp"))  # the temporary file went with the failed write
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == (0 if point.startswith("checkpoint") else 2)
+    assert RunFolder(run).state == "failed" and "No space left" in RunFolder(run).record().error
+    assert workbench(env, "train", "--run-dir", str(run), "--resume").returncode == 0
+    assert_same_run(run, reference_run)
+
+
+def test_a_full_disk_before_the_projector_is_repaired_on_resume(env, stage1, tmp_path) -> None:
+    run = tmp_path / "mar"
+    args = ("train", "--preset", "smoke", "--init", str(stage1), "--run-dir", str(run), *EPOCHS[:2])
+    full = workbench(env, *args, fault="enospc@projector")
+    assert full.returncode == 1 and not (run / "metrics.json").exists()
+    assert workbench(env, "train", "--run-dir", str(run), "--resume").returncode == 0
+    metadata = list((run / "tensorboard").rglob("metadata.tsv"))
+    assert metadata and all(p.stat().st_size > 0 for p in metadata)
+    assert RunFolder(run).state == "finished"
+
+
+# ----------------------------------------------------------------------------- two writers
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_folder(env, stage1, tmp_path) -> None:
+    run = tmp_path / "mar"
+    holder = RunFolder(run)
+    holder.acquire()  # the first writer (this process)
+    try:
+        second = train(env, run, stage1, "--seed", "7")
+        line = one_error_line(second, names=run)
+        assert f"pid {os.getpid()}" in line
+        assert not (run / "config.json").exists()  # nothing of the second writer landed
+        assert RunFolder(run).state in ("new", "running")
+    finally:
+        holder.release()
+    assert train(env, run, stage1).returncode == 0  # free again
+
+
+def test_a_writer_killed_with_sigkill_never_leaves_the_folder_locked(env, stage1, tmp_path) -> None:
+    run = tmp_path / "mar"
+    code = f"from workbench.runs import RunFolder; RunFolder({str(run)!r}).acquire(); print('locked', flush=True); " \
+           "import time; time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        assert RunFolder(run).state == "new" and RunFolder(run).locked_by_other()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    assert not RunFolder(run).locked_by_other()
+    assert train(env, run, stage1).returncode == 0
+
+
+# ----------------------------------------------------------------------------- broken checkpoints
+
+def _broken(tmp_path: Path, kind: str, good: Path) -> Path:
+    path = tmp_path / "run" / "checkpoint.pt"
+    path.parent.mkdir(parents=True)
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "text":
+        path.write_text("epoch 3, loss 0.5\n")
+    else:  # non-finite weights, in a BatchNorm buffer as a diverged run leaves them
+        state = torch.load(good, weights_only=True)
+        key = next(k for k in state["model"] if k.endswith("running_var"))
+        state["model"][key] = torch.full_like(state["model"][key], float("nan"))
+        torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "text", "nonfinite"])
+def test_a_broken_checkpoint_is_one_error_line_naming_the_file(env, stage1, tmp_path, kind, capsys,
+                                                              monkeypatch) -> None:
+    monkeypatch.setenv("WORKBENCH_DATA", env["WORKBENCH_DATA"])
+    path = _broken(tmp_path, kind, stage1)
+    for argv in (["evaluate", "--checkpoint", str(path), "--dataset", "synthetic", "--preset", "smoke"],
+                 ["train", "--preset", "smoke", "--init", str(path), "--run-dir", str(tmp_path / "new"),
+                  "--no-tensorboard"]):
+        code = main(argv)
+        one_error_line((code, capsys.readouterr().err), names=path)
+    # found by --resume: the folder's own checkpoint (config.json beside it says a run started there)
+    (path.parent / "config.json").write_text(from_params({"preset": "smoke"}).to_json())
+    (path.parent / "run.json").write_text(json.dumps({"stage": "mar", "state": "running"}))
+    code = main(["train", "--run-dir", str(path.parent), "--resume"])
+    one_error_line((code, capsys.readouterr().err), names=path)
+
+
+@pytest.mark.parametrize("lr", ["1e6", "1e12"])
+def test_divergence_names_only_a_good_checkpoint(env, stage1, tmp_path, lr, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("WORKBENCH_DATA", env["WORKBENCH_DATA"])
+    run = tmp_path / "mar"
+    code = main(["train", "--preset", "smoke", "--init", str(stage1), "--run-dir", str(run), "--no-tensorboard",
+                 "--set", f"lr={lr}", *EPOCHS])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and line.startswith("error: non-finite"), line
+    assert "epoch 0" not in line  # epochs count from 1, as the logs do
+    if "last good checkpoint is" in line:
+        named = Path(line.split("last good checkpoint is ")[1].split(" (epoch")[0])
+        assert named.is_file() and load_checkpoint(named)["epoch"] >= 0  # loads: every weight is finite
+    else:
+        assert "no checkpoint was written" in line and not (run / "checkpoint.pt").exists()
+    assert RunFolder(run).state == "failed"
+
+
+# ----------------------------------------------------------------------------- bad values
+
+@pytest.mark.parametrize("args, field", [(["--set", "lr=-0.1"], "lr"), (["--set", "epochs=0"], "epochs"),
+                                         (["--epochs", "-1"], "epochs")])
+def test_out_of_range_values_are_refused_before_anything_loads(tmp_path, capsys, args, field) -> None:
+    started = time.perf_counter()
+    code = main(["train", "--preset", "smoke", "--no-pretraining", "--run-dir", str(tmp_path / "r"), *args])
+    line = one_error_line((code, capsys.readouterr().err), names=f"{field} = ")
+    assert "out of range" in line and not (tmp_path / "r").exists()
+    assert time.perf_counter() - started < 10
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+def test_a_sweep_point_killed_mid_run_resumes_from_its_last_epoch_checkpoint(env, stage1, tmp_path) -> None:
+    """Issue 19: a restarted sweep continues an interrupted point from its last epoch checkpoint."""
+    out = tmp_path / "sweep"
+    args = ("sweep", str(REPO / "notebooks" / "03_train_mar.ipynb"), "--out", str(out), "--set", "preset=smoke",
+            "--set", f"init_checkpoint={stage1}", "--set", "epochs=3", "--set", "extra={eval_every: 0}")
+    first = workbench(env, *args, fault="kill@after-checkpoint#2", timeout=600)
+    assert first.returncode != 0
+    (point,) = [p for p in out.iterdir() if p.is_dir()]
+    run = point / "mar"
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1  # two epochs done, then the kernel died
+    before = rows(run / "history.csv", drop=set())
+    again = workbench(env, *args, timeout=600)
+    assert again.returncode == 0, again.stderr
+    after = rows(run / "history.csv", drop=set())
+    assert len(after) == 3
+    # epochs 1-2 were not trained again: even their timings are the same (the last epoch adds metric columns)
+    assert [{k: row[k] for k in before[0]} for row in after[:2]] == before
+    assert json.loads((point / "status.json").read_text())["state"] == "done"
