@@ -23,7 +23,7 @@ test: $(STAMP)
 
 ## unit tests only
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not notebooks and not browser and not slow" $(ARGS)
+	$(PY) -m pytest -m "not notebooks and not browser and not slow and not faults" $(ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/evaluation.py

@@ -4,8 +4,8 @@ Every fault is injected for real — ``SIGKILL`` of a training process at a name
 (:mod:`workbench.faults`), ``ENOSPC`` raised by a write, a second process locking the folder, broken
 files on disk — and the test asserts what a user sees: the resumed run equals the uninterrupted one
 (weights, metrics, every CSV row but the timings), or the command fails with one ``error:`` line
-naming the file, exit status 2. :data:`FAULTS` lists what is covered; README's reliability paragraph
-counts it (``python -m workbench report --readme README.md``).
+naming the file, exit status 2. README's reliability paragraph lists the cases as pytest collects
+them (``python -m workbench report --readme README.md``).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from workbench.engine import pretrain
 from workbench.runs import RunFolder, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.faults  # `make test` runs them; `make test-fast` leaves them out
 
 #: (kill point, what it stands for) — each kills a 3-epoch stage-2 run, which then resumes with
 #: ``train --run-dir R --resume`` alone (config, stage and start checkpoint come from the folder)
@@ -40,15 +41,6 @@ KILLS = [
     ("after-checkpoint#3", "between the final checkpoint and metrics.json"),
     ("metrics.json#1", "while metrics.json is written"),
 ]
-#: every fault and bad input this suite injects (README counts them)
-FAULTS = [f"kill {point}: {what}" for point, what in KILLS] + [
-    "ENOSPC at a checkpoint write", "ENOSPC at the final metrics", "ENOSPC before the TensorBoard projector",
-    "a second writer of one run folder", "a lock left by a killed process",
-    "an empty checkpoint", "a truncated checkpoint", "a text file as checkpoint",
-    "a checkpoint with NaN in its weights", "divergence with lr=1e6", "divergence with lr=1e12",
-    "lr=-0.1", "epochs=0", "--epochs -1", "a sweep point killed mid-run",
-]
-
 TIMINGS = {"seconds", "images_per_s"}  # the only columns a resumed run may differ in
 EPOCHS = ["--set", "epochs=3", "--set", "eval_every=0"]
 
@@ -253,7 +245,7 @@ def test_divergence_names_only_a_good_checkpoint(env, stage1, tmp_path, lr, caps
 # ----------------------------------------------------------------------------- bad values
 
 @pytest.mark.parametrize("args, field", [(["--set", "lr=-0.1"], "lr"), (["--set", "epochs=0"], "epochs"),
-                                         (["--epochs", "-1"], "epochs")])
+                                         (["--epochs", "-1"], "epochs")], ids=["lr=-0.1", "epochs=0", "--epochs -1"])
 def test_out_of_range_values_are_refused_before_anything_loads(tmp_path, capsys, args, field) -> None:
     started = time.perf_counter()
     code = main(["train", "--preset", "smoke", "--no-pretraining", "--run-dir", str(tmp_path / "r"), *args])

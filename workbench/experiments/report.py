@@ -169,11 +169,39 @@ def report(path: str | Path, *, footnote: bool = True) -> str:
     path = Path(path)
     if path.suffix == ".txt":
         return "```text\n" + path.read_text().rstrip("\n") + "\n```"
+    if path.suffix == ".py":
+        return collected_cases(path)
     if path.is_dir() and path.name in EXPERIMENTS and (path / "runs.csv").is_file():
         return folder_table(path) + (f"\n\n({FOOTNOTE}; mean ± std over seeds, Δ: paired difference with its "
                                      "95 % interval)" if footnote else "")
     text = markdown_table(results_rows(path))
     return text + (f"\n\n({FOOTNOTE})" if footnote else "")
+
+
+def collected_cases(path: str | Path) -> str:
+    """What a test file covers, counted by pytest's own collection: one line per test function with its
+    number of cases and their ids (README's reliability paragraph quotes ``tests/test_faults.py``).
+
+    Raises:
+        ConfigError: pytest could not collect the file.
+    """
+    import subprocess
+    import sys
+    from collections import Counter
+
+    path = Path(path)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           path.name], cwd=path.parent, capture_output=True, text=True, timeout=300)
+    ids = [line.split("::", 1)[1] for line in proc.stdout.splitlines() if "::" in line]
+    if proc.returncode != 0 or not ids:
+        raise ConfigError(f"pytest could not collect {path}: {(proc.stdout + proc.stderr).strip()[-300:]}")
+    functions = Counter(i.split("[")[0] for i in ids)
+    lines = [f"{len(ids)} cases in `{path.name}` (counted by `pytest --collect-only`):", ""]
+    for name, count in functions.items():
+        params = [i.split("[", 1)[1].rstrip("]") for i in ids if i.startswith(name + "[")]
+        what = name.removeprefix("test_").replace("_", " ")
+        lines.append(f"- {what}: {count}" + (f" ({', '.join(f'`{p}`' for p in params)})" if params else ""))
+    return "\n".join(lines)
 
 
 #: a generated table in README: ``<!-- report: PATH -->`` table ``<!-- /report -->``
