@@ -158,7 +158,13 @@ def test_grid_forms(tmp_path: Path) -> None:
             ex.load_grid(bad)
     assert ex.one_at_a_time({"lr": 0.01, "wd": 1}, {"lr": [0.01, 0.1], "wd": [1, 2]}) == [
         {"lr": 0.01, "wd": 1}, {"lr": 0.1, "wd": 1}, {"lr": 0.01, "wd": 2}]
-    assert ex.parse_value("1e-3") == 0.001 and ex.parse_value("none") is None and ex.parse_value("[1, 2]") == [1, 2]
+    assert ex.parse_value("1e-3") == 0.001 and ex.parse_value("none") == "none" and ex.parse_value("null") is None
+    assert ex.parse_value("[1, 2]") == [1, 2]
+    # `sweep --set pretrained=none` reaches the notebook as "none", which its config reads as None (random
+    # init), as `train --set` does; it used to become None and be dropped, leaving the preset's weights
+    assert ex.notebook_config("cpu", {"pretrained": ex.parse_value("none")}).model.pretrained is None
+    assert ex.notebook_config("cpu", {"pretrained": ex.parse_value("null")}).model.pretrained is not None
+    assert ex.repo_path("none") is None
 
 
 def test_point_names_are_stable_readable_and_safe() -> None:
@@ -556,14 +562,14 @@ def test_workers_get_their_devices_and_a_share_of_the_cores(tiny: Path, tmp_path
     df = ex.sweep(tiny, {"value": [1, 2]}, tmp_path / "s", devices="3,5", cpus_per_point=1, progress=False)
     assert sorted(df["cuda"]) == ["3", "5"]                           # one GPU each, of its own
     assert list(df["omp"]) == ["1", "1"] and list(df["torch_threads"]) == [1, 1]  # torch follows
-    from workbench.executors import LocalProcesses, cpu_cores
+    from workbench.experiments.executors import LocalProcesses, cpu_cores
 
     assert LocalProcesses(jobs=2).threads == max(1, cpu_cores() // 2)
     assert LocalProcesses(devices="0,1,2,3", gpus_per_point=2).capacity == 2
 
 
 def test_cli_sweep_jobs_ctrl_c_stops_every_worker(tiny: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    from workbench import executors
+    from workbench.experiments import executors
     from workbench.cli import main
 
     stopped = []
@@ -622,7 +628,7 @@ def test_ray_executor_collects_the_local_table(tiny: Path, tmp_path: Path, ray_r
 
 
 def test_ray_storage_check_names_what_a_node_does_not_see(tmp_path: Path, ray_runtime) -> None:
-    from workbench.executors import SharedStorageError, check_shared_storage
+    from workbench.experiments.executors import SharedStorageError, check_shared_storage
 
     with pytest.raises(SharedStorageError, match=r"not on storage every Ray node sees.*no notebook .*missing\.ipynb"):
         check_shared_storage(tmp_path, tmp_path / "missing.ipynb")

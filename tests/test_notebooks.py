@@ -156,6 +156,30 @@ def test_03_train_mar_runs_stage1_then_reuses_it(nb_env, tmp_path: Path) -> None
     assert metrics(tmp_path)["rank1"] == m["rank1"]
 
 
+@pytest.mark.notebooks
+def test_one_parameter_path_train_set_and_sweep_set_make_the_same_config(nb_env, tmp_path: Path) -> None:
+    """`train --set` and `sweep --set` type values the same way (config.from_params): `pretrained=none` is a
+    randomly initialised backbone in both, not the preset's ImageNet weights."""
+    from workbench.cli import main
+    from workbench.config import RUN_ONLY_FIELDS, Config
+    from workbench.runs import PointFolder, RunFolder
+
+    sets = ["pretrained=none", "lr=3e-4", "stages=layer3+layer4", "use_cml=false", "epochs=1"]
+    argv = [item for s in sets for item in ("--set", s)]
+    assert main(["train", "--preset", "smoke", "--no-pretraining", "--run-dir", str(tmp_path / "train"),
+                 "--no-tensorboard", *argv]) == 0
+    assert main(["sweep", str(NOTEBOOKS / "03_train_mar.ipynb"), "--out", str(tmp_path / "sweep"), "--set",
+                 "preset=smoke", "--set", "reference_pretraining=false", *argv]) == 0
+    (point,) = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir()]
+
+    def flat(cfg: Config) -> dict:
+        return {k: v for k, v in cfg.flat().items() if k not in RUN_ONLY_FIELDS | {"tensorboard"}}
+
+    via_train, via_sweep = RunFolder(tmp_path / "train").config(), PointFolder(point).run("mar").config()
+    assert via_train.model.pretrained is None and via_sweep.model.pretrained is None
+    assert flat(via_sweep) == flat(via_train)
+
+
 def _papermill_cli(notebook: str, out: Path, params: dict, cwd: Path) -> subprocess.CompletedProcess:
     """``papermill NOTEBOOK OUT -y PARAMS`` as a user types it, from ``cwd`` (no --cwd)."""
     cmd = [sys.executable, "-m", "papermill", notebook, str(out), "-y", json.dumps(params), "--no-progress-bar"]

@@ -354,7 +354,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         logging.getLogger("papermill").setLevel(logging.WARNING)
     import signal
 
-    from workbench.executors import SharedStorageError
+    from workbench.experiments.executors import SharedStorageError
 
     def terminated(signum, frame):  # scancel, kill: stop the workers as Ctrl-C does
         raise KeyboardInterrupt
@@ -432,7 +432,12 @@ def _positive_int(text: str) -> int:
 # ----------------------------------------------------------------------------- report
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from workbench.experiments.report import report, results_csv, results_rows, update_readme
+    from workbench.experiments.report import (
+        report,
+        results_csv,
+        results_rows,
+        update_readme,
+    )
     from workbench.runs import atomic_write_text
 
     if args.readme:

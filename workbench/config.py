@@ -135,8 +135,8 @@ class Config:
 
 
 _GROUPS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
-_FIELD_GROUP = {f.name: g for g, c in _GROUPS.items() for f in fields(c)}
-assert len(_FIELD_GROUP) == sum(len(fields(c)) for c in _GROUPS.values()), "field names must be unique"
+FIELD_GROUP = {f.name: g for g, c in _GROUPS.items() for f in fields(c)}
+assert len(FIELD_GROUP) == sum(len(fields(c)) for c in _GROUPS.values()), "field names must be unique"
 
 
 def _coerce(value: Any, current: Any, name: str) -> Any:
@@ -304,9 +304,9 @@ def from_params(params: dict[str, Any], base: str | Config | None = None) -> Con
     per_group: dict[str, dict] = {g: {} for g in _GROUPS}
     for key, value in params.items():
         group, _, name = key.rpartition(".")
-        group = group or _FIELD_GROUP.get(name, "")
-        if group not in _GROUPS or name not in _FIELD_GROUP or _FIELD_GROUP[name] != group:
-            raise ConfigError(f"unknown config field {key!r}; known: {sorted(_FIELD_GROUP)}")
+        group = group or FIELD_GROUP.get(name, "")
+        if group not in _GROUPS or name not in FIELD_GROUP or FIELD_GROUP[name] != group:
+            raise ConfigError(f"unknown config field {key!r}; known: {sorted(FIELD_GROUP)}")
         per_group[group][name] = value
     return check_ranges(Config(
         data=_coerce_group(cfg.data, per_group["data"], "data"),

@@ -6,7 +6,14 @@ Example:
     >>> stage1 = pretrain(get_preset("smoke"))                                # doctest: +SKIP
     >>> stage2 = train_mar(get_preset("smoke"), init_checkpoint=stage1.checkpoint)  # doctest: +SKIP
 """
-from workbench.engine.lifecycle import check_run_folder, load_result, pretrain, resume_run, run_stage, train_mar
+from workbench.engine.lifecycle import (
+           check_run_folder,
+           load_result,
+           pretrain,
+           resume_run,
+           run_stage,
+           train_mar,
+)
 from workbench.engine.stages import MARTrainer, PretrainTrainer, mined_pair_precision
 from workbench.engine.trainer import RunResult, Trainer, TrainingDiverged
 

@@ -15,8 +15,8 @@ from torch import nn
 from workbench.builders import build_loss, build_model, init_from_checkpoint
 from workbench.config import Config
 from workbench.data import MixedLoader, build_test_loader, build_train_loader
-from workbench.errors import ConfigError
 from workbench.engine.trainer import Trainer
+from workbench.errors import ConfigError
 from workbench.evaluation import METRIC_KEYS, format_metrics
 from workbench.losses import agent_loss, soft_multilabel
 from workbench.models import MARNet

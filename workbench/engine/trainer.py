@@ -33,8 +33,16 @@ from workbench.errors import WorkbenchError
 from workbench.evaluation import METRIC_KEYS, evaluate, format_metrics
 from workbench.losses import LOSS_TERMS
 from workbench.paths import source_commit
-from workbench.runs import RunFolder, RunRecord, epoch_summary, new_run_dir, nonfinite_tensors, rng_state, \
-    save_checkpoint, set_rng_state
+from workbench.runs import (
+    RunFolder,
+    RunRecord,
+    epoch_summary,
+    new_run_dir,
+    nonfinite_tensors,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from workbench.tensorboard import TensorBoardLog
 
 log = logging.getLogger("workbench.engine")

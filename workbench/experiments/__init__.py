@@ -30,12 +30,27 @@ Example:
     >>> df[["use_cml", "state", "rank1", "mAP"]]                                 # doctest: +SKIP
 
 Command line: ``python -m workbench sweep NOTEBOOK --grid grid.yaml --out DIR [--jobs N | --executor ray]``
-(where points run: :mod:`workbench.executors`). Notebooks are committed without outputs:
+(running one notebook: :mod:`.execute`; where points run: :mod:`.executors`). Notebooks are committed without outputs:
 ``make notebooks-strip`` (nbstripout).
 """
 from __future__ import annotations
 
-from workbench.experiments.grids import load_grid, one_at_a_time, parse_value, point_name
+from workbench.experiments.execute import (
+    NOTEBOOK_ENV,
+    NotebookParameterError,
+    check_choices,
+    notebook_parameters,
+    repo_path,
+    repo_root,
+    resolve_notebook,
+    run_notebook,
+)
+from workbench.experiments.grids import (
+    load_grid,
+    one_at_a_time,
+    parse_value,
+    point_name,
+)
 from workbench.experiments.notebook import (
     DATA_PARAMETERS,
     ensure_run,
@@ -78,17 +93,9 @@ from workbench.experiments.summary import (
     write_experiment,
 )
 from workbench.experiments.sweep import (
-    NOTEBOOK_ENV,
     STATUS_FILE,
-    NotebookParameterError,
-    check_choices,
     check_points,
-    notebook_parameters,
     read_status,
-    repo_path,
-    repo_root,
-    resolve_notebook,
-    run_notebook,
     shared_stage1,
     sweep,
 )

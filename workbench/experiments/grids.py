@@ -32,16 +32,23 @@ def _fix_yaml_scalar(value: Any) -> Any:
 
 
 def parse_value(text: str) -> Any:
-    """A parameter value from the command line, read as YAML: ``0.01``, ``1e-3``, ``true``, ``none``,
-    ``[1, 2]``; anything else stays a string.
+    """A parameter value from the command line, read as YAML: ``0.01``, ``1e-3``, ``true``, ``[1, 2]``;
+    anything else stays a string.
+
+    ``none`` stays the string ``"none"``, as in a grid file: it means an explicit None, which the
+    notebook's config (:func:`workbench.config.from_params`, the one parser of config values) and its
+    paths (:func:`workbench.experiments.repo_path`) read as None; ``null`` (or leaving the parameter
+    out) means the preset's value.
 
     Example:
         >>> parse_value("1e-3"), parse_value("false"), parse_value("none"), parse_value("layer1+layer4")
-        (0.001, False, None, 'layer1+layer4')
+        (0.001, False, 'none', 'layer1+layer4')
     """
     import yaml
 
-    if text.strip().lower() in ("none", "null", "~"):
+    if text.strip().lower() == "none":
+        return "none"
+    if text.strip().lower() in ("null", "~"):
         return None
     try:
         return _fix_yaml_scalar(yaml.safe_load(text))
@@ -116,7 +123,7 @@ def _grid_points(grid: Any, positions: Mapping[tuple, str] | None = None
     raise ConfigError(f"a grid is a dict of lists, a list of dicts or a YAML file, got {type(grid).__name__}")
 
 
-def _load_grid(grid: Any) -> tuple[list[dict[str, Any]], list[dict[str, str]], str | None]:
+def read_grid(grid: Any) -> tuple[list[dict[str, Any]], list[dict[str, str]], str | None]:
     """:func:`load_grid` plus each point's value positions and the grid file (None for in-memory grids)."""
     source, positions = None, {}
     if isinstance(grid, (str, os.PathLike)):
@@ -163,7 +170,7 @@ def load_grid(grid: Mapping[str, Sequence] | Sequence[Mapping[str, Any]] | str |
         >>> load_grid({"lr": [0.1, 0.01], "use_cml": [True]})
         [{'lr': 0.1, 'use_cml': True}, {'lr': 0.01, 'use_cml': True}]
     """
-    return _load_grid(grid)[0]
+    return read_grid(grid)[0]
 
 
 def one_at_a_time(fixed: Mapping[str, Any], grids: Mapping[str, Sequence]) -> list[dict[str, Any]]:
@@ -189,15 +196,15 @@ def one_at_a_time(fixed: Mapping[str, Any], grids: Mapping[str, Sequence]) -> li
 
 
 def _canonical(params: Mapping[str, Any]) -> str:
-    return json.dumps({str(k): _plain(v) for k, v in params.items()}, sort_keys=True, default=str)
+    return json.dumps({str(k): plain_value(v) for k, v in params.items()}, sort_keys=True, default=str)
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """JSON-friendly form of a parameter (tuples → lists, paths → str, numpy scalars → Python)."""
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_value(v) for k, v in value.items()}
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
@@ -237,6 +244,6 @@ def point_name(point: Mapping[str, Any], hash_params: Mapping[str, Any] | None =
         'lr=0.01,use_cml=False-2ae7459a'
     """
     digest = hashlib.sha1(_canonical(point if hash_params is None else hash_params).encode()).hexdigest()[:8]
-    readable = ",".join(f"{_slug(k)}={_slug(_plain(point[k]))}" for k in sorted(point, key=str))
+    readable = ",".join(f"{_slug(k)}={_slug(plain_value(point[k]))}" for k in sorted(point, key=str))
     readable = readable[:max_len].rstrip(",=-.") or "default"
     return f"{readable}-{digest}"

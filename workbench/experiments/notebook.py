@@ -15,8 +15,8 @@ if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the fu
     from workbench.config import Config
     from workbench.engine import RunResult
 
-from workbench.experiments.results import METRICS_FILE, _flatten  # noqa: F401
-from workbench.experiments.sweep import NotebookParameterError, repo_path
+from workbench.experiments.results import METRICS_FILE, flatten_metrics  # noqa: F401
+from workbench.experiments.execute import NotebookParameterError, repo_path
 from workbench.runs import RunFolder
 
 log = logging.getLogger("workbench.experiments")
@@ -66,9 +66,9 @@ def notebook_out_dir(out_dir: str | os.PathLike | None, kind: str) -> Path:
     or a new ``runs/<time>-<kind>``."""
     from workbench.runs import new_run_dir
 
-    if out_dir is None:
-        return new_run_dir(kind)
     path = repo_path(out_dir)
+    if path is None:
+        return new_run_dir(kind)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -144,7 +144,7 @@ def record_metrics(out_dir: str | os.PathLike, metrics: Mapping[str, Any], **ext
     from workbench.runs import write_json
 
     drop = {"distmat", "qf", "gf", "q_pids", "g_pids", "q_camids", "g_camids"}
-    flat = _flatten({k: v for k, v in {**metrics, **extra}.items() if k not in drop})
+    flat = flatten_metrics({k: v for k, v in {**metrics, **extra}.items() if k not in drop})
     path = Path(out_dir) / METRICS_FILE
     write_json(path, flat)
     return path

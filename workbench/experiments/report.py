@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import ConfigError, MissingFileError
+from workbench.experiments.results import METRIC_TITLES
 from workbench.runs import PointFolder, RunFolder
 
 #: metric key → column title (fractions in the files, percent in the table)
-COLUMNS = {"rank1": "rank-1", "rank5": "rank-5", "rank10": "rank-10", "mAP": "mAP", "mAP_devkit": "mAP*",
-           "mINP": "mINP"}
+COLUMNS = METRIC_TITLES  # the metric columns of every table, in order, with their titles
 FOOTNOTE = ("percent; mAP = standard non-interpolated AP (torchreid/fast-reid), mAP* = Market devkit / MAR "
             "official trapezoid AP")
 #: row titles of the run folders a demo or quickstart folder holds

@@ -12,25 +12,28 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the functions that need them
     import pandas as pd
 
-from workbench.experiments.grids import _plain
+from workbench.experiments.grids import plain_value
 from workbench.experiments.paper import PAPER_METRICS  # noqa: F401
-from workbench.experiments.sweep import STATUS_FILE, read_status  # noqa: F401
 from workbench.runs import PointFolder
 
 METRICS_FILE = PointFolder.SUMMARY
 #: the metrics shown first by :func:`collect` and the CLI (fractions in [0, 1])
-MAIN_METRICS = ("rank1", "rank5", "rank10", "mAP", "mAP_devkit", "mINP")
+#: the one table of metric names: every run's scalar metrics (evaluation.METRIC_KEYS, as fractions) with their
+#: titles in tables and figures (mAP* = the Market devkit's AP, as MAR's official code computes it)
+METRIC_TITLES = {"rank1": "rank-1", "rank5": "rank-5", "rank10": "rank-10", "mAP": "mAP", "mAP_devkit": "mAP*",
+                 "mINP": "mINP"}
+MAIN_METRICS = tuple(METRIC_TITLES)
 
 log = logging.getLogger("workbench.experiments")
 
 # ----------------------------------------------------------------------------- collecting results
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_metrics(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            out |= _flatten(value, f"{name}_")
+            out |= flatten_metrics(value, f"{name}_")
         else:
             out[name] = value
     return out
@@ -65,13 +68,13 @@ def collect(out_dir: str | os.PathLike, *, names: Iterable[str] | None = None) -
     out_dir = Path(out_dir)
     if names is None:
         folders = sorted(p for p in out_dir.iterdir() if p.is_dir() and (
-            (p / STATUS_FILE).is_file() or (p / METRICS_FILE).is_file())) if out_dir.is_dir() else []
+            PointFolder(p).status_path.is_file() or PointFolder(p).summary_path.is_file())) if out_dir.is_dir() else []
     else:
         folders = [out_dir / n for n in names]
     rows: list[dict[str, Any]] = []
     param_cols: list[str] = []
     for folder in folders:
-        status = read_status(folder) or {}
+        status = PointFolder(folder).status() or {}
         params = dict(status.get("params") or {})
         if not params:
             notebooks = sorted(folder.glob("*.ipynb"))
@@ -86,7 +89,7 @@ def collect(out_dir: str | os.PathLike, *, names: Iterable[str] | None = None) -
             metrics = json.loads((folder / METRICS_FILE).read_text())
         except (OSError, ValueError):
             metrics = {}
-        for key, value in _flatten(metrics).items():
+        for key, value in flatten_metrics(metrics).items():
             row[f"metric_{key}" if key in params or key in ("name", "state", "error", "seconds", "path") else key] = value
         row["path"] = str(folder)
         rows.append(row)
@@ -110,7 +113,7 @@ def _matches(value: Any, wanted: Any) -> bool:
         return isinstance(value, bool) and isinstance(wanted, bool) and value == wanted
     if isinstance(wanted, (int, float)) and isinstance(value, (int, float)):
         return math.isclose(float(value), float(wanted), rel_tol=1e-9, abs_tol=1e-12)
-    return _plain(value) == _plain(wanted)
+    return plain_value(value) == plain_value(wanted)
 
 
 def select(df: "pd.DataFrame", **params: Any) -> "pd.DataFrame":
@@ -223,10 +226,8 @@ def metrics_table(runs: Mapping[str, Mapping[str, Any]]) -> "pd.DataFrame":
     """
     import pandas as pd
 
-    names = {"rank1": "rank-1", "rank5": "rank-5", "rank10": "rank-10", "mAP": "mAP",
-             "mAP_devkit": "mAP (devkit)", "mINP": "mINP"}
     table = {label: {title: 100 * float(m[key]) if m.get(key) is not None else math.nan
-                     for key, title in names.items()} for label, m in runs.items()}
+                     for key, title in METRIC_TITLES.items()} for label, m in runs.items()}
     return pd.DataFrame.from_dict(table, orient="index").round(1)
 
 

@@ -35,7 +35,11 @@ if TYPE_CHECKING:  # pandas is imported inside the functions that need it
     import pandas as pd
 
 from workbench.errors import ConfigError, MissingFileError
-from workbench.experiments.paper import FUSION_COMBINATIONS, LOSS_ABLATION, PAPER_RESULTS
+from workbench.experiments.paper import (
+    FUSION_COMBINATIONS,
+    LOSS_ABLATION,
+    PAPER_RESULTS,
+)
 from workbench.experiments.results import MAIN_METRICS, collect, select
 from workbench.runs import PointFolder, RunFolder
 
@@ -515,7 +519,10 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
     import pandas as pd
 
     from workbench.runs import atomic_write_text
-    from workbench.viz.plots import plot_epoch_and_parameter_curves, plot_rows_beside_paper
+    from workbench.viz.plots import (
+        plot_epoch_and_parameter_curves,
+        plot_rows_beside_paper,
+    )
 
     if name not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {name!r}; experiments: {', '.join(EXPERIMENTS)}")
@@ -748,9 +755,9 @@ def committed_results(results_dir: str | os.PathLike | None) -> CommittedResults
     """
     import pandas as pd
 
-    from workbench.experiments.sweep import repo_path
+    from workbench.experiments.execute import repo_path
 
-    if results_dir is None:
+    if repo_path(results_dir) is None:
         return None
     folder = repo_path(results_dir)
     if folder is None or not (folder / "runs.csv").is_file():

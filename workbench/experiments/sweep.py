@@ -1,4 +1,4 @@
-"""Running notebooks: papermill with checked parameters, notebook paths, and sweeps over a grid.
+"""Sweeps: one notebook over a grid, each point in its own folder (running one notebook: :mod:`.execute`).
 
 A sweep runs one notebook once per point, each point in its own folder with ``status.json``
 (running | done | failed, params, error, times), the executed notebook and ``metrics.json``.
@@ -6,238 +6,27 @@ Re-running a sweep skips the points that are done; a failing point never stops t
 """
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import logging
 import os
-import re
 import socket
 import time
-import traceback as _traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the functions that need them
     import pandas as pd
 
-    from workbench.executors import Attempt, Executor
+    from workbench.experiments.executors import Attempt, Executor
 
-from workbench.errors import ConfigError, MissingFileError
-from workbench.experiments.grids import _load_grid, _plain, point_name
+from workbench.errors import ConfigError
+from workbench.experiments.execute import absolute_paths, check_params, notebook_parameters, now, resolve_notebook
+from workbench.experiments.grids import point_name, read_grid
 from workbench.runs import PointFolder
 
 STATUS_FILE = PointFolder.STATUS
 
 log = logging.getLogger("workbench.experiments")
-
-# ----------------------------------------------------------------------------- running notebooks
-
-def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
-    """The parameters a notebook declares in its ``parameters`` cell: ``{name: default source}``.
-
-    Raises:
-        FileNotFoundError: no such notebook.
-    """
-    import papermill as pm
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"notebook not found: {path}")
-    return {name: info.get("default") for name, info in pm.inspect_notebook(str(path)).items()}
-
-
-def _check_params(path: Path, params: Mapping[str, Any], declared: Mapping[str, Any]) -> None:
-    unknown = sorted(set(params) - set(declared))
-    if unknown:
-        raise ConfigError(f"{path.name} declares no parameter {', '.join(map(repr, unknown))}; "
-                         f"its parameters: {', '.join(declared) or '(none: no cell tagged parameters)'}")
-
-
-_PATH_SUFFIXES = ("_dir", "_checkpoint", "_root", "_path", "_file")
-
-
-def _absolute_paths(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Relative paths become absolute from here (the notebook runs in its own folder).
-
-    Parameters named ``*_dir`` always (a folder may not exist yet); ``*_checkpoint``, ``*_root``,
-    ``*_path``, ``*_file`` when the path exists from here.
-    """
-    out = dict(params)
-    for key, value in params.items():
-        if key.endswith(_PATH_SUFFIXES) and isinstance(value, (str, os.PathLike)) and str(value):
-            p = Path(value).expanduser()
-            if not p.is_absolute() and (key.endswith("_dir") or p.exists()):
-                out[key] = str(p.resolve())
-    return out
-
-
-# ----------------------------------------------------------------------------- where things are
-
-#: set for the kernel while :func:`run_notebook` executes a notebook: that notebook's path
-NOTEBOOK_ENV = "WORKBENCH_NOTEBOOK"
-
-
-class NotebookParameterError(ConfigError):
-    """A bad value in a notebook's parameters cell.
-
-    IPython shows it as one line (``_render_traceback_``), so the failed cell of a notebook (and the
-    papermill error, and a sweep point's ``error``) starts with what to fix, not a traceback.
-    """
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"NotebookParameterError: {self}"]
-
-
-def check_choices(parameter: str, values: Sequence[Any], allowed: Iterable[Any]) -> None:
-    """Every value of a list parameter (``variants``, ``rows`` ...) must be one of ``allowed``.
-
-    Raises:
-        NotebookParameterError: naming the parameter, the unknown values and the choices.
-
-    Example:
-        >>> check_choices("variants", ["full"], LOSS_ABLATION)
-    """
-    allowed = list(allowed)
-    unknown = [v for v in values if v not in allowed]
-    if unknown:
-        raise NotebookParameterError(f"{parameter}: unknown {', '.join(map(repr, unknown))}; choose from "
-                                     f"{', '.join(map(repr, allowed))}")
-
-
-def repo_root() -> Path:
-    """The repository root (the checkout holding ``workbench/``); the current folder for an installed
-    package."""
-    from workbench.paths import checkout_root
-
-    return checkout_root() or Path.cwd()
-
-
-def repo_path(value: str | os.PathLike | None) -> Path | None:
-    """A path from a notebook's parameters: absolute as given, relative ones from the repository root
-    (wherever the kernel was started), ``~`` expanded; None stays None.
-
-    Example:
-        >>> repo_path("runs/x") == repo_root() / "runs" / "x"
-        True
-    """
-    if value is None or str(value) == "":
-        return None
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else Path(os.path.normpath(repo_root() / path))
-
-
-def notebook_folders() -> list[Path]:
-    """Where a notebook looks for the notebooks it names, in order: its own folder (known when
-    :func:`run_notebook` or JupyterLab started the kernel), the kernel's working folder, and the
-    checkout's ``notebooks/``."""
-    folders = []
-    for env in (NOTEBOOK_ENV, "JPY_SESSION_NAME"):
-        value = os.environ.get(env)
-        if value and Path(value).suffix == ".ipynb" and Path(value).is_absolute():
-            folders.append(Path(value).parent)
-    folders += [Path.cwd(), repo_root() / "notebooks"]
-    unique: list[Path] = []
-    for folder in folders:
-        if folder.resolve() not in [f.resolve() for f in unique]:
-            unique.append(folder)
-    return unique
-
-
-def resolve_notebook(name: str | os.PathLike, parameter: str = "train_notebook") -> Path:
-    """The absolute path of a notebook named in a parameters cell (``train_notebook``).
-
-    A relative name is looked up in :func:`notebook_folders`: the calling notebook's own folder first,
-    so ``"03_train_mar.ipynb"`` finds its neighbour whether papermill runs from the repository root,
-    from ``notebooks/`` or anywhere else.
-
-    Raises:
-        NotebookParameterError: no such notebook, naming every absolute path tried.
-    """
-    path = Path(name).expanduser()
-    tried = [path] if path.is_absolute() else [(folder / path).resolve() for folder in notebook_folders()]
-    for candidate in tried:
-        if candidate.is_file():
-            return candidate.resolve()
-    raise NotebookParameterError(f"{parameter} = {str(name)!r}: notebook not found; tried "
-                                 + ", ".join(str(t) for t in tried))
-
-
-def run_notebook(path: str | os.PathLike, params: Mapping[str, Any] | None, out_dir: str | os.PathLike, *,
-                 kernel_name: str = "python3", timeout: float | None = None, progress: bool = False) -> Path:
-    """Execute a notebook with papermill into ``out_dir/<notebook name>``.
-
-    The kernel runs in the notebook's own folder (as in JupyterLab), so ``"03_train_mar.ipynb"``
-    in a notebook refers to its neighbour. When the notebook declares an ``out_dir`` parameter and
-    ``params`` sets none, it receives ``out_dir`` (absolute), so its runs land beside the executed
-    notebook.
-
-    Args:
-        path: the notebook to run.
-        params: values for its ``parameters`` cell (every name must be declared there).
-        out_dir: folder for the executed notebook (created).
-        kernel_name: Jupyter kernel.
-        timeout: per-cell timeout in seconds (None: no limit).
-        progress: papermill's per-cell progress bar.
-
-    Returns:
-        The executed notebook's path.
-
-    Raises:
-        ValueError: a parameter the notebook does not declare.
-        papermill.PapermillExecutionError: a cell raised; the executed notebook is written up to
-            that cell.
-    """
-    import papermill as pm
-
-    path = Path(path).resolve()
-    declared = notebook_parameters(path)
-    params = _absolute_paths(dict(params or {}))
-    _check_params(path, params, declared)
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if "out_dir" in declared and params.get("out_dir") is None:
-        params["out_dir"] = str(out_dir)
-    output = out_dir / path.name
-    # The kernel's own log (start-up warnings, and "KeyboardInterrupt caught in kernel" when
-    # jupyter_client interrupts it before shutting it down) would land in the output of a notebook
-    # that runs a sweep; cell errors reach papermill through the kernel's messages, not its log.
-    engine_kwargs: dict[str, Any] = {"extra_arguments": ["--IPKernelApp.log_level=CRITICAL"]}
-    if timeout is not None:
-        engine_kwargs["execution_timeout"] = timeout
-    previous = os.environ.get(NOTEBOOK_ENV)
-    os.environ[NOTEBOOK_ENV] = str(path)  # the kernel inherits it: resolve_notebook finds neighbours
-    try:
-        pm.execute_notebook(str(path), str(output), parameters={k: _plain(v) for k, v in params.items()},
-                            kernel_name=kernel_name, cwd=str(path.parent), progress_bar=progress,
-                            log_output=False, **engine_kwargs)
-    finally:
-        if previous is None:
-            os.environ.pop(NOTEBOOK_ENV, None)
-        else:
-            os.environ[NOTEBOOK_ENV] = previous
-    return output
-
-
-def _now() -> str:
-    return _dt.datetime.now().astimezone().isoformat(timespec="milliseconds")
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _error_of(err: BaseException) -> tuple[str, str]:
-    """A one-line error and the tail of its traceback (ANSI colours removed)."""
-    from papermill.exceptions import PapermillExecutionError
-
-    if isinstance(err, PapermillExecutionError):
-        message = f"{err.ename}: {_ANSI.sub('', str(err.evalue))}"
-        tb = _ANSI.sub("", "\n".join(err.traceback or []))
-    else:
-        message = f"{type(err).__name__}: {err}"
-        tb = "".join(_traceback.format_exception(type(err), err, err.__traceback__))
-    lines = tb.rstrip().splitlines()
-    return message.strip(), "\n".join(lines[-40:])[-6000:]
 
 
 def read_status(point_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -256,7 +45,10 @@ def _literal(source: Any) -> Any:
 
 
 def _type_error(key: str, value: Any, default: Any) -> str | None:
-    """Why ``value`` cannot stand for a parameter whose default is ``default`` (None: it can)."""
+    """Why ``value`` cannot stand for a parameter whose default is ``default`` (None: it can).
+
+    Config fields are typed by :func:`workbench.config.from_params` (``config_error`` below); this
+    checks the notebook's own parameters (``seeds``, ``jobs``, switches) against their defaults."""
     if isinstance(default, bool):
         return None if isinstance(value, bool) or value is None else f"{key} must be true or false, got {value!r}"
     if isinstance(default, (int, float)):
@@ -294,7 +86,7 @@ def check_points(notebook: str | os.PathLike, points: Sequence[Mapping[str, Any]
         ValueError: one line naming the grid file, the position, the point and what is wrong (and
             how many other points are wrong).
     """
-    from workbench.config import _FIELD_GROUP, from_params
+    from workbench.config import FIELD_GROUP, from_params
 
     path = Path(notebook)
     declared = notebook_parameters(path)
@@ -315,7 +107,7 @@ def check_points(notebook: str | os.PathLike, points: Sequence[Mapping[str, Any]
         if "preset" not in declared:
             return None
         preset = params.get("preset", defaults.get("preset"))
-        fields = {k: v for k, v in params.items() if k in _FIELD_GROUP and v is not None}
+        fields = {k: v for k, v in params.items() if k in FIELD_GROUP and v is not None}
         if isinstance(params.get("extra"), Mapping):
             fields |= dict(params["extra"])
         try:
@@ -336,7 +128,7 @@ def check_points(notebook: str | os.PathLike, points: Sequence[Mapping[str, Any]
         add(shared, None, None)
     for i, point in enumerate(points):
         params = {**base, **point}
-        _check_params(path, params, declared)
+        check_params(path, params, declared)
         if "out_dir" in params:
             raise ConfigError("out_dir is the sweep's to set (each point gets its own folder); leave it out of "
                              "the grid and base_params")
@@ -375,7 +167,7 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mappi
             ``gpus_per_point`` of them as ``CUDA_VISIBLE_DEVICES``.
         gpus_per_point: GPUs per point (local with ``devices``: default 1; Ray: ``num_gpus``, default 0).
         cpus_per_point: threads per local worker (default cores // jobs); Ray: ``num_cpus`` (default 1).
-        executor: ``"local"``, ``"ray"`` or a :class:`workbench.executors.Executor`.
+        executor: ``"local"``, ``"ray"`` or a :class:`workbench.experiments.executors.Executor`.
         address: the Ray cluster (``"auto"``, ``"HOST:PORT"``); None: the runtime already started in
             this process, else Ray's default (``RAY_ADDRESS``, or a new local runtime).
 
@@ -387,15 +179,15 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mappi
         ValueError: a bad grid, a parameter the notebook does not declare, a value of the wrong type
             or an invalid config (:func:`check_points`, before any kernel starts). A failing point
             raises nothing: its status says ``failed``.
-        workbench.executors.SharedStorageError: with Ray, a node that does not see the sweep folder.
+        workbench.experiments.executors.SharedStorageError: with Ray, a node that does not see the sweep folder.
         KeyboardInterrupt: after every running point was stopped and recorded as interrupted.
     """
-    from workbench.executors import Attempt, make_executor
+    from workbench.experiments.executors import Attempt, make_executor
 
     nb_path = Path(path).resolve()
-    base = _absolute_paths(dict(base_params or {}))
-    points, where, source = _load_grid(grid)
-    points = [_absolute_paths(p) for p in points]
+    base = absolute_paths(dict(base_params or {}))
+    points, where, source = read_grid(grid)
+    points = [absolute_paths(p) for p in points]
     check_points(nb_path, points, base, where=where, source=source)  # the whole grid, before any kernel
     runner = make_executor(executor, jobs=jobs, devices=devices, gpus_per_point=gpus_per_point,
                            cpus_per_point=cpus_per_point, address=address)
@@ -417,25 +209,11 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mappi
                          skipped=len(points) - len(todo))
     log.info("sweep %s: %d run, %d skipped (done before), %d failed → %s", nb_path.name, counts["done"],
              len(points) - len(todo), counts["failed"], out_dir)
-    from workbench.experiments.results import collect  # results reads the status files written here
+    from workbench.experiments.results import (
+        collect,  # results reads the status files written here
+    )
 
     return collect(out_dir, names=names)
-
-
-def _attempt(nb_path: Path, params: Mapping[str, Any], point_dir: Path, *, kernel_name: str = "python3",
-             timeout: float | None = None) -> dict[str, Any]:
-    """One attempt of a sweep point, here: its record (``state`` done | failed, ``error``, ``traceback``,
-    ``started``, ``finished``, ``seconds``, ``host``, ``pid``). KeyboardInterrupt goes through."""
-    started = time.time()
-    record: dict[str, Any] = {"started": _now(), "host": socket.gethostname(), "pid": os.getpid(),
-                              "error": None, "traceback": None}
-    try:
-        run_notebook(nb_path, params, point_dir, kernel_name=kernel_name, timeout=timeout)
-        record["state"] = "done"
-    except Exception as err:  # noqa: BLE001 - a failing point is recorded, the sweep goes on
-        message, tb = _error_of(err)
-        record |= {"state": "failed", "error": message, "traceback": tb}
-    return record | {"finished": _now(), "seconds": round(time.time() - started, 3)}
 
 
 def _run_points(todo: list[tuple["Attempt", dict]], runner: "Executor", *, retries: int, progress: bool, label: str,
@@ -464,7 +242,7 @@ def _run_points(todo: list[tuple["Attempt", dict]], runner: "Executor", *, retri
                           "point": extra["point"], "params": attempt.params,
                           "executed_notebook": attempt.notebook.name, "host": socket.gethostname(),
                           "pid": os.getpid(), "executor": runner.kind,
-                          "attempts": int(previous.get("attempts", 0)) + n + 1, "started": _now(),
+                          "attempts": int(previous.get("attempts", 0)) + n + 1, "started": now(),
                           "finished": None, "seconds": None, "error": None, "traceback": None}
                 running[attempt.name] = (attempt, extra, n, status, time.time())
                 log.info("point %s (attempt %d)", attempt.name, status["attempts"])
@@ -491,7 +269,7 @@ def _run_points(todo: list[tuple["Attempt", dict]], runner: "Executor", *, retri
         for attempt, _, _, status, started in running.values():
             write_json(attempt.point_dir / STATUS_FILE, status | {
                 "state": "interrupted", "error": "interrupted (Ctrl-C or SIGTERM); run the sweep again to resume it",
-                "finished": _now(),
+                "finished": now(),
                 "seconds": round(time.time() - started, 3)})
         raise
     finally:

@@ -17,7 +17,14 @@ from workbench.runs.files import (
     write_csv,
     write_json,
 )
-from workbench.runs.folder import STATES, PointFolder, RunFolder, RunRecord, epoch_summary, run_state
+from workbench.runs.folder import (
+    STATES,
+    PointFolder,
+    RunFolder,
+    RunRecord,
+    epoch_summary,
+    run_state,
+)
 
 __all__ = [
     "STATES", "PointFolder", "RunFolder", "RunRecord", "atomic_write_bytes", "atomic_write_text", "epoch_summary",

@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator
 
 from workbench.data import Sample
 from workbench.evaluation.metrics import valid_gallery_mask
-from workbench.experiments.report import COLUMNS as METRIC_TITLES
+from workbench.experiments.results import METRIC_TITLES
 from workbench.losses import LOSS_TERMS, agreement, pair_agreement
 from workbench.ops import to_numpy
 from workbench.runs import RunFolder, atomic_write_bytes

@@ -5,7 +5,7 @@ retries, :func:`~workbench.experiments.collect`) and hands each attempt of a poi
 
 - :class:`InProcess` (``jobs=1``, the default): the attempt runs in the sweep's own process.
 - :class:`LocalProcesses` (``jobs=N`` or ``devices``): up to N attempts at once, each in its own
-  ``python -m workbench.executors run-point`` process with its own environment: ``CUDA_VISIBLE_DEVICES``
+  ``python -m workbench.experiments.executors run-point`` process with its own environment: ``CUDA_VISIBLE_DEVICES``
   (``gpus_per_point`` of ``devices`` each) and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` = cores // N,
   which the notebook's kernel inherits (torch takes its thread count from them).
 - :class:`RayExecutor`: each attempt is a Ray task with ``num_cpus``/``num_gpus``; Ray sets
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("workbench.executors")
+log = logging.getLogger("workbench.experiments.executors")
 
 #: the worker's record of one attempt, read back by the driver and then removed
 ATTEMPT_FILE = ".attempt.json"
@@ -131,7 +131,7 @@ class InProcess(Executor):
         return not self._done
 
     def start(self, attempt: Attempt) -> Any:
-        from workbench.experiments.sweep import _attempt
+        from workbench.experiments.execute import attempt as _attempt
 
         self._done.append((attempt, _attempt(attempt.notebook, attempt.params, attempt.point_dir,
                                              kernel_name=attempt.kernel_name, timeout=attempt.timeout)))
@@ -188,7 +188,7 @@ class LocalProcesses(Executor):
                 "kernel_name": attempt.kernel_name, "timeout": attempt.timeout}
         logfile = open(attempt.point_dir / WORKER_LOG, "ab")  # noqa: SIM115 - closed when the worker ends
         # its own session: the terminal's Ctrl-C reaches the sweep only, which stops the workers itself
-        proc = subprocess.Popen([sys.executable, "-m", "workbench.executors", "run-point", json.dumps(spec)],
+        proc = subprocess.Popen([sys.executable, "-m", "workbench.experiments.executors", "run-point", json.dumps(spec)],
                                 stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
                                 env=worker_env(self.threads, devices or None), start_new_session=True)
         self._running[proc] = (attempt, devices, logfile)
@@ -252,9 +252,9 @@ def _tail(path: Path, lines: int = 40) -> str | None:
 
 
 def run_point_main(argv: list[str] | None = None) -> int:
-    """``python -m workbench.executors run-point SPEC_JSON``: one attempt; its record goes to
+    """``python -m workbench.experiments.executors run-point SPEC_JSON``: one attempt; its record goes to
     ``<point_dir>/.attempt.json``. Exit code 0 done, 1 failed, 130 interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m workbench.executors")
+    parser = argparse.ArgumentParser(prog="python -m workbench.experiments.executors")
     sub = parser.add_subparsers(dest="command", required=True)
     rp = sub.add_parser("run-point", help="run one attempt of a sweep point (started by a sweep)")
     rp.add_argument("spec", help="JSON: notebook, params, point_dir, kernel_name, timeout")
@@ -263,7 +263,8 @@ def run_point_main(argv: list[str] | None = None) -> int:
     # a sweep started as a background job of a non-interactive shell (`... &`) hands its workers SIGINT
     # ignored; the sweep stops its workers with SIGINT, so take it back
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from workbench.experiments.sweep import _attempt, _now
+    from workbench.experiments.execute import attempt as _attempt
+    from workbench.experiments.execute import now as _now
     from workbench.runs import write_json
 
     point_dir = Path(spec["point_dir"])
@@ -285,7 +286,7 @@ def run_point_main(argv: list[str] | None = None) -> int:
 
 def _ray_attempt(spec: dict) -> dict:
     """A Ray task: one attempt; threads for the kernel from the task's CPUs (Ray sets the GPUs)."""
-    from workbench.experiments.sweep import _attempt
+    from workbench.experiments.execute import attempt as _attempt
 
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(max(1, int(spec["threads"])))
     record = _attempt(Path(spec["notebook"]), spec["params"], Path(spec["point_dir"]),
