@@ -274,3 +274,37 @@ def test_a_sweep_point_killed_mid_run_resumes_from_its_last_epoch_checkpoint(env
     # epochs 1-2 were not trained again: even their timings are the same (the last epoch adds metric columns)
     assert [{k: row[k] for k in before[0]} for row in after[:2]] == before
     assert json.loads((point / "status.json").read_text())["state"] == "done"
+
+
+def test_a_background_sweep_stops_its_workers_at_once(env, tmp_path) -> None:
+    """A sweep started as `... &` by a non-interactive shell has SIGINT ignored, and so had its workers:
+    stopping it (SIGTERM) sent them SIGINT in vain and killed them 20 s later. Now they stop at once."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell("seconds = 1\nout_dir = None", metadata={"tags": ["parameters"]}),
+                             new_code_cell("import time\ntime.sleep(seconds)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "sleep.ipynb")
+    (tmp_path / "grid.yaml").write_text("seconds: [120, 121]\n")
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "sweep", str(tmp_path / "sleep.ipynb"), "--grid",
+                             str(tmp_path / "grid.yaml"), "--out", str(out), "--jobs", "2"], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as `cmd &` does
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # both kernels are executing the sleep cell
+            executed = list(out.glob("*/sleep.ipynb"))
+            if len(executed) == 2 and all("time.sleep" in p.read_text() for p in executed):
+                break
+            time.sleep(0.5)
+        time.sleep(3)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert time.monotonic() - started < 15, "the workers ignored SIGINT and were killed after the grace time"
+    finally:
+        proc.kill()
+    states = [json.loads(p.read_text())["state"] for p in out.glob("*/status.json")]
+    assert states == ["interrupted", "interrupted"]
