@@ -18,17 +18,13 @@ from workbench.config import get_preset
 from workbench.data import Sample
 from workbench.builders import build_model, load_domains
 from workbench.runs import save_checkpoint, write_csv, write_json
+from workbench.analysis import compute_views, embed_2d, init_checkpoint_of, load_views, pair_agreements, rank_gallery
 from workbench.viz import (
     CameraExplorer,
     ImageExplorer,
     RunExplorer,
     ThresholdExplorer,
-    compute_views,
-    embed_2d,
     explore,
-    init_checkpoint_of,
-    load_views,
-    pair_agreements,
     plot_agreement_distribution,
     plot_camera_heatmap,
     plot_cmc,
@@ -36,7 +32,6 @@ from workbench.viz import (
     plot_retrieval,
     plot_soft_label,
     plot_training_curves,
-    rank_gallery,
 )
 from workbench.viz.plots import MATCH, MISMATCH
 
@@ -110,7 +105,7 @@ def test_load_views_reads_a_run_folder(setup, tmp_path) -> None:
     assert init_checkpoint_of(tmp_path) == stage1
     # `diagnose`: L_MDL's positives by camera, stage 1 and stage 2, at the run's first and last T
     from workbench.cli import main
-    from workbench.viz.views import mining_by_camera
+    from workbench.analysis.views import mining_by_camera
 
     write_json(tmp_path / "metrics.json", {"init_threshold": 0.9})
     (tmp_path / "history.csv").write_text("epoch,threshold\n1,0.9\n2,0.5\n")
@@ -386,7 +381,7 @@ def test_explore_builds_all_tabs(views) -> None:
 def test_collapsed_multilabels_are_reported_not_drawn(views) -> None:
     from dataclasses import replace
 
-    from workbench.viz import collapse_report
+    from workbench.analysis import collapse_report
 
     v = views["after"]
     assert v.collapse() is None  # random-init networks still tell images apart
@@ -447,7 +442,7 @@ def test_retrieval_legend_heatmap_ticks_and_identity_note(views) -> None:
 
 
 def test_mining_by_camera_counts_what_a_threshold_calls_positive_per_camera() -> None:
-    from workbench.viz.views import mining_by_camera
+    from workbench.analysis.views import mining_by_camera
 
     # two people, two cameras; the labels follow the camera, not the person (a camera-biased model)
     y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0.5, 0.5]], dtype=np.float32)
@@ -464,7 +459,7 @@ def test_fusion_stage_report_splits_the_fused_vector_by_stage(setup) -> None:
 
     from workbench.data import build_test_loader
     from workbench.evaluation import evaluate_features, extract_features
-    from workbench.viz.views import fusion_stage_report
+    from workbench.analysis.views import fusion_stage_report
 
     cfg, target = setup["cfg"], setup["target"]
     torch.manual_seed(0)

@@ -498,7 +498,7 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from workbench.distributed import resolve_device
     from workbench.runs import RunFolder, atomic_write_text
-    from workbench.viz.views import camera_mining_report, fusion_stage_run_report
+    from workbench.analysis.views import camera_mining_report, fusion_stage_run_report
 
     folder = RunFolder(args.run)
     if folder.state != "finished" or not folder.has_checkpoint or folder.record().stage == "pretrain":

@@ -519,10 +519,7 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
     import pandas as pd
 
     from workbench.runs import atomic_write_text
-    from workbench.viz.plots import (
-        plot_epoch_and_parameter_curves,
-        plot_rows_beside_paper,
-    )
+    from workbench.viz.tables import plot_epoch_and_parameter_curves, plot_rows_beside_paper
 
     if name not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {name!r}; experiments: {', '.join(EXPERIMENTS)}")

@@ -13,32 +13,28 @@ from __future__ import annotations
 import io
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from workbench.analysis.arrays import camera_means, embed_2d, pair_agreements, rank_gallery
 from workbench.data import Sample
-from workbench.evaluation.metrics import valid_gallery_mask
-from workbench.experiments.results import METRIC_TITLES
-from workbench.losses import LOSS_TERMS, agreement, pair_agreement
+from workbench.losses import LOSS_TERMS
 from workbench.ops import to_numpy
 from workbench.runs import RunFolder, atomic_write_bytes
 
 __all__ = [
     "plot_camera_grid",
     "plot_training_curves", "plot_cmc", "plot_embedding", "plot_soft_label", "plot_camera_heatmap",
-    "plot_camera_profile", "plot_agreement_distribution", "plot_retrieval", "embed_2d", "pair_agreements",
-    "rank_gallery", "camera_means", "draw_agreement", "save_figure", "figure_png", "image_array",
-    "plot_beside_paper", "plot_rows_beside_paper", "plot_epoch_and_parameter_curves", "TERM_TITLES",
+    "plot_camera_profile", "plot_agreement_distribution", "plot_retrieval",
+    "draw_agreement", "save_figure", "figure_png", "image_array", "TERM_TITLES",
 ]
 
 PathLike = str | Path
@@ -290,36 +286,6 @@ def plot_cmc(runs: Mapping[str, Any], *, max_rank: int = 20, save_to: PathLike |
 # ----------------------------------------------------------------------------- embeddings
 
 
-def embed_2d(features: Any, method: str = "umap", seed: int = 0) -> np.ndarray:
-    """2-D coordinates of features.
-
-    Args:
-        features: (N, d) array.
-        method: ``"umap"`` (umap-learn, ``n_neighbors=min(15, N-1)``; PCA below 4 points), ``"pca"`` (fast) or
-            ``"precomputed"`` (features already are (N, 2) coordinates).
-        seed: UMAP random state.
-
-    Returns:
-        (N, 2) float32.
-    """
-    x = to_numpy(features).astype(np.float32)  # (N, d)
-    if method == "precomputed":
-        return x[:, :2]
-    if method == "umap" and len(x) > 3:
-        import umap
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # n_jobs overridden by random_state; spectral init fallbacks
-            reducer = umap.UMAP(n_neighbors=min(15, len(x) - 1), random_state=seed)
-            return reducer.fit_transform(x).astype(np.float32)
-    if method not in ("umap", "pca"):
-        raise ValueError(f"method must be 'umap', 'pca' or 'precomputed', got {method!r}")
-    centred = x - x.mean(0, keepdims=True)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    coords = centred @ vt[:2].T  # (N, <=2)
-    return np.pad(coords, ((0, 0), (0, 2 - coords.shape[1]))).astype(np.float32)
-
-
 def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:
     """Sorted indices of at most ``max_points`` of ``n`` items (a function of its arguments only)."""
     if n <= max_points:
@@ -427,23 +393,6 @@ def plot_soft_label(multilabel: Any, *, agent_images: Sequence[Any] | None = Non
 # ----------------------------------------------------------------------------- cameras
 
 
-def camera_means(multilabels: Any, camids: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Mean soft multilabel per camera.
-
-    Args:
-        multilabels: (N, Np).
-        camids: (N,).
-
-    Returns:
-        ``(cameras (C,), means (C, Np))``.
-    """
-    y = to_numpy(multilabels).astype(np.float64)  # (N, Np)
-    cams, inverse = np.unique(to_numpy(camids), return_inverse=True)
-    onehot = np.zeros((len(cams), len(y)))  # (C, N)
-    onehot[inverse.reshape(-1), np.arange(len(y))] = 1.0
-    return cams, (onehot @ y) / onehot.sum(1, keepdims=True)  # (C, Np)
-
-
 def _top_agents(panels: Mapping[str, np.ndarray], k: int) -> np.ndarray:
     """The k agents with the largest mass summed over all panels (same columns everywhere)."""
     mass = sum(to_numpy(y).astype(np.float64).mean(0) for y in panels.values())  # (Np,)
@@ -528,39 +477,6 @@ def plot_camera_profile(multilabels: Any, camids: Any, camera: int, *, k: int = 
 # ----------------------------------------------------------------------------- agreement of pairs
 
 
-def pair_agreements(multilabels: Any, pids: Any, *, max_pairs: int = 200_000, seed: int = 0,
-                    chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Agreements ``A(i, j) = Σ_k min(y_ik, y_jk)`` of image pairs and whether they share an identity.
-
-    All pairs ``i < j`` when there are at most ``max_pairs`` (one agreement matrix), otherwise
-    ``max_pairs`` random pairs ``i ≠ j`` (computed ``chunk`` pairs at a time).
-
-    Args:
-        multilabels: (N, Np) soft multilabels.
-        pids: (N,) identities.
-        max_pairs: the most pairs returned.
-        seed: random state of the sampled pairs.
-        chunk: pairs per vectorized block when sampling.
-
-    Returns:
-        ``(agreements (P,) float32, same_identity (P,) bool)``.
-    """
-    y = torch.as_tensor(to_numpy(multilabels), dtype=torch.float32)  # (N, Np)
-    pids = to_numpy(pids)
-    n = len(y)
-    if n * (n - 1) // 2 <= max_pairs:
-        i, j = np.triu_indices(n, k=1)
-        a = agreement(y, y).numpy()[i, j]  # (P,)
-    else:
-        rng = np.random.default_rng(seed)
-        i = rng.integers(0, n, max_pairs)
-        j = (i + rng.integers(1, n, max_pairs)) % n  # j ≠ i
-        a = np.concatenate([
-            pair_agreement(y[i[s:s + chunk]], y[j[s:s + chunk]]).numpy()  # (chunk,)
-            for s in range(0, max_pairs, chunk)])
-    return a.astype(np.float32), pids[i] == pids[j]
-
-
 def draw_agreement(ax, agreements: np.ndarray, same: np.ndarray, threshold: float | None,
                    bins: np.ndarray) -> None:
     """Density histograms of true and false pairs, and the threshold line, on one axis.
@@ -612,33 +528,6 @@ def plot_agreement_distribution(multilabels: Any, pids: Any, *, threshold: float
 # ----------------------------------------------------------------------------- retrieval
 
 
-def rank_gallery(distmat: Any, query: Sequence[Sample], gallery: Sequence[Sample], queries: Sequence[int],
-                 k: int) -> np.ndarray:
-    """Top-k gallery indices per query, Market protocol: same pid *and* camera (and pid −1) removed.
-
-    Args:
-        distmat: (Q, G) distances.
-        query, gallery: the samples of the rows and columns.
-        queries: row indices.
-        k: list length.
-
-    Returns:
-        (len(queries), k) int64, ``-1`` where fewer than k valid gallery images exist.
-    """
-    rows = np.asarray(list(queries), dtype=np.int64)
-    d = to_numpy(distmat)[rows].astype(np.float64)  # (R, G)
-    q_pid = np.array([query[r].pid for r in rows])[:, None]
-    q_cam = np.array([query[r].camid for r in rows])[:, None]
-    g_pid = np.array([s.pid for s in gallery])[None, :]
-    g_cam = np.array([s.camid for s in gallery])[None, :]
-    junk = ~valid_gallery_mask(q_pid, q_cam, g_pid, g_cam)  # (R, G) the Market junk rule
-    d = np.where(junk, np.inf, d)
-    order = np.argsort(d, axis=1, kind="stable")[:, :k]  # (R, k)
-    valid = np.take_along_axis(~junk, order, axis=1)
-    order = np.where(valid, order, -1)
-    return np.pad(order, ((0, 0), (0, k - order.shape[1])), constant_values=-1)
-
-
 def plot_retrieval(distmat: Any, query: Sequence[Sample], gallery: Sequence[Sample], *,
                    queries: Sequence[int] = (0,), k: int = 10, save_to: PathLike | None = None) -> Figure:
     """Ranked lists: each query image, then its top-k gallery images framed green (same pid) or red.
@@ -680,145 +569,3 @@ def plot_retrieval(distmat: Any, query: Sequence[Sample], gallery: Sequence[Samp
 
 
 # ----------------------------------------------------------------------------- beside the paper
-
-
-def _bars_beside_paper(ax, rows: Sequence[str], ours: np.ndarray, paper: np.ndarray, std: np.ndarray | None = None,
-                       *, labels: bool, xlabel: str, names: tuple[str, str] = ("paper", "ours"),
-                       missing: str = "no result") -> None:
-    """Paired horizontal bars, the paper's (grey) above ours (error bar: ``std``), our value written out."""
-    pos = np.arange(len(rows))
-    std = np.zeros(len(rows)) if std is None else np.nan_to_num(std)
-    ax.barh(pos - 0.2, np.nan_to_num(paper), height=0.38, color="0.75", label=names[0])
-    ax.barh(pos + 0.2, np.nan_to_num(ours), height=0.38, xerr=std if std.any() else None, color=QUERY,
-            ecolor="0.2", capsize=2, label=names[1])
-    for y, value, s in zip(pos + 0.2, ours, std):  # our value in words: a 0.0 bar is not a missing one
-        ax.text(1 if np.isnan(value) else value + s + 1, y, missing if np.isnan(value) else f"{value:.1f}",
-                va="center", fontsize=7, color="0.3")
-    ax.set_yticks(pos, rows if labels else [""] * len(rows), fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 100)
-    ax.set_xlabel(xlabel)
-    ax.grid(axis="x", alpha=0.3)
-
-
-def plot_beside_paper(table: pd.DataFrame, metrics: Sequence[str] = ("rank-1", "mAP"), *, title: str | None = None,
-                      save_to: PathLike | None = None) -> Figure:
-    """Our numbers and the paper's as paired horizontal bars, one panel per metric (percent).
-
-    Args:
-        table: :func:`workbench.experiments.paper_table`'s result (columns ``<metric> (ours)`` and
-            ``<metric> (paper)``; the index holds the row labels).
-        metrics: the metric names of those columns (``"rank-1"``, ``"mAP"`` ...).
-        title: figure title.
-        save_to: run folder; writes ``figures/beside_paper.png``.
-
-    Returns:
-        The figure; a row without a number of ours (failed, missing) shows the paper's bar only.
-    """
-    rows = [str(r) for r in table.index]
-    fig, axes = _grid(len(metrics), ncols=len(metrics), size=(3.6, 0.45 * len(rows) + 1.3))
-    for ax, m in zip(axes, metrics):
-        ours = pd.to_numeric(table.get(f"{m} (ours)"), errors="coerce").to_numpy(dtype=float)
-        paper = pd.to_numeric(table.get(f"{m} (paper)"), errors="coerce").to_numpy(dtype=float)
-        _bars_beside_paper(ax, rows, ours, paper, labels=ax is axes[0], xlabel=f"{m} (%)")
-    axes[-1].legend(fontsize=7, loc="lower right")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    save_figure(fig, save_to, "beside_paper")
-    return fig
-
-
-def plot_rows_beside_paper(summary: pd.DataFrame, metrics: Sequence[str] = ("rank1", "mAP"), *,
-                           delta: str = "mAP", title: str | None = None, save_to: PathLike | None = None) -> Figure:
-    """A table of seeded runs beside the paper's: one panel per metric, then the paired differences.
-
-    Args:
-        summary: :func:`workbench.experiments.summary.seed_summary` (``<m>_mean``, ``<m>_std``,
-            ``paper_<m>``, ``delta_<m>`` with ``_low``/``_high``, ``paper_delta_<m>``).
-        metrics: the absolute panels: our mean with the std over seeds as an error bar (dots: single
-            runs are not stored here), the paper's value as a grey bar.
-        delta: the metric of the last panel: our paired difference to the baseline row with its 95 %
-            interval, and the paper's difference (×).
-        title: figure title.
-        save_to: run folder; writes ``figures/rows_beside_paper.png``.
-    """
-    rows = [str(r) for r in summary.index]
-    pos = np.arange(len(rows))
-    fig, axes = _grid(len(metrics) + 1, ncols=len(metrics) + 1, size=(3.4, 0.5 * len(rows) + 1.4))
-    for ax, m in zip(axes, metrics):
-        ours = pd.to_numeric(summary.get(f"{m}_mean"), errors="coerce").to_numpy(dtype=float)
-        std = np.nan_to_num(pd.to_numeric(summary.get(f"{m}_std"), errors="coerce").to_numpy(dtype=float))
-        paper = pd.to_numeric(summary.get(f"paper_{m}"), errors="coerce").to_numpy(dtype=float)
-        _bars_beside_paper(ax, rows, ours, paper, std, labels=ax is axes[0], xlabel=f"{METRIC_TITLES.get(m, m)} (%)",
-                           names=("paper (ResNet-50, Market)", "ours (mean ± std)"), missing="no run")
-    axes[0].legend(fontsize=7, loc="lower right")
-    ax = axes[-1]
-    mean = pd.to_numeric(summary.get(f"delta_{delta}"), errors="coerce").to_numpy(dtype=float)
-    low = pd.to_numeric(summary.get(f"delta_{delta}_low"), errors="coerce").to_numpy(dtype=float)
-    high = pd.to_numeric(summary.get(f"delta_{delta}_high"), errors="coerce").to_numpy(dtype=float)
-    paper = pd.to_numeric(summary.get(f"paper_delta_{delta}"), errors="coerce").to_numpy(dtype=float)
-    err = np.vstack([np.nan_to_num(mean - low), np.nan_to_num(high - mean)])
-    ax.errorbar(mean, pos, xerr=err, fmt="o", color=QUERY, ecolor=QUERY, capsize=3, label="ours (95 % CI)")
-    ax.scatter(paper, pos, marker="x", color="0.35", zorder=3, label="paper")
-    ax.axvline(0, color="0.5", lw=0.8)
-    span = np.concatenate([low, high, mean, paper, [0.0]])
-    span = span[np.isfinite(span)]
-    ax.set_xlim(span.min() - 1, span.max() + 1)  # 0 and every interval inside, with a margin
-    ax.set_ylim(len(rows) - 0.5, -1.4)  # rows top to bottom, room for the legend above the first
-    ax.set_yticks(pos, [""] * len(rows))
-    ax.set_xlabel(f"Δ {METRIC_TITLES.get(delta, delta)} vs baseline (points)")
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", ncols=2)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    save_figure(fig, save_to, "rows_beside_paper")
-    return fig
-
-
-_PARAMETER_TITLES = {"epochs": "stage-2 epochs", "lr": "learning rate", "weight_decay": "weight decay"}
-
-
-def plot_epoch_and_parameter_curves(curves: Mapping[str, pd.DataFrame], metrics: Sequence[str] = ("rank1", "mAP"),
-                                    *, title: str | None = None, save_to: PathLike | None = None) -> Figure:
-    """Paper Fig. 6: rank-1 and mAP against stage-2 epochs, learning rate and weight decay.
-
-    Args:
-        curves: ``{parameter: table}`` indexed by the parameter's values, with ``<m>`` or ``<m>_mean``
-            and optionally ``<m>_std`` (error bars) per metric (percent), as
-            :func:`workbench.experiments.summary.epoch_curve` / ``parameter_curve`` return them.
-            The learning rate and weight decay get a log axis.
-        metrics: one line each.
-        title: figure title.
-        save_to: run folder; writes ``figures/curves.png``.
-    """
-    names = list(curves)
-    fig, axes = _grid(len(names), ncols=len(names), size=(3.6, 3.0))
-    colours = {"rank1": QUERY, "mAP": "#ff7f0e"}
-    for ax, name in zip(axes, names):
-        c = curves[name]
-        if c is None or not len(c):
-            ax.text(0.5, 0.5, "no run", ha="center", va="center", transform=ax.transAxes, color="0.4")
-        else:
-            xs = np.asarray(c.index, dtype=float)
-            for m in metrics:
-                ys = pd.to_numeric(c.get(f"{m}_mean", c.get(m)), errors="coerce").to_numpy(dtype=float)
-                std = pd.to_numeric(c.get(f"{m}_std"), errors="coerce").to_numpy(dtype=float) \
-                    if f"{m}_std" in c else np.full_like(ys, np.nan)
-                ax.plot(xs, ys, marker="o", color=colours.get(m), label=METRIC_TITLES.get(m, m))
-                has = ~np.isnan(std)
-                if has.any():
-                    ax.errorbar(xs[has], ys[has], yerr=std[has], fmt="none", ecolor=colours.get(m), capsize=3)
-            if name in ("lr", "weight_decay"):
-                ax.set_xscale("log")
-                ax.set_xticks(xs, [f"{x:g}" for x in xs], fontsize=7)
-                ax.minorticks_off()
-            else:
-                _whole_number_ticks(ax, xs)
-        ax.set_xlabel(_PARAMETER_TITLES.get(name, name))
-        ax.set_ylabel("%")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    save_figure(fig, save_to, "curves")
-    return fig

@@ -22,19 +22,17 @@ import ipywidgets as W
 import numpy as np
 from matplotlib.figure import Figure
 
+from workbench.analysis.arrays import embed_2d, pair_agreements, rank_gallery
+from workbench.analysis.views import PARTS, SoftLabelViews, load_views
 from workbench.viz.plots import (
     draw_agreement,
-    embed_2d,
     figure_png,
-    pair_agreements,
     plot_camera_heatmap,
     plot_camera_profile,
     plot_embedding,
     plot_retrieval,
     plot_soft_label,
-    rank_gallery,
 )
-from workbench.viz.views import PARTS, SoftLabelViews, load_views
 
 __all__ = ["ALL", "ImageExplorer", "CameraExplorer", "RunExplorer", "ThresholdExplorer", "explore", "as_views"]
 

@@ -1,0 +1,159 @@
+"""Figures of the experiments' tables: our rows beside the paper's, and metric curves over a parameter.
+
+Example:
+    >>> fig = plot_rows_beside_paper(seed_table(df, "loss_ablation"))   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from workbench.experiments.results import METRIC_TITLES
+from workbench.viz.plots import QUERY, PathLike, _grid, _whole_number_ticks, save_figure
+
+__all__ = ["plot_beside_paper", "plot_rows_beside_paper", "plot_epoch_and_parameter_curves"]
+
+
+def _bars_beside_paper(ax, rows: Sequence[str], ours: np.ndarray, paper: np.ndarray, std: np.ndarray | None = None,
+                       *, labels: bool, xlabel: str, names: tuple[str, str] = ("paper", "ours"),
+                       missing: str = "no result") -> None:
+    """Paired horizontal bars, the paper's (grey) above ours (error bar: ``std``), our value written out."""
+    pos = np.arange(len(rows))
+    std = np.zeros(len(rows)) if std is None else np.nan_to_num(std)
+    ax.barh(pos - 0.2, np.nan_to_num(paper), height=0.38, color="0.75", label=names[0])
+    ax.barh(pos + 0.2, np.nan_to_num(ours), height=0.38, xerr=std if std.any() else None, color=QUERY,
+            ecolor="0.2", capsize=2, label=names[1])
+    for y, value, s in zip(pos + 0.2, ours, std):  # our value in words: a 0.0 bar is not a missing one
+        ax.text(1 if np.isnan(value) else value + s + 1, y, missing if np.isnan(value) else f"{value:.1f}",
+                va="center", fontsize=7, color="0.3")
+    ax.set_yticks(pos, rows if labels else [""] * len(rows), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def plot_beside_paper(table: pd.DataFrame, metrics: Sequence[str] = ("rank-1", "mAP"), *, title: str | None = None,
+                      save_to: PathLike | None = None) -> Figure:
+    """Our numbers and the paper's as paired horizontal bars, one panel per metric (percent).
+
+    Args:
+        table: :func:`workbench.experiments.paper_table`'s result (columns ``<metric> (ours)`` and
+            ``<metric> (paper)``; the index holds the row labels).
+        metrics: the metric names of those columns (``"rank-1"``, ``"mAP"`` ...).
+        title: figure title.
+        save_to: run folder; writes ``figures/beside_paper.png``.
+
+    Returns:
+        The figure; a row without a number of ours (failed, missing) shows the paper's bar only.
+    """
+    rows = [str(r) for r in table.index]
+    fig, axes = _grid(len(metrics), ncols=len(metrics), size=(3.6, 0.45 * len(rows) + 1.3))
+    for ax, m in zip(axes, metrics):
+        ours = pd.to_numeric(table.get(f"{m} (ours)"), errors="coerce").to_numpy(dtype=float)
+        paper = pd.to_numeric(table.get(f"{m} (paper)"), errors="coerce").to_numpy(dtype=float)
+        _bars_beside_paper(ax, rows, ours, paper, labels=ax is axes[0], xlabel=f"{m} (%)")
+    axes[-1].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_figure(fig, save_to, "beside_paper")
+    return fig
+
+
+def plot_rows_beside_paper(summary: pd.DataFrame, metrics: Sequence[str] = ("rank1", "mAP"), *,
+                           delta: str = "mAP", title: str | None = None, save_to: PathLike | None = None) -> Figure:
+    """A table of seeded runs beside the paper's: one panel per metric, then the paired differences.
+
+    Args:
+        summary: :func:`workbench.experiments.summary.seed_summary` (``<m>_mean``, ``<m>_std``,
+            ``paper_<m>``, ``delta_<m>`` with ``_low``/``_high``, ``paper_delta_<m>``).
+        metrics: the absolute panels: our mean with the std over seeds as an error bar (dots: single
+            runs are not stored here), the paper's value as a grey bar.
+        delta: the metric of the last panel: our paired difference to the baseline row with its 95 %
+            interval, and the paper's difference (×).
+        title: figure title.
+        save_to: run folder; writes ``figures/rows_beside_paper.png``.
+    """
+    rows = [str(r) for r in summary.index]
+    pos = np.arange(len(rows))
+    fig, axes = _grid(len(metrics) + 1, ncols=len(metrics) + 1, size=(3.4, 0.5 * len(rows) + 1.4))
+    for ax, m in zip(axes, metrics):
+        ours = pd.to_numeric(summary.get(f"{m}_mean"), errors="coerce").to_numpy(dtype=float)
+        std = np.nan_to_num(pd.to_numeric(summary.get(f"{m}_std"), errors="coerce").to_numpy(dtype=float))
+        paper = pd.to_numeric(summary.get(f"paper_{m}"), errors="coerce").to_numpy(dtype=float)
+        _bars_beside_paper(ax, rows, ours, paper, std, labels=ax is axes[0], xlabel=f"{METRIC_TITLES.get(m, m)} (%)",
+                           names=("paper (ResNet-50, Market)", "ours (mean ± std)"), missing="no run")
+    axes[0].legend(fontsize=7, loc="lower right")
+    ax = axes[-1]
+    mean = pd.to_numeric(summary.get(f"delta_{delta}"), errors="coerce").to_numpy(dtype=float)
+    low = pd.to_numeric(summary.get(f"delta_{delta}_low"), errors="coerce").to_numpy(dtype=float)
+    high = pd.to_numeric(summary.get(f"delta_{delta}_high"), errors="coerce").to_numpy(dtype=float)
+    paper = pd.to_numeric(summary.get(f"paper_delta_{delta}"), errors="coerce").to_numpy(dtype=float)
+    err = np.vstack([np.nan_to_num(mean - low), np.nan_to_num(high - mean)])
+    ax.errorbar(mean, pos, xerr=err, fmt="o", color=QUERY, ecolor=QUERY, capsize=3, label="ours (95 % CI)")
+    ax.scatter(paper, pos, marker="x", color="0.35", zorder=3, label="paper")
+    ax.axvline(0, color="0.5", lw=0.8)
+    span = np.concatenate([low, high, mean, paper, [0.0]])
+    span = span[np.isfinite(span)]
+    ax.set_xlim(span.min() - 1, span.max() + 1)  # 0 and every interval inside, with a margin
+    ax.set_ylim(len(rows) - 0.5, -1.4)  # rows top to bottom, room for the legend above the first
+    ax.set_yticks(pos, [""] * len(rows))
+    ax.set_xlabel(f"Δ {METRIC_TITLES.get(delta, delta)} vs baseline (points)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", ncols=2)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_figure(fig, save_to, "rows_beside_paper")
+    return fig
+
+
+_PARAMETER_TITLES = {"epochs": "stage-2 epochs", "lr": "learning rate", "weight_decay": "weight decay"}
+
+
+def plot_epoch_and_parameter_curves(curves: Mapping[str, pd.DataFrame], metrics: Sequence[str] = ("rank1", "mAP"),
+                                    *, title: str | None = None, save_to: PathLike | None = None) -> Figure:
+    """Paper Fig. 6: rank-1 and mAP against stage-2 epochs, learning rate and weight decay.
+
+    Args:
+        curves: ``{parameter: table}`` indexed by the parameter's values, with ``<m>`` or ``<m>_mean``
+            and optionally ``<m>_std`` (error bars) per metric (percent), as
+            :func:`workbench.experiments.summary.epoch_curve` / ``parameter_curve`` return them.
+            The learning rate and weight decay get a log axis.
+        metrics: one line each.
+        title: figure title.
+        save_to: run folder; writes ``figures/curves.png``.
+    """
+    names = list(curves)
+    fig, axes = _grid(len(names), ncols=len(names), size=(3.6, 3.0))
+    colours = {"rank1": QUERY, "mAP": "#ff7f0e"}
+    for ax, name in zip(axes, names):
+        c = curves[name]
+        if c is None or not len(c):
+            ax.text(0.5, 0.5, "no run", ha="center", va="center", transform=ax.transAxes, color="0.4")
+        else:
+            xs = np.asarray(c.index, dtype=float)
+            for m in metrics:
+                ys = pd.to_numeric(c.get(f"{m}_mean", c.get(m)), errors="coerce").to_numpy(dtype=float)
+                std = pd.to_numeric(c.get(f"{m}_std"), errors="coerce").to_numpy(dtype=float) \
+                    if f"{m}_std" in c else np.full_like(ys, np.nan)
+                ax.plot(xs, ys, marker="o", color=colours.get(m), label=METRIC_TITLES.get(m, m))
+                has = ~np.isnan(std)
+                if has.any():
+                    ax.errorbar(xs[has], ys[has], yerr=std[has], fmt="none", ecolor=colours.get(m), capsize=3)
+            if name in ("lr", "weight_decay"):
+                ax.set_xscale("log")
+                ax.set_xticks(xs, [f"{x:g}" for x in xs], fontsize=7)
+                ax.minorticks_off()
+            else:
+                _whole_number_ticks(ax, xs)
+        ax.set_xlabel(_PARAMETER_TITLES.get(name, name))
+        ax.set_ylabel("%")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_figure(fig, save_to, "curves")
+    return fig
