@@ -14,9 +14,8 @@ from workbench.cli import main
 from workbench.config import get_preset
 from workbench.experiments.summary import (
     committed_curves,
-    epoch_curve,
+    experiment_curves,
     label_rows,
-    parameter_curve,
     run_records,
     t_interval,
 )
@@ -124,12 +123,17 @@ def test_paired_differences_and_the_paper_beside(sweep: Path) -> None:
 def test_curves_from_histories_and_one_at_a_time_runs(sweep: Path) -> None:
     records, histories = run_records([sweep])
     exp = ex.EXPERIMENTS["hyperparameters"]
-    lr = parameter_curve(records, exp, "lr")
+    curves = experiment_curves(records, histories, exp)
+    lr = curves["lr"]
     assert lr.index.tolist() == [2e-4, 8e-4]
-    assert lr.loc[8e-4, "mAP"] == pytest.approx(28.0)
-    assert lr.loc[2e-4, "mAP"] == pytest.approx(30.0) and lr.loc[2e-4, "mAP_std"] == pytest.approx(math.sqrt(2))
-    curve = epoch_curve(histories, ["full-0", "full-1"])
-    assert curve.index.tolist() == [0, 1, 2] and curve.loc[2, "mAP_mean"] == pytest.approx(31.0)
+    assert lr.loc[8e-4, "mAP"] == pytest.approx(28.0) and lr.loc[8e-4, "n"] == 1 and math.isnan(lr.loc[8e-4, "mAP_std"])
+    # every seed present is averaged (Fig. 6 used to take seed 0 alone, with the std only at the default)
+    assert lr.loc[2e-4, "mAP"] == pytest.approx(31.0) and lr.loc[2e-4, "mAP_std"] == pytest.approx(math.sqrt(2))
+    assert lr.loc[2e-4, "n"] == 2
+    epochs = curves["epochs"]  # the same function over the per-epoch evaluations
+    assert epochs.index.tolist() == [0, 1, 2] and epochs.loc[2, "mAP"] == pytest.approx(31.0)
+    assert epochs.loc[2, "n"] == 2 and list(epochs.columns) == list(lr.columns)
+
 
 
 def test_results_command_writes_the_folder_and_notebooks_read_it(sweep: Path, tmp_path: Path, capsys) -> None:
@@ -169,6 +173,13 @@ def test_results_command_writes_the_folder_and_notebooks_read_it(sweep: Path, tm
     curves = committed_curves(ex.committed_results(hp))
     assert curves["lr"].index.tolist() == [2e-4, 8e-4] and "rank1" in curves["epochs"]
     assert (hp / "hyperparameters.png").is_file()
+    # one pipeline: a committed folder regenerates from its own CSVs to the same tables
+    for name, folder, source in (("loss_ablation", out, sweep), ("hyperparameters", hp, sweep)):
+        before = {p.name: p.read_text() for p in folder.glob("*.csv")} | {"README.md": (folder / "README.md").read_text()}
+        assert main(["results", name, str(folder), "--out", str(folder)] + (
+            ["--reference", str(reference), "--notes", str(notes)] if name == "loss_ablation" else [])) == 0
+        after = {p.name: p.read_text() for p in folder.glob("*.csv")} | {"README.md": (folder / "README.md").read_text()}
+        assert after == before, f"{name}: regenerated from its CSVs, it differs"
 
 
 def test_a_sweep_label_follows_its_parameters() -> None:

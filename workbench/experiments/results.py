@@ -190,31 +190,42 @@ def paper_rows(paper: Mapping[str, Mapping[str, Any]], dataset: str = "market150
                          for name, row in paper.items()}).T
 
 
-def curve(df: "pd.DataFrame", param: str, fixed: Mapping[str, Any],
+def curve(df: "pd.DataFrame", param: str, fixed: Mapping[str, Any] | None = None,
           metrics: Sequence[str] = ("rank1", "mAP")) -> "pd.DataFrame":
-    """A metric-against-one-parameter curve from a one-at-a-time sweep (see :func:`one_at_a_time`).
+    """The one curve function: a metric against one parameter, mean ± std over the runs (seeds) present.
+
+    The same for a fresh sweep (:func:`collect`'s table), committed runs (``runs.csv``) and per-epoch
+    histories (``param="epoch"``), so a figure means the same whatever its source.
 
     Args:
-        df: :func:`collect`'s table.
-        param: the varied parameter.
-        fixed: the values of the other swept parameters along this curve.
+        df: one row per run (or per run and epoch); rows with a ``state`` other than ``done`` and rows
+            without the first metric (an epoch that was not evaluated) are left out.
+        param: the varied parameter (the x axis).
+        fixed: the values of the other parameters along this curve (None: every row).
         metrics: metric columns (fractions), returned in percent.
 
     Returns:
-        Index: the values of ``param`` (sorted), columns: ``metrics`` in percent (mean over the
-        matching done points).
+        Index: the values of ``param`` (sorted); columns per metric ``<m>`` (mean) and ``<m>_std``
+        (sample std over the rows there, NaN for one), and ``n`` (rows averaged).
+
+    Example:
+        >>> curve(collect("runs/sweeps/fig6"), "lr", {"epochs": 2, "weight_decay": 5e-4})  # doctest: +SKIP
     """
     import pandas as pd
 
-    others = {k: v for k, v in fixed.items() if k != param}
-    rows = select(df, **others) if len(df) else df
-    rows = rows[rows["state"] == "done"] if len(rows) else rows
-    if not len(rows) or param not in rows:
-        return pd.DataFrame(columns=list(metrics), index=pd.Index([], name=param))
-    values = rows[[param, *metrics]].copy()
-    for m in metrics:
-        values[m] = 100 * pd.to_numeric(values[m], errors="coerce")
-    return values.groupby(param).mean().sort_index()
+    columns = [c for m in metrics for c in (m, f"{m}_std")] + ["n"]
+    others = {k: v for k, v in (fixed or {}).items() if k != param}
+    rows = select(df, **others) if len(df) and others else df
+    if len(rows) and "state" in rows:
+        rows = rows[rows["state"] == "done"]
+    if not len(rows) or param not in rows or metrics[0] not in rows:
+        return pd.DataFrame(columns=columns, index=pd.Index([], name=param))
+    rows = rows[pd.to_numeric(rows[metrics[0]], errors="coerce").notna()]
+    values = pd.DataFrame({m: 100 * pd.to_numeric(rows[m], errors="coerce") for m in metrics})
+    groups = values.groupby(rows[param])
+    out = pd.DataFrame({c: s for m in metrics for c, s in ((m, groups[m].mean()), (f"{m}_std", groups[m].std(ddof=1)))})
+    out["n"] = groups.size()
+    return out[columns].rename_axis(param).sort_index()
 
 
 def metrics_table(runs: Mapping[str, Mapping[str, Any]]) -> "pd.DataFrame":

@@ -40,7 +40,7 @@ from workbench.experiments.paper import (
     LOSS_ABLATION,
     PAPER_RESULTS,
 )
-from workbench.experiments.results import MAIN_METRICS, collect, select
+from workbench.experiments.results import MAIN_METRICS, collect, curve, select
 from workbench.runs import PointFolder, RunFolder
 
 #: the metrics of a summary table (percent)
@@ -380,47 +380,27 @@ def summary_markdown(summary: "pd.DataFrame", experiment: Experiment, *, referen
 
 # ----------------------------------------------------------------------------- curves
 
-def epoch_curve(histories: "pd.DataFrame", runs: Sequence[str], metrics: Sequence[str] = ("rank1", "mAP")
-                ) -> "pd.DataFrame":
-    """Metric (percent) against stage-2 epoch over these runs: mean, std and n per epoch (epoch 0: start)."""
-    import pandas as pd
-
-    h = histories[histories["run"].isin(list(runs))] if len(histories) else histories
-    if not len(h):
-        return pd.DataFrame()
-    h = h.dropna(subset=[metrics[0]])
-    agg = {}
-    for m in metrics:
-        values = 100 * pd.to_numeric(h[m], errors="coerce")
-        g = values.groupby(h["epoch"])
-        agg[f"{m}_mean"], agg[f"{m}_std"], agg["n"] = g.mean(), g.std(ddof=1), g.count()
-    return pd.DataFrame(agg).rename_axis("epochs")
-
-
-def parameter_curve(records: "pd.DataFrame", experiment: Experiment, param: str, *, seed: int = 0,
-                    metrics: Sequence[str] = ("rank1", "mAP")) -> "pd.DataFrame":
-    """Metric (percent) against one parameter, the others at ``experiment.base``: one seed's runs.
-
-    The default value's row also carries ``<metric>_std`` over every seed run there (the seed noise the
-    curve should be read against) and ``n``.
-    """
-    import pandas as pd
-
+def budget_runs(records: "pd.DataFrame", experiment: Experiment, param: str | None = None) -> "pd.DataFrame":
+    """The runs on ``experiment``'s base setting (all but ``param`` fixed) at its most common stage-2 budget
+    (epochs), so that a curve compares runs trained alike."""
     others = {k: v for k, v in experiment.base.items() if k != param}
     matching = select(records, **others)
     if not len(matching):
-        return pd.DataFrame()
-    epochs = int(matching["epochs"].mode().iloc[0])
-    matching = matching[matching["epochs"] == epochs]
-    rows = {}
-    for value, group in matching.groupby(param):
-        one = group[group["seed"] == seed]
-        entry: dict[str, Any] = {"n": len(group)}
-        for m in metrics:
-            entry[m] = float(100 * one[m].mean()) if len(one) else math.nan
-            entry[f"{m}_std"] = float(100 * group[m].std(ddof=1)) if len(group) > 1 else math.nan
-        rows[value] = entry
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(param).sort_index()
+        return matching
+    return matching[matching["epochs"] == int(matching["epochs"].mode().iloc[0])]
+
+
+def experiment_curves(records: "pd.DataFrame", histories: "pd.DataFrame", experiment: Experiment
+                      ) -> dict[str, "pd.DataFrame"]:
+    """Fig. 6: mAP and rank-1 against each of ``experiment.curves``, mean ± std over the seeds present
+    (:func:`workbench.experiments.results.curve`); ``epochs`` from the per-epoch evaluations of the
+    base-setting runs with the most epochs (epoch 0: where stage 2 started)."""
+    curves = {p: curve(budget_runs(records, experiment, p), p) for p in experiment.curves if p != "epochs"}
+    full = select(records, **experiment.base)
+    if len(full):
+        full = full[full["epochs"] == full["epochs"].max()]
+    h = histories[histories["run"].isin(full["run"])] if len(histories) and len(full) else histories.iloc[0:0]
+    return {"epochs": curve(h, "epoch").rename_axis("epochs"), **curves}
 
 
 def diagnostics(rows: "pd.DataFrame", histories: "pd.DataFrame") -> "pd.DataFrame":
@@ -496,6 +476,32 @@ def _commit_list(values: Any) -> str:
     return ", ".join(sorted({str(v) for v in values if isinstance(v, str) and v}))
 
 
+def read_records(sources: Sequence[str | os.PathLike]) -> "tuple[pd.DataFrame, pd.DataFrame]":
+    """Records and histories (as :func:`run_records` returns them) from sweep folders, or from results
+    folders' ``runs.csv`` + ``histories.csv``: one pipeline for fresh sweeps and committed results.
+
+    Raises:
+        MissingFileError: a source that does not exist.
+    """
+    import pandas as pd
+
+    records, histories = [], []
+    for source in map(Path, sources):
+        if (source / "runs.csv").is_file():
+            runs = pd.read_csv(source / "runs.csv")
+            records.append(runs.drop(columns=["row"], errors="ignore"))
+            if (source / "histories.csv").is_file():
+                histories.append(pd.read_csv(source / "histories.csv"))
+        else:
+            r, h = run_records([source])
+            records.append(r)
+            histories.append(h)
+    records = [r for r in records if len(r)]
+    histories = [h for h in histories if len(h)]
+    return (pd.concat(records, ignore_index=True) if records else pd.DataFrame(),
+            pd.concat(histories, ignore_index=True).drop_duplicates() if histories else pd.DataFrame())
+
+
 def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                      reference: str | os.PathLike | None = None, notes: str | os.PathLike | None = None
                      ) -> dict[str, Path]:
@@ -504,7 +510,8 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
     Args:
         name: a key of :data:`EXPERIMENTS`.
         sweeps: the sweep folders holding its runs (more than one: e.g. the loss ablation's, for the
-            pretraining table's "ImageNet + stage 1" row).
+            pretraining table's "ImageNet + stage 1" row), or results folders whose ``runs.csv`` and
+            ``histories.csv`` hold them (regenerating a committed folder from its own CSVs).
         out: the folder to write (created).
         reference: a results CSV with the direct-transfer and stage-1 rows (``results/real/runs.csv``):
             shown as the first rows of the table, outside the statistics.
@@ -526,13 +533,14 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
     exp = EXPERIMENTS[name]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records, histories = run_records(sweeps)
+    records, histories = read_records(sweeps)
     written: dict[str, Path] = {}
     refs = _reference_rows(reference)
     body: list[str] = [f"# {exp.title}", "",
                        "Generated by `python -m workbench results "
                        f"{name} SWEEP... --out {out.as_posix()}` from the sweep folders of "
-                       "`notebooks/03_train_mar.ipynb`; do not edit (notes: `NOTES.md`).", "", exp.note, ""]
+                       "`notebooks/03_train_mar.ipynb` (or, to regenerate it, from this folder's own `runs.csv` "
+                       "and `histories.csv`); do not edit (notes: `NOTES.md`).", "", exp.note, ""]
     if exp.rows:
         rows = label_rows(records, exp)
         used = rows
@@ -561,11 +569,7 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
                      "the same identity (the trainer checks them against the labels the loss never sees).", ""]
     else:
         used = select(records, **{k: v for k, v in exp.base.items() if k not in exp.curves})
-        curves = {p: parameter_curve(records, exp, p) for p in exp.curves if p != "epochs"}
-        full = select(records, **exp.base)
-        if len(full):
-            full = full[full["epochs"] == full["epochs"].max()]
-        curves = {"epochs": epoch_curve(histories, full["run"].tolist() if len(full) else []), **curves}
+        curves = experiment_curves(records, histories, exp)
         for p, c in curves.items():
             if len(c):
                 atomic_write_text(out / f"curve_{p}.csv", c.to_csv(float_format="%.4f"))
@@ -574,8 +578,9 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
         fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
         written["figure"] = out / f"{name}.png"
         body += ["## Curves", "", curves_markdown(curves), ""]
-        body += ["Percent; epochs: mean ± std over the full-L_MAR seeds; lr and weight decay: seed 0, and at "
-                 "the default value ± the std over every seed run there.", "", f"![{exp.title}]({name}.png)", ""]
+        body += ["Percent; every point is the mean ± std over the seeds run there (n: how many); epochs: "
+                 "the per-epoch evaluations of the full-L_MAR runs (epoch 0: where stage 2 started).", "",
+                 f"![{exp.title}]({name}.png)", ""]
     if len(used):
         cols = ["row"] if "row" in used else []
         written["runs"] = out / "runs.csv"
@@ -767,8 +772,8 @@ def committed_results(results_dir: str | os.PathLike | None) -> CommittedResults
 
 def committed_curves(committed: CommittedResults, names: Sequence[str] = ("epochs", "lr", "weight_decay")
                      ) -> dict[str, "pd.DataFrame"]:
-    """The committed Fig. 6 curves (``curve_<name>.csv``): ``{name: table}`` with ``rank1``, ``mAP``
-    (percent; the epochs curve's means) and ``<metric>_std``, indexed by the parameter's values."""
+    """The committed Fig. 6 curves (``curve_<name>.csv``, as :func:`~workbench.experiments.results.curve`
+    returns them): ``{name: table}`` indexed by the parameter's values."""
     import pandas as pd
 
     out = {}
@@ -777,8 +782,7 @@ def committed_curves(committed: CommittedResults, names: Sequence[str] = ("epoch
         if not path.is_file():
             out[name] = pd.DataFrame(columns=["rank1", "mAP"])
             continue
-        c = pd.read_csv(path, index_col=0)
-        out[name] = c.rename(columns={f"{m}_mean": m for m in ("rank1", "mAP")})
+        out[name] = pd.read_csv(path, index_col=0)
     return out
 
 
