@@ -339,3 +339,21 @@ def test_no_tensorboard_writes_no_events(stage1, tmp_path) -> None:
     cfg = from_params({"preset": "smoke", "epochs": 1, "eval_every": 0, "tensorboard": False})
     result = train_mar(cfg, tmp_path / "notb", init_checkpoint=stage1.checkpoint)
     assert not (result.run_dir / "tensorboard").exists()
+
+
+def test_term_gradient_shares_add_up_to_the_update(stage1, tmp_path) -> None:
+    """grad_terms_every: each term's share of the shared weights' update, <g_i, g> / |g|^2, sums to 1."""
+    cfg = from_params({"preset": "smoke", "epochs": 2, "eval_every": 0, "grad_terms_every": 2,
+                       "tensorboard": False})
+    train_mar(cfg, tmp_path / "grad", init_checkpoint=stage1.checkpoint)
+    steps = _rows(tmp_path / "grad" / "steps.csv")
+    diagnosed = [r for r in steps if r.get("share_al")]
+    assert len(diagnosed) == (len(steps) + 1) // 2  # every second step
+    for row in diagnosed:
+        shares = [float(row[f"share_{t}"]) for t in ("al", "rj", "cml", "mdl")]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-3)
+        assert float(row["grad_total"]) > 0
+    assert all(float(r["share_mdl"]) == 0.0 for r in diagnosed if r["epoch"] == "0")  # L_MDL off in epoch 1
+    assert any(float(r["share_mdl"]) != 0.0 for r in diagnosed if r["epoch"] == "1")
+    history = _rows(tmp_path / "grad" / "history.csv")
+    assert "share_rj" in history[0]  # epoch means of the diagnosed steps

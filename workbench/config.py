@@ -90,6 +90,8 @@ class TrainConfig:
     gamma: float = 0.1
     momentum: float = 0.9                     # SGD momentum
     eval_every: int = 5                       # evaluate on target query/gallery every k epochs (0: end only)
+    grad_terms_every: int = 0                 # stage 2 diagnostic: every k steps, each L_MAR term's share of the
+                                              # update of the shared weights (4 more backward passes; 0: off)
     eval_batch_size: int = 128
     flip_test: bool = False                   # average features of image and mirror at evaluation
     # run
@@ -324,6 +326,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
                     (1, math.inf, True, False)),
     "n_target": (2, math.inf, True, False),  # L_MDL mines pairs within the target half
     **dict.fromkeys(("weight_decay", "pretrain_weight_decay", "lambda_cml", "lambda_ref", "beta", "eval_every",
+                     "grad_terms_every",
                      "mdl_warmup_epochs", "workers", "pad", "log_every_s", "seed", "synthetic_seed"),
                     (0, math.inf, True, False)),
     "mining_ratio": (0, 1, False, True),

@@ -584,7 +584,8 @@ class MARLoss(nn.Module):
 
         Returns:
             ``loss`` (differentiable total), the unweighted detached terms ``al``, ``rj``, ``mdl``,
-            ``cml`` (0 when off), ``threshold`` (after the update), ``n_pos``, ``n_neg``, and the
+            ``cml`` (0 when off), ``weighted`` (``{term: weight · term}``, differentiable: what each
+            adds to ``loss``), ``threshold`` (after the update), ``n_pos``, ``n_neg``, and the
             mined pairs of L_MDL as target *dataset indices*: ``mined_pairs`` (k, 2) and
             ``mined_positive`` (k,) bool (empty when L_MDL did not run). The loss never sees
             identities; a caller that knows them (the trainer's mined-pair precision diagnostic)
@@ -639,6 +640,9 @@ class MARLoss(nn.Module):
                 total = total + mdl
 
         out["loss"] = total
+        # the terms as they enter the total, still in the graph (the trainer's gradient-share diagnostic)
+        out["weighted"] = {"al": self.lambda_ref * al, "rj": self.lambda_ref * self.beta * rj,
+                           "cml": self.lambda_cml * cml, "mdl": mdl}
         out.update(al=al.detach(), rj=rj.detach(), mdl=mdl.detach(), cml=cml.detach(),
                    threshold=self.threshold.detach().clone(), n_pos=n_pos, n_neg=n_neg,
                    mined_pairs=mined_pairs, mined_positive=mined_positive)

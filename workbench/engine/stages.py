@@ -23,7 +23,7 @@ from workbench.models import MARNet
 
 log = logging.getLogger("workbench.engine")
 
-__all__ = ["PretrainTrainer", "MARTrainer", "mined_pair_precision"]
+__all__ = ["PretrainTrainer", "MARTrainer", "mined_pair_precision", "term_gradient_shares"]
 
 
 # ----------------------------------------------------------------------------- stage 1
@@ -118,6 +118,11 @@ class MARTrainer(Trainer):
         # hidden target identities: only for the mined-pair precision diagnostic, never seen by a loss
         self._target_pids = torch.tensor([s.pid for s in self.target.train], device=self.device)
         self._set_optimizer(t.lr, t.weight_decay, t.milestones)
+        if t.grad_terms_every and self.ctx.distributed:
+            raise ConfigError("grad_terms_every is a single-process diagnostic (it takes autograd.grad per term)")
+        self._diagnosed_steps = 0
+        # the weights every term updates: backbone, fusion, embedding (not the agents, which only L_AL moves)
+        self._shared_parameters = [p for name, p in self.net.named_parameters() if name != "agents" and p.requires_grad]
 
     @property
     def num_epochs(self) -> int:
@@ -215,6 +220,11 @@ class MARTrainer(Trainer):
             epoch=epoch)
         pairs, positive = out.pop("mined_pairs"), out.pop("mined_positive")
         out["pos_precision"] = mined_pair_precision(pairs, positive, self._target_pids)
+        weighted = out.pop("weighted")
+        every = self.cfg.train.grad_terms_every
+        if every and self._diagnosed_steps % every == 0:
+            out |= term_gradient_shares(weighted, out["loss"], self._shared_parameters)
+        self._diagnosed_steps += 1
         return out
 
     def summarize_epoch(self, means: dict, sums: dict) -> dict:
@@ -235,6 +245,40 @@ class MARTrainer(Trainer):
     def load_state(self, state: dict) -> None:
         super().load_state(state)
         self.criterion.load_state_dict(state["criterion"])
+
+
+def term_gradient_shares(terms: dict[str, torch.Tensor], total: torch.Tensor,
+                         parameters: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each loss term's part in one step's update of the shared weights (a diagnostic; no ``.grad`` touched).
+
+    With ``g_i`` the gradient of term ``i`` (as weighted in the total) and ``g = Σ g_i`` the step's
+    gradient, over all ``parameters`` flattened: ``grad_<i>`` = ``‖g_i‖``, ``grad_total`` = ``‖g‖``, and
+    ``share_<i>`` = ``<g_i, g> / ‖g‖²``, the part of the update along ``g`` that term ``i`` makes (the
+    shares add up to 1; a negative share pulls against the others).
+
+    Args:
+        terms: ``{name: weighted term}`` still in the autograd graph (``MARLoss`` output ``weighted``).
+        total: their sum, the step's loss.
+        parameters: the shared weights.
+
+    Returns:
+        ``{"grad_<name>", "share_<name>", "grad_total"}`` as 0-dim tensors.
+    """
+    def flat_grad(value: torch.Tensor) -> torch.Tensor:
+        if not value.requires_grad:
+            return torch.zeros(sum(p.numel() for p in parameters), device=total.device)
+        grads = torch.autograd.grad(value, parameters, retain_graph=True, allow_unused=True)
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float()
+                          for g, p in zip(grads, parameters)])
+
+    per_term = {name: flat_grad(value) for name, value in terms.items()}  # name -> (P,)
+    g = torch.stack(list(per_term.values())).sum(0)  # (P,)
+    norm2 = g.dot(g).clamp_min(1e-30)
+    out = {"grad_total": g.norm()}
+    for name, gi in per_term.items():
+        out[f"grad_{name}"] = gi.norm()
+        out[f"share_{name}"] = gi.dot(g) / norm2
+    return out
 
 
 def mined_pair_precision(pairs: torch.Tensor, positive: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
