@@ -12,13 +12,9 @@ import pytest
 from workbench import experiments as ex
 from workbench.cli import main
 from workbench.config import get_preset
-from workbench.experiments.summary import (
-    committed_curves,
-    experiment_curves,
-    label_rows,
-    run_records,
-    t_interval,
-)
+from workbench.experiments.records import label_rows, run_records
+from workbench.experiments.stats import experiment_curves, t_interval
+from workbench.experiments.summary import committed_curves
 
 REPO = Path(__file__).resolve().parents[1]
 

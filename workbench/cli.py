@@ -480,7 +480,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _add_results(sub: argparse._SubParsersAction) -> None:
-    from workbench.experiments.summary import EXPERIMENTS
+    from workbench.experiments.records import EXPERIMENTS
 
     rs = sub.add_parser("results", help="write results/<experiment>/ (runs.csv, summary, figures, README) from "
                                         "sweep folders of 03_train_mar.ipynb")

@@ -80,14 +80,12 @@ from workbench.experiments.results import (
     paper_table,
     select,
 )
+from workbench.experiments.records import EXPERIMENTS
+from workbench.experiments.stats import label_points, seed_summary, seed_table
 from workbench.experiments.summary import (
-    EXPERIMENTS,
     CommittedResults,
     committed_curves,
     committed_results,
-    label_points,
-    seed_summary,
-    seed_table,
     show_committed,
     summary_markdown,
     write_experiment,

@@ -164,7 +164,8 @@ def report(path: str | Path, *, footnote: bool = True) -> str:
     (:func:`workbench.experiments.summary.folder_table`); a ``.txt`` file (a benchmark's committed
     output, ``results/benchmarks/*.txt``) is quoted as it is, in a fenced block.
     """
-    from workbench.experiments.summary import EXPERIMENTS, folder_table
+    from workbench.experiments.records import EXPERIMENTS
+    from workbench.experiments.summary import folder_table
 
     path = Path(path)
     if path.suffix == ".txt":

@@ -68,7 +68,7 @@ def plot_rows_beside_paper(summary: pd.DataFrame, metrics: Sequence[str] = ("ran
     """A table of seeded runs beside the paper's: one panel per metric, then the paired differences.
 
     Args:
-        summary: :func:`workbench.experiments.summary.seed_summary` (``<m>_mean``, ``<m>_std``,
+        summary: :func:`workbench.experiments.stats.seed_summary` (``<m>_mean``, ``<m>_std``,
             ``paper_<m>``, ``delta_<m>`` with ``_low``/``_high``, ``paper_delta_<m>``).
         metrics: the absolute panels: our mean with the std over seeds as an error bar (dots: single
             runs are not stored here), the paper's value as a grey bar.
@@ -120,7 +120,7 @@ def plot_epoch_and_parameter_curves(curves: Mapping[str, pd.DataFrame], metrics:
     Args:
         curves: ``{parameter: table}`` indexed by the parameter's values, with ``<m>`` or ``<m>_mean``
             and optionally ``<m>_std`` (error bars) per metric (percent), as
-            :func:`workbench.experiments.summary.epoch_curve` / ``parameter_curve`` return them.
+            :func:`workbench.experiments.stats.experiment_curves` returns them.
             The learning rate and weight decay get a log axis.
         metrics: one line each.
         title: figure title.

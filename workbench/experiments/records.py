@@ -1,0 +1,259 @@
+"""The experiments (:data:`EXPERIMENTS`: the paper's tables and figure) and the records of their runs.
+
+A record is one finished stage-2 run as a row: what it did (config, start checkpoint, seed, commit),
+its metrics, where it started and what L_MDL did, read from sweep folders (:func:`run_records`) or from
+a results folder's ``runs.csv`` (:func:`read_records`); :func:`label_rows` matches records to a table's
+rows on what a run did, not on how its sweep named it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pandas is imported inside the functions that need it
+    import pandas as pd
+
+from workbench.errors import MissingFileError
+from workbench.experiments.paper import FUSION_COMBINATIONS, LOSS_ABLATION, PAPER_RESULTS
+from workbench.experiments.results import MAIN_METRICS, collect, select
+from workbench.runs import PointFolder, RunFolder
+
+@dataclass(frozen=True)
+class Experiment:
+    """One of the paper's experiments, as rows over run records.
+
+    Attributes:
+        name: the folder under ``results/``.
+        title: the paper's table or figure.
+        base: record values every row shares (``init="imagenet"``, ``lr=2e-4`` ...).
+        rows: ``{row label: record values}`` on top of ``base``; empty for curves.
+        baseline: the row the paired differences are taken against.
+        paper: ``{row label: PAPER_RESULTS row}`` shown beside ours.
+        curves: for a hyperparameter figure: the record keys varied one at a time around ``base``.
+        note: what the rows mean here, in words (goes into the generated README).
+    """
+
+    name: str
+    title: str
+    base: Mapping[str, Any]
+    rows: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    baseline: str | None = None
+    paper: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    curves: Sequence[str] = ()
+    note: str = ""
+
+
+_FULL = dict(LOSS_ABLATION["full"])
+_DEFAULTS = dict(init="imagenet", stage1=True, lr=2e-4, weight_decay=5e-4, stages="layer4")
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "loss_ablation": Experiment(
+        "loss_ablation", "Table 3: loss ablation", base=_DEFAULTS,
+        rows={label: dict(switches) for label, switches in LOSS_ABLATION.items()}, baseline="full",
+        paper=PAPER_RESULTS["loss_ablation"],
+        note="L_RAL = L_AL + β·L_RJ. Every row starts from the same stage-1 checkpoint; the seeds are the "
+             "same in every row, so differences to the full row are paired by seed."),
+    "pretraining": Experiment(
+        "pretraining", "Table 1: pretraining", base={**_DEFAULTS, **_FULL},
+        rows={"ImageNet + stage 1": dict(init="imagenet", stage1=True),
+              "random init + stage 1": dict(init="random", stage1=True),
+              "ImageNet, no stage 1": dict(init="imagenet", stage1=False),
+              "random init, no stage 1": dict(init="random", stage1=False)},
+        baseline="ImageNet + stage 1",
+        paper={"ImageNet + stage 1": PAPER_RESULTS["pretraining"]["ResNet50 / ResNet50"],
+               "random init + stage 1": PAPER_RESULTS["pretraining"]["ResNet50 / ResNet50 (random init)"],
+               "ImageNet, no stage 1": PAPER_RESULTS["pretraining"]["ResNet50 / none"]},
+        note="MobileNetV2 analogues of the paper's ResNet50 rows: the network of stage 2 is the network of "
+             "stage 1. init = the backbone's weights before anything is trained (the ImageNet file or "
+             "random); no stage 1 = stage 2 starts from those weights with randomly initialised agents."),
+    "feature_fusion": Experiment(
+        "feature_fusion", "Table 2: multi-level feature fusion", base={**_DEFAULTS, **_FULL},
+        rows={c: dict(stages=c) for c in FUSION_COMBINATIONS}, baseline="layer4",
+        paper=PAPER_RESULTS["feature_fusion"],
+        note="Each fusion has its own stage 1 (the fused feature is what the agents classify)."),
+    "hyperparameters": Experiment(
+        "hyperparameters", "Fig. 6: stage-2 epochs, learning rate, weight decay", base={**_DEFAULTS, **_FULL},
+        curves=("epochs", "lr", "weight_decay"),
+        note="One parameter varies, the others keep the preset's values; the epochs curve is the per-epoch "
+             "evaluation of the full-L_MAR runs (epoch 0: the stage-1 model). The point at the default "
+             "value carries the spread over seeds as an error bar."),
+}
+
+
+# ----------------------------------------------------------------------------- run records
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"preset": config.get("preset")}
+    for group in ("data", "model", "loss", "train"):
+        for key, value in (config.get(group) or {}).items():
+            out[key] = "+".join(map(str, value)) if key == "stages" else (
+                "x".join(map(str, value)) if isinstance(value, list) else value)
+    return out
+
+
+def _commit_of(run: Path, metrics: Mapping[str, Any]) -> str | None:
+    """The commit a run recorded; for runs older than that record, the pinned checkout its sweep ran from.
+
+    (``status.json`` of the sweep point above the run names the notebook it executed; the sweeps of the
+    evidence runs execute notebooks of a ``git worktree`` pinned to one commit.)
+    """
+    if metrics.get("commit"):
+        return str(metrics["commit"])
+    import subprocess
+
+    notebook = (PointFolder(run.parent).status() or {}).get("notebook")
+    if not notebook:
+        return None
+    try:
+        return subprocess.run(["git", "-C", str(Path(notebook).parent), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _start_of(checkpoint: str | None) -> dict[str, Any]:
+    """What the stage-2 run started from: the stage-1 run next to its checkpoint (commit, seed, epochs)."""
+    if not checkpoint:
+        return {"stage1": False}
+    folder = RunFolder(Path(checkpoint).parent)
+    run = folder.path
+    metrics, config = _read_json(folder.metrics_path), _read_json(folder.config_path)
+    flat = _flat_config(config) if config else {}
+    return {"stage1": True, "stage1_commit": _commit_of(run, metrics), "stage1_seed": flat.get("seed"),
+            "stage1_epochs": metrics.get("epochs", flat.get("pretrain_epochs")),
+            "stage1_init": _init_of(flat.get("pretrained")) if config else None,
+            "stage1_rank1": metrics.get("rank1"), "stage1_mAP": metrics.get("mAP")}
+
+
+def _init_of(pretrained: Any) -> str:
+    return "random" if pretrained in (None, "", "none") else "imagenet"
+
+
+def run_records(sweeps: Sequence[str | os.PathLike]) -> "tuple[pd.DataFrame, pd.DataFrame]":
+    """Every finished stage-2 point of these sweep folders as one record, and their histories.
+
+    Args:
+        sweeps: sweep folders of ``03_train_mar.ipynb`` (each point holds ``mar/`` and ``metrics.json``).
+
+    Returns:
+        ``(records, histories)``: one row per finished point (see the module docstring), and the
+        per-epoch histories with ``run`` (the point name), ``seed`` and an epoch-0 row holding the start
+        metrics. Points that failed or are still running are left out (``collect`` shows them).
+
+    Raises:
+        MissingFileError: a sweep folder that does not exist.
+    """
+    import pandas as pd
+
+    records, histories = [], []
+    for sweep_dir in map(Path, sweeps):
+        if not sweep_dir.is_dir():
+            raise MissingFileError(f"sweep folder {sweep_dir} does not exist")
+        points = collect(sweep_dir)
+        for _, point in points[points["state"] == "done"].iterrows():
+            point_folder = PointFolder(point["path"])
+            folder, run = point_folder.path, point_folder.run("mar")
+            config, stage2 = _read_json(run.config_path), _read_json(run.metrics_path)
+            if not config or not stage2:
+                continue
+            record = run.record()  # the engine's record (rebuilt from the run's files for older runs)
+            flat = _flat_config(config)
+            status = point_folder.status() or {}
+            hist = pd.read_csv(run.history_path) if run.history_path.is_file() else pd.DataFrame()
+            last = hist.iloc[-1] if len(hist) else {}
+            rec: dict[str, Any] = {
+                "run": folder.name, "sweep": sweep_dir.name, "seed": flat.get("seed"),
+                "commit": _commit_of(run.path, stage2), "finished": status.get("finished"),
+                "wall_seconds": status.get("seconds"),
+                "init": _init_of(flat.get("pretrained")), **_start_of(record.start_checkpoint),
+                **{m: stage2.get(m) for m in MAIN_METRICS},
+                **{f"start_{m}": (stage2.get("initial") or {}).get(m) for m in MAIN_METRICS},
+                "num_query": stage2.get("num_query"), "num_valid": stage2.get("num_valid"),
+                "init_threshold": record.init_threshold,
+                "final_threshold": record.final_threshold,
+                "final_n_pos": last.get("n_pos") if len(hist) else None,
+                "final_n_neg": last.get("n_neg") if len(hist) else None,
+                "final_pos_precision": record.final_pos_precision,
+                "seconds_per_epoch": record.seconds_per_epoch,
+                "images_per_s": record.images_per_s,
+            }
+            if rec["stage1"] and rec.get("stage1_init"):  # the init of the first network trained
+                rec["init"] = rec["stage1_init"]
+            for key, value in flat.items():
+                rec.setdefault(key, value)
+            records.append(rec)
+            if len(hist):
+                start = {"epoch": 0, **{m: rec[f"start_{m}"] for m in MAIN_METRICS},
+                         "threshold": rec["init_threshold"]}
+                h = pd.concat([pd.DataFrame([start]), hist], ignore_index=True)
+                h.insert(0, "seed", rec["seed"])
+                h.insert(0, "run", rec["run"])
+                histories.append(h)
+    df = pd.DataFrame(records)
+    first = ["run", "sweep", "seed", "commit", "finished", "wall_seconds", "init", "stage1", "stage1_commit",
+             "stage1_seed", "stage1_epochs", "stage1_init", "stage1_rank1", "stage1_mAP"]
+    df = df[[c for c in first if c in df] + [c for c in df if c not in first]]  # the same order whatever came first
+    hist_df = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
+    return df, hist_df
+
+
+def label_rows(records: "pd.DataFrame", experiment: Experiment, *, epochs: int | None = None) -> "pd.DataFrame":
+    """The records that are rows of ``experiment``'s table, with a ``row`` column (in row order).
+
+    Args:
+        records: :func:`run_records`.
+        experiment: e.g. ``EXPERIMENTS["loss_ablation"]``.
+        epochs: only runs of this many stage-2 epochs (default: the most common among the matches,
+            so that every row of a table was trained alike).
+    """
+    import pandas as pd
+
+    parts = []
+    for label, wanted in experiment.rows.items():
+        rows = select(records, **{**experiment.base, **wanted}).copy()
+        rows.insert(0, "row", label)
+        parts.append(rows)
+    out = pd.concat(parts, ignore_index=True) if parts else records.iloc[0:0]
+    if len(out) and "epochs" in out:
+        keep = epochs if epochs is not None else int(out["epochs"].mode().iloc[0])
+        out = out[out["epochs"] == keep]
+    order = {label: i for i, label in enumerate(experiment.rows)}
+    out = out.assign(_order=out["row"].map(order)).sort_values(["_order", "seed"], kind="stable")
+    return out.drop(columns="_order").reset_index(drop=True)
+
+
+def read_records(sources: Sequence[str | os.PathLike]) -> "tuple[pd.DataFrame, pd.DataFrame]":
+    """Records and histories (as :func:`run_records` returns them) from sweep folders, or from results
+    folders' ``runs.csv`` + ``histories.csv``: one pipeline for fresh sweeps and committed results.
+
+    Raises:
+        MissingFileError: a source that does not exist.
+    """
+    import pandas as pd
+
+    records, histories = [], []
+    for source in map(Path, sources):
+        if (source / "runs.csv").is_file():
+            runs = pd.read_csv(source / "runs.csv")
+            records.append(runs.drop(columns=["row"], errors="ignore"))
+            if (source / "histories.csv").is_file():
+                histories.append(pd.read_csv(source / "histories.csv"))
+        else:
+            r, h = run_records([source])
+            records.append(r)
+            histories.append(h)
+    records = [r for r in records if len(r)]
+    histories = [h for h in histories if len(h)]
+    return (pd.concat(records, ignore_index=True) if records else pd.DataFrame(),
+            pd.concat(histories, ignore_index=True).drop_duplicates() if histories else pd.DataFrame())

@@ -1,0 +1,169 @@
+"""Statistics over seeds: mean ± std per row, paired differences with Student-t intervals, Fig. 6's
+curves, and what stage 2 did per row (loss terms, T, mined pairs)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pandas is imported inside the functions that need it
+    import pandas as pd
+
+from workbench.experiments.records import EXPERIMENTS, Experiment
+from workbench.experiments.results import curve, select
+
+#: the metrics of a summary table (percent)
+SUMMARY_METRICS = ("rank1", "mAP", "mAP_devkit", "mINP")
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and the two-sided Student-t confidence interval of the mean: ``(mean, low, high)``.
+
+    One value gives ``(value, nan, nan)``.
+
+    Example:
+        >>> [round(v, 3) for v in t_interval([1.0, 2.0, 3.0])]
+        [2.0, -0.484, 4.484]
+    """
+    from scipy import stats
+
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not xs:
+        return math.nan, math.nan, math.nan
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return mean, math.nan, math.nan
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+    half = stats.t.ppf(0.5 + confidence / 2, len(xs) - 1) * sd / math.sqrt(len(xs))
+    return mean, mean - half, mean + half
+
+
+def seed_summary(rows: "pd.DataFrame", experiment: Experiment, metrics: Sequence[str] = SUMMARY_METRICS,
+                 *, dataset: str = "market1501") -> "pd.DataFrame":
+    """Per row of the table: runs, seeds, mean and std (percent) and the paired difference to the baseline.
+
+    The paired difference of a metric is the mean over the seeds both rows ran of (row − baseline),
+    with its 95 % Student-t interval; the baseline row itself gets none. The paper's value and its
+    difference to the paper's baseline sit beside ours (``paper_<metric>``, ``paper_delta_<metric>``).
+
+    Returns:
+        Index: the row labels in the experiment's order (rows without a run included, with ``runs`` 0).
+    """
+    import pandas as pd
+
+    base_rows = rows[rows["row"] == experiment.baseline] if experiment.baseline else rows.iloc[0:0]
+    base_by_seed = {int(r["seed"]): r for r in base_rows.to_dict("records")}
+    out = {}
+    for label in experiment.rows:
+        mine = rows[rows["row"] == label]
+        entry: dict[str, Any] = {"runs": len(mine), "seeds": " ".join(str(int(s)) for s in mine["seed"])}
+        for m in metrics:
+            values = 100 * pd.to_numeric(mine[m], errors="coerce")
+            entry[f"{m}_mean"] = float(values.mean()) if len(values) else math.nan
+            entry[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            if experiment.baseline and label != experiment.baseline:
+                diffs = [100 * (float(r[m]) - float(base_by_seed[int(r["seed"])][m]))
+                         for r in mine.to_dict("records") if int(r["seed"]) in base_by_seed]
+                mean, low, high = t_interval(diffs)
+                entry |= {f"delta_{m}": mean, f"delta_{m}_low": low, f"delta_{m}_high": high,
+                          "pairs": len(diffs)}
+            paper_row = (experiment.paper.get(label) or {}).get(dataset) or {}
+            entry[f"paper_{m}"] = paper_row.get(m, math.nan)
+            base_paper = (experiment.paper.get(experiment.baseline) or {}).get(dataset) or {}
+            if label != experiment.baseline:
+                entry[f"paper_delta_{m}"] = paper_row.get(m, math.nan) - base_paper.get(m, math.nan)
+        for m in ("rank1", "mAP"):  # the model stage 2 started from: stage 1's direct transfer, or the init
+            if f"start_{m}" in mine:
+                values = 100 * pd.to_numeric(mine[f"start_{m}"], errors="coerce")
+                entry[f"start_{m}_mean"] = float(values.mean()) if len(values) else math.nan
+        for key in ("final_threshold", "final_pos_precision", "final_n_pos", "wall_seconds"):
+            if key in mine:
+                entry[f"{key}_mean"] = float(pd.to_numeric(mine[key], errors="coerce").mean()) if len(mine) else math.nan
+        out[label] = entry
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+# ----------------------------------------------------------------------------- curves
+
+def budget_runs(records: "pd.DataFrame", experiment: Experiment, param: str | None = None) -> "pd.DataFrame":
+    """The runs on ``experiment``'s base setting (all but ``param`` fixed) at its most common stage-2 budget
+    (epochs), so that a curve compares runs trained alike."""
+    others = {k: v for k, v in experiment.base.items() if k != param}
+    matching = select(records, **others)
+    if not len(matching):
+        return matching
+    return matching[matching["epochs"] == int(matching["epochs"].mode().iloc[0])]
+
+
+def experiment_curves(records: "pd.DataFrame", histories: "pd.DataFrame", experiment: Experiment
+                      ) -> dict[str, "pd.DataFrame"]:
+    """Fig. 6: mAP and rank-1 against each of ``experiment.curves``, mean ± std over the seeds present
+    (:func:`workbench.experiments.results.curve`); ``epochs`` from the per-epoch evaluations of the
+    base-setting runs with the most epochs (epoch 0: where stage 2 started)."""
+    curves = {p: curve(budget_runs(records, experiment, p), p) for p in experiment.curves if p != "epochs"}
+    full = select(records, **experiment.base)
+    if len(full):
+        full = full[full["epochs"] == full["epochs"].max()]
+    h = histories[histories["run"].isin(full["run"])] if len(histories) and len(full) else histories.iloc[0:0]
+    return {"epochs": curve(h, "epoch").rename_axis("epochs"), **curves}
+
+
+def diagnostics(rows: "pd.DataFrame", histories: "pd.DataFrame") -> "pd.DataFrame":
+    """What stage 2 did, per row (mean over its runs, last epoch): the weighted loss terms as they enter
+    L_MAR (L_MDL, λ1·L_CML, λ2·L_AL, λ2·β·L_RJ), T at the start and the end, the mined positive and
+    negative pairs of the last epoch and the share of mined positives that are true matches.
+    """
+    import pandas as pd
+
+    if not len(rows) or not len(histories):
+        return pd.DataFrame()
+    last = histories[histories["epoch"] > 0].sort_values("epoch").groupby("run").tail(1).set_index("run")
+    out = {}
+    for label, group in rows.groupby("row", sort=False):
+        h = last.reindex(group["run"])
+        for column in ("mdl", "cml", "al", "rj", "threshold", "n_pos", "n_neg", "pos_precision"):
+            if column not in h:  # a history without the term (an older run)
+                h[column] = math.nan
+        w = group.set_index("run")
+        terms = {"L_MDL": h["mdl"], "λ1·L_CML": w["lambda_cml"] * h["cml"], "λ2·L_AL": w["lambda_ref"] * h["al"],
+                 "λ2·β·L_RJ": w["lambda_ref"] * w["beta"] * h["rj"]}
+        entry = {k: float(pd.to_numeric(v, errors="coerce").mean()) for k, v in terms.items()}
+        entry |= {"T start": float(w["init_threshold"].mean()), "T end": float(h["threshold"].mean()),
+                  "mined +": float(h["n_pos"].mean()), "mined −": float(h["n_neg"].mean()),
+                  "true among mined + (%)": float(100 * pd.to_numeric(h["pos_precision"], errors="coerce").mean())}
+        out[label] = entry
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+def label_points(df: "pd.DataFrame", name: str) -> "pd.DataFrame":
+    """A sweep's :func:`collect` table (or a committed ``runs.csv``) with the ``row`` of ``name``'s table.
+
+    A committed ``runs.csv`` already has its ``row``; a notebook's own sweep is labelled by the row's
+    parameters that its columns hold (``use_cml=False`` → "w/o CML"). Points without a ``seed`` column
+    count as seed 0; only finished points are kept.
+    """
+    import pandas as pd
+
+    exp = EXPERIMENTS[name]
+    done = df[df["state"] == "done"] if "state" in df else df
+    if "row" in done:
+        out = done.copy()
+    else:
+        parts = []
+        for label, wanted in exp.rows.items():
+            keys = {k: v for k, v in wanted.items() if k in done}
+            if not keys:
+                continue
+            rows = select(done, **keys).copy()
+            rows.insert(0, "row", label)
+            parts.append(rows)
+        out = pd.concat(parts, ignore_index=True) if parts else done.iloc[0:0].assign(row=[])
+    if "seed" not in out or out["seed"].isna().all():
+        out = out.assign(seed=0)
+    out["seed"] = pd.to_numeric(out["seed"], errors="coerce").fillna(0).astype(int)
+    return out.reset_index(drop=True)
+
+
+def seed_table(df: "pd.DataFrame", name: str, *, dataset: str = "market1501") -> "pd.DataFrame":
+    """:func:`seed_summary` of a sweep's or a committed table: mean ± std, paired Δ with 95 % CI, paper."""
+    return seed_summary(label_points(df, name), EXPERIMENTS[name], dataset=dataset)
