@@ -632,3 +632,22 @@ def test_ray_storage_check_names_what_a_node_does_not_see(tmp_path: Path, ray_ru
 
     with pytest.raises(SharedStorageError, match=r"not on storage every Ray node sees.*no notebook .*missing\.ipynb"):
         check_shared_storage(tmp_path, tmp_path / "missing.ipynb")
+
+
+def test_an_interrupted_training_cell_is_one_line_saying_where_the_run_is(tmp_path: Path, monkeypatch) -> None:
+    import workbench.engine as engine
+    from workbench.config import from_params
+    from workbench.experiments.notebook import RunInterrupted
+    from workbench.runs import RunFolder, RunRecord
+
+    def interrupted(stage, cfg, run_dir, **kwargs):
+        RunFolder(run_dir).write_record(RunRecord(stage=stage, epochs_done=3))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "run_stage", interrupted)
+    with pytest.raises(RunInterrupted) as info:
+        ex.ensure_run("mar", from_params({"preset": "smoke", "epochs": 5}), tmp_path / "mar")
+    lines = info.value._render_traceback_()
+    assert len(lines) == 1 and "stage 2" in lines[0] and "epoch 3/5" in lines[0]
+    assert "run this cell again to resume" in lines[0]
+

@@ -157,6 +157,22 @@ def test_03_train_mar_runs_stage1_then_reuses_it(nb_env, tmp_path: Path) -> None
 
 
 @pytest.mark.notebooks
+def test_training_in_a_notebook_shows_a_progress_bar_per_epoch(nb_env, stage1: Path, tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """Issue 22: a notebook that trains is not silent — a tqdm bar per epoch (a widget in JupyterLab) with
+    the stage, epoch, loss terms, T and images/s."""
+    monkeypatch.delenv("CI", raising=False)  # as a user's kernel: bars on
+    nb = execute("03_train_mar", {**SMOKE, "epochs": 2, "init_checkpoint": str(stage1), "extra": {"progress": True}},
+                 tmp_path)  # the smoke preset turns bars off
+    text = "\n".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("text", ""))
+                     for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    widgets = sum("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+                  for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert widgets >= 2, "no progress widget in the executed notebook"
+    assert "stage 2 epoch 1/2" in text and "stage 2 epoch 2/2" in text
+
+
+@pytest.mark.notebooks
 def test_one_parameter_path_train_set_and_sweep_set_make_the_same_config(nb_env, tmp_path: Path) -> None:
     """`train --set` and `sweep --set` type values the same way (config.from_params): `pretrained=none` is a
     randomly initialised backbone in both, not the preset's ImageNet weights."""

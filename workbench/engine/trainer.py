@@ -75,6 +75,26 @@ def _now() -> str:
 
 # ----------------------------------------------------------------------------- progress
 
+#: what a progress bar calls each stage
+STAGE_TITLES = {"pretrain": "stage 1", "mar": "stage 2"}
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, papermill): stderr is no TTY there, yet a bar can show."""
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
+
+
+def _bar_values(row: dict, images_per_s: float) -> dict[str, str]:
+    """A step's loss terms, T and images/s for a progress bar's postfix."""
+    values = {k: f"{row[k]:.3g}" for k in ("loss", "al", "rj", "mdl", "cml") if k in row}
+    if "threshold" in row:
+        values["T"] = f"{row['threshold']:.3f}"
+    values["img/s"] = f"{images_per_s:.0f}"
+    return values
+
+
 class _ProgressLog:
     """Log lines during an epoch when no progress bar is shown (not a TTY: nohup, notebooks, CI).
 
@@ -298,10 +318,13 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         images = 0
-        show = (self.cfg.train.progress and self.ctx.is_main and sys.stderr.isatty()
+        notebook = in_notebook()
+        show = (self.cfg.train.progress and self.ctx.is_main and (sys.stderr.isatty() or notebook)
                 and not os.environ.get("CI"))
-        bar = tqdm(total=self.steps_per_epoch, desc=f"{self.stage} {epoch + 1}/{self.num_epochs}",
-                   disable=not show, leave=False, dynamic_ncols=True)
+        # in a notebook one bar per epoch stays (a widget in JupyterLab): the run's history at a glance
+        bar = tqdm(total=self.steps_per_epoch, desc=f"{STAGE_TITLES.get(self.stage, self.stage)} epoch "
+                   f"{epoch + 1}/{self.num_epochs}", disable=not show, leave=notebook, dynamic_ncols=True,
+                   unit="step")
         start = time.perf_counter()
         progress = _ProgressLog(self.stage, epoch, self.num_epochs, self.steps_per_epoch,
                                 self.cfg.train.log_every_s, enabled=self.ctx.is_main and not show)
@@ -327,7 +350,9 @@ class Trainer:
                 self.tb.step(epoch * self.steps_per_epoch + step, row, self.optimizer.param_groups[0]["lr"],
                              self.batch_images(batch) * self.ctx.world_size / max(now - last, 1e-9))
                 last = now
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if show:
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(_bar_values(row, images * self.ctx.world_size / elapsed), refresh=False)
             bar.update()
             progress.step(step + 1, images * self.ctx.world_size, row["loss"])
         bar.close()

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the fu
     from workbench.config import Config
     from workbench.engine import RunResult
 
+from workbench.errors import WorkbenchError
 from workbench.experiments.results import METRICS_FILE, flatten_metrics  # noqa: F401
 from workbench.experiments.execute import NotebookParameterError, repo_path
 from workbench.runs import RunFolder
@@ -59,6 +60,13 @@ def notebook_config(preset: str, params: Mapping[str, Any], extra: Mapping[str, 
         return from_params(values, base=preset)
     except ValueError as err:
         raise NotebookParameterError(str(err)) from None
+
+
+class RunInterrupted(WorkbenchError):
+    """A training cell stopped by Kernel → Interrupt; IPython shows it as one line saying where the run is."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self)]
 
 
 def notebook_out_dir(out_dir: str | os.PathLike | None, kind: str) -> Path:
@@ -125,7 +133,16 @@ def ensure_run(stage: str, cfg: "Config", run_dir: str | os.PathLike, *,
     """
     from workbench.engine import run_stage
 
-    return run_stage(stage, cfg, Path(run_dir), init_checkpoint=init_checkpoint, resume=True, callbacks=callbacks)
+    try:
+        return run_stage(stage, cfg, Path(run_dir), init_checkpoint=init_checkpoint, resume=True,
+                         callbacks=callbacks)
+    except KeyboardInterrupt:  # Kernel → Interrupt: say where the run is, not a torch traceback
+        record = RunFolder(run_dir).record_or_none()
+        done = record.epochs_done if record is not None else 0
+        epochs = cfg.train.pretrain_epochs if stage == "pretrain" else cfg.train.epochs
+        where = (f"its checkpoint holds epoch {done}/{epochs}" if done else "no epoch had finished")
+        raise RunInterrupted(f"interrupted: {'stage 1' if stage == 'pretrain' else 'stage 2'} in {run_dir}, "
+                             f"{where}; run this cell again to resume from there") from None
 
 
 def record_metrics(out_dir: str | os.PathLike, metrics: Mapping[str, Any], **extra: Any) -> Path:
