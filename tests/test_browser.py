@@ -1,7 +1,7 @@
 """End to end in a real browser: JupyterLab runs notebook 08 on a trained run and its explorers react.
 
 A short ``demo`` pipeline is trained first into a temporary ``WORKBENCH_RUNS`` as
-``<time>-quickstart/{pretrain,mar}``: what 08 reuses at its defaults (the quickstart's run). A
+``<time>-demo/{pretrain,mar}``, as ``make demo`` leaves it: what 08 opens at its defaults. A
 JupyterLab server (this venv's, temporary config / runtime / settings / data folders, autosave off,
 checkpoints in the temporary folder) serves the checkout; headless Chromium, driven by Playwright's
 sync API with the system's ``chromium`` binary (no browser download), opens
@@ -105,7 +105,7 @@ def _wait_for_server(proc: subprocess.Popen, url: str, log: Path, timeout: float
 
 @pytest.fixture
 def trained_run(tmp_path) -> Path:
-    """A short demo pipeline where 08 looks for the quickstart's run (``$WORKBENCH_RUNS/<time>-quickstart``)."""
+    """A short demo pipeline, as `make demo` leaves it (``$WORKBENCH_RUNS/<time>-demo``): what 08 opens."""
     _chromium()  # skip before training when there is no browser
     pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     from workbench.config import from_params
@@ -116,7 +116,7 @@ def trained_run(tmp_path) -> Path:
         mp.setenv("CI", "true")
         # the demo preset and data (what 08 reuses at its defaults), fewer epochs
         cfg = from_params({"preset": "demo", "pretrain_epochs": 3, "epochs": 1, "eval_every": 0, "device": "cpu"})
-        root = tmp_path / "runs" / "20250101-000000-quickstart"
+        root = tmp_path / "runs" / "20250101-000000-demo"  # what `make demo` leaves
         stage1 = pretrain(cfg, root / "pretrain")
         return train_mar(cfg, root / "mar", init_checkpoint=stage1.checkpoint).run_dir
 
@@ -186,7 +186,7 @@ def test_notebook_explorer_in_jupyterlab(lab, trained_run, tmp_path) -> None:
                 text = page.locator(".wb-image-explorer .wb-output").first
                 before_src, before_text = image.get_attribute("src"), text.inner_text()
                 assert before_src.startswith("data:image/png")
-                assert f"run: {trained_run}" in page.content()  # 08 reused the quickstart's run
+                assert f"run: {trained_run}" in page.content()  # 08 opened the demo's run, training nothing
                 assert "collapsed" not in before_text, before_text
                 first_label = _soft_label_line(before_text)
 

@@ -364,3 +364,28 @@ def test_a_bad_parameter_is_one_line_at_the_top_of_the_failed_output(nb_env, tmp
         pm.execute_notebook(str(NOTEBOOKS / "03_train_mar.ipynb"), str(tmp_path / "03.ipynb"), progress_bar=False,
                             parameters={"preset": "smoke", "use_cml": "ture"}, cwd=str(NOTEBOOKS))
     assert err.value.traceback == ["NotebookParameterError: use_cml must be a boolean, got 'ture'"]
+
+
+@pytest.mark.notebooks
+def test_08_opens_the_newest_fitting_run_and_never_trains_by_surprise(nb_env, tmp_path: Path, monkeypatch) -> None:
+    """Issue 22: after only `make demo` 08 opens runs/<time>-demo/mar; with no run it says so in one line and
+    names the command, training nothing."""
+    from workbench.config import from_params
+    from workbench.engine import pretrain, train_mar
+    from workbench.paths import runs_root
+
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("WORKBENCH_RUNS", str(runs))
+    runs.mkdir()
+    with pytest.raises(Exception, match=r"no finished stage-2 run of preset 'smoke'.*make demo"):
+        execute("08_soft_label_explorer", {"preset": "smoke", "embedding": "pca", "save_figures": False},
+                tmp_path / "none")
+    assert list(runs.iterdir()) == []  # nothing trained
+    cfg = from_params({**SMOKE, "epochs": 1})
+    demo = runs_root() / "20250101-000000-demo"
+    train_mar(cfg, demo / "mar", init_checkpoint=pretrain(cfg, demo / "pretrain").checkpoint)
+    nb = execute("08_soft_label_explorer", {"preset": "smoke", "embedding": "pca", "save_figures": False},
+                 tmp_path / "found")
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"run: {demo / 'mar'}" in printed
+    assert sorted(p.name for p in runs.iterdir()) == ["20250101-000000-demo"]  # still nothing else trained

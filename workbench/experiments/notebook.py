@@ -81,31 +81,34 @@ def notebook_out_dir(out_dir: str | os.PathLike | None, kind: str) -> Path:
     return path
 
 
-def find_run(kind: str, stage: str = "mar", cfg: "Config | None" = None,
+def find_run(kind: str | None = None, stage: str = "mar", cfg: "Config | None" = None,
              root: str | os.PathLike | None = None) -> Path | None:
-    """The newest finished run of a notebook: ``<runs>/<time>-<kind>/<stage>`` with ``metrics.json``.
+    """The newest finished run of a stage under the runs folder: ``<runs>/<name>/<stage>`` (what ``demo``,
+    the notebooks and sweeps write) or ``<runs>/<name>`` itself (``train --run-dir runs/<name>``).
 
     Args:
-        kind: the notebook's run kind (``"quickstart"`` for ``00_quickstart``'s runs).
-        stage: the run folder inside it (``"mar"``, ``"pretrain"``).
-        cfg: when given, only a run with the same preset and datasets.
+        kind: only folders named ``*-<kind>`` (``"quickstart"``, ``"demo"``); None: any.
+        stage: ``"mar"`` (stage 2) or ``"pretrain"``.
+        cfg: when given, only a run with the same preset and data.
         root: where runs live (default ``$WORKBENCH_RUNS`` or ``runs/``).
 
     Returns:
-        The run folder, or None.
+        The run folder (newest ``metrics.json`` first), or None.
     """
     from workbench.paths import runs_root
 
     root = Path(root) if root is not None else runs_root()
     if not root.is_dir():
         return None
-    for folder in sorted(root.glob(f"*-{kind}"), reverse=True):
-        run = RunFolder(folder / stage)
-        if not run.is_finished or not run.has_config:
-            continue
+    candidates = []
+    for folder in root.glob(f"*-{kind}" if kind else "*"):
+        for run in (RunFolder(folder / stage), RunFolder(folder)):
+            if run.is_finished and run.has_config and run.metrics().get("stage") == stage:
+                candidates.append((run.metrics_path.stat().st_mtime, run))
+                break
+    for _, run in sorted(candidates, key=lambda c: c[0], reverse=True):
         if cfg is not None:
-            saved = run.config().flat()
-            wanted = cfg.flat()
+            saved, wanted = run.config().flat(), cfg.flat()
             if any(saved.get(k) != wanted.get(k) for k in ("preset", *DATA_PARAMETERS, "synthetic_size")):
                 continue
         return run.path
