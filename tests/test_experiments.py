@@ -67,8 +67,10 @@ def test_run_notebook_injects_params_and_out_dir(tiny: Path, tmp_path: Path) -> 
 
 
 def test_run_notebook_rejects_undeclared_parameter(tiny: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"declares no parameter 'valeu'.*value, fail_flag"):
+    with pytest.raises(ValueError, match=r"declares no parameter 'valeu'; did you mean 'value'\?"):
         ex.run_notebook(tiny, {"valeu": 3}, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"declares no parameter 'zzz'; its parameters: value, fail_flag"):
+        ex.run_notebook(tiny, {"zzz": 3}, tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="missing.ipynb"):
         ex.run_notebook(tmp_path / "missing.ipynb", {}, tmp_path / "run")
 
@@ -402,6 +404,13 @@ def no_kernel(monkeypatch):
     ("- {lr: 0.01}\n- {backbone: resnet5}\n", [], r"^error: .*grid\.yaml, line 2, column 14: point backbone=resnet5: .*unknown backbone"),
     ("use_cml: [true, false\nlr: 1\n", [], r"^error: .*grid\.yaml: line 2, column 3: malformed grid YAML"),
     ("- {lr: 0.01\n", [], r"^error: .*grid\.yaml: line 2, column 1: malformed grid YAML"),
+    # a typo: the file, the line and the closest parameter
+    ("lr: [0.01]\nuse_cm: [false]\n", [],
+     r"^error: .*grid\.yaml, line 2, column \d+: point .*03_train_mar\.ipynb declares no parameter 'use_cm'; "
+     r"did you mean 'use_cml'\?"),
+    # a missing stage-1 checkpoint is found before any kernel starts
+    ("seed: [0, 1]\n", ["--set", "init_checkpoint=runs/no/such/checkpoint.pt"],
+     r"^error: shared parameters .*init_checkpoint = 'runs/no/such/checkpoint\.pt': no such file"),
 ])
 def test_cli_sweep_checks_the_whole_grid_before_any_kernel(tmp_path, capsys, no_kernel, grid_text, extra,
                                                            expected) -> None:

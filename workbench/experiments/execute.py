@@ -32,11 +32,22 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
     return {name: info.get("default") for name, info in pm.inspect_notebook(str(path)).items()}
 
 
+def unknown_parameter(path: Path, name: str, declared: Mapping[str, Any]) -> str:
+    """The message for a parameter ``path`` does not declare, with the closest declared name when one is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(declared), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else (
+        f"; its parameters: {', '.join(declared) or '(none: no cell tagged parameters)'}")
+    return f"{path.name} declares no parameter {name!r}{hint}"
+
+
 def check_params(path: Path, params: Mapping[str, Any], declared: Mapping[str, Any]) -> None:
+    """Raises ConfigError naming the first parameter of ``params`` that ``path`` does not declare."""
     unknown = sorted(set(params) - set(declared))
     if unknown:
-        raise ConfigError(f"{path.name} declares no parameter {', '.join(map(repr, unknown))}; "
-                         f"its parameters: {', '.join(declared) or '(none: no cell tagged parameters)'}")
+        raise ConfigError(unknown_parameter(path, unknown[0], declared)
+                          + (f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""))
 
 
 _PATH_SUFFIXES = ("_dir", "_checkpoint", "_root", "_path", "_file")

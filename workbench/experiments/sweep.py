@@ -20,7 +20,14 @@ if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the fu
     from workbench.experiments.executors import Attempt, Executor
 
 from workbench.errors import ConfigError
-from workbench.experiments.execute import absolute_paths, check_params, notebook_parameters, now, resolve_notebook
+from workbench.experiments.execute import (
+    absolute_paths,
+    notebook_parameters,
+    now,
+    repo_path,
+    resolve_notebook,
+    unknown_parameter,
+)
 from workbench.experiments.grids import point_name, read_grid
 from workbench.runs import PointFolder
 
@@ -120,19 +127,34 @@ def check_points(notebook: str | os.PathLike, points: Sequence[Mapping[str, Any]
                 return f"{key} = {name!r}: unknown backbone; choose one of {', '.join(_backbone_names())}"
         return None
 
+    def missing_file(key: str, value: Any) -> str | None:
+        """A parameter naming a checkpoint, dataset root or file that is not there (found before any kernel)."""
+        if not key.endswith(("_checkpoint", "_root", "_file", "_path")) or not isinstance(value, (str, os.PathLike)):
+            return None
+        where_ = repo_path(value)
+        return None if where_ is None or where_.exists() else f"{key} = {str(value)!r}: no such file or folder {where_}"
+
+    for key in base:
+        if key not in declared:
+            add(unknown_parameter(path, key, declared), None, key)
     for key, value in base.items():
-        if key in declared and (why := _type_error(key, value, defaults[key])):
+        if key in declared and (why := _type_error(key, value, defaults[key]) or missing_file(key, value)):
             add(why, None, key)
-    shared = config_error(base)
+    shared = config_error(base) if not problems else None
     if shared:
         add(shared, None, None)
     for i, point in enumerate(points):
         params = {**base, **point}
-        check_params(path, params, declared)
+        unknown = [key for key in point if key not in declared]
+        for key in unknown:
+            add(unknown_parameter(path, key, declared), i, key)
+        if unknown or any(key not in declared for key in base):
+            continue
         if "out_dir" in params:
             raise ConfigError("out_dir is the sweep's to set (each point gets its own folder); leave it out of "
                              "the grid and base_params")
-        wrong_type = [(key, why) for key, value in point.items() if (why := _type_error(key, value, defaults.get(key)))]
+        wrong_type = [(key, why) for key, value in point.items()
+                      if (why := _type_error(key, value, defaults.get(key)) or missing_file(key, value))]
         for key, why in wrong_type:
             add(why, i, key)
         error = None if wrong_type else config_error(params)
