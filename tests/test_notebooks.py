@@ -326,7 +326,11 @@ def test_opened_from_the_repository_the_notebook_shows_the_committed_results(nam
     markdown = "".join(o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
                        if "text/markdown" in o.get("data", {}))
     assert (folder / "README.md").read_text().splitlines()[0] in markdown  # the generated README, shown
-    assert "data:image/png;base64," in markdown and f"Shown from `results/{experiment}`" in markdown
+    assert "data:image/png;base64," in markdown
+    # the setting of what is shown comes first, before the tables (issue 22: the parameters cell says
+    # preset="smoke", backbone="resnet50" above real-data MobileNetV2 results)
+    assert markdown.startswith(f"**What is shown** (committed in `results/{experiment}`, nothing trains): "
+                               "target cuhk01-market, reference cuhk03-msmt; mobilenet_v2 at 128x64; preset cpu")
     assert images(nb) >= 1
 
 
@@ -389,3 +393,11 @@ def test_08_opens_the_newest_fitting_run_and_never_trains_by_surprise(nb_env, tm
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert f"run: {demo / 'mar'}" in printed
     assert sorted(p.name for p in runs.iterdir()) == ["20250101-000000-demo"]  # still nothing else trained
+
+
+@pytest.mark.notebooks
+def test_a_mistyped_results_dir_is_an_error_not_a_sweep(nb_env, tmp_path: Path) -> None:
+    """Issue 22: results/loss_ablaton (a typo) used to print one line and start a ResNet-50 smoke sweep."""
+    with pytest.raises(Exception, match=r"results_dir = '\S*results/loss_ablaton': no committed results there"):
+        execute("04_loss_ablation", {"results_dir": "results/loss_ablaton"}, tmp_path)
+    assert not (tmp_path / "points").exists() and not list(tmp_path.glob("*/status.json"))

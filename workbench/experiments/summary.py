@@ -358,8 +358,6 @@ def committed_results(results_dir: str | os.PathLike | None) -> CommittedResults
 
     from workbench.experiments.execute import repo_path
 
-    if repo_path(results_dir) is None:
-        return None
     folder = repo_path(results_dir)
     if folder is None or not (folder / "runs.csv").is_file():
         return None
@@ -385,16 +383,44 @@ def committed_curves(committed: CommittedResults, names: Sequence[str] = ("epoch
     return out
 
 
+def results_setting(runs: "pd.DataFrame") -> str:
+    """One sentence saying what committed runs are: data, backbone, input size, stage-2 budget, seeds, code."""
+    def one(key: str) -> str | None:
+        values = sorted({str(v) for v in runs[key].dropna()}) if key in runs else []
+        return ", ".join(values) or None
+
+    def name(root: str | None) -> str | None:
+        return None if root is None else ", ".join(Path(r).name for r in root.split(", "))
+
+    parts = [f"target {name(one('target_root')) or one('target')}, reference {name(one('reference_root')) or one('reference')}",
+             f"{one('backbone')} at {one('image_size')}", f"preset {one('preset')}",
+             f"stage 2 for {one('epochs')} epoch(s)", f"{len(runs)} run(s), seeds {one('seed')}",
+             f"code {one('commit')}"]
+    return "; ".join(p for p in parts if "None" not in p)
+
+
 def show_committed(results_dir: str | os.PathLike | None) -> CommittedResults | None:
-    """A notebook's first look: display ``results_dir``'s committed results (its README, figures inline)
-    and return them, or say that there are none (then the notebook runs its own sweep) and return None."""
+    """A notebook's first look: the setting of ``results_dir``'s committed results, then their README
+    (figures inline); None when ``results_dir`` is None (the notebook then runs its own sweep).
+
+    Raises:
+        NotebookParameterError: ``results_dir`` names a folder that does not exist or holds no ``runs.csv``
+            (a typo must not start a sweep).
+    """
     from IPython.display import Markdown, display
 
+    from workbench.experiments.execute import NotebookParameterError, repo_path
+
+    if repo_path(results_dir) is None:
+        display(Markdown("`results_dir = None`: the sweep below runs with this notebook's parameters."))
+        return None
     committed = committed_results(results_dir)
     if committed is None:
-        display(Markdown(f"No committed results at `{results_dir}`: the sweep below runs."))
-    else:
-        display(committed)
-        display(Markdown(f"Shown from `{results_dir}`: the sections below use these runs and train nothing. "
-                         "Set `results_dir = None` to run the sweep yourself."))
+        raise NotebookParameterError(f"results_dir = {str(results_dir)!r}: no committed results there "
+                                     f"({repo_path(results_dir)} has no runs.csv); set results_dir = None to "
+                                     "run the sweep yourself")
+    display(Markdown(f"**What is shown** (committed in `{results_dir}`, nothing trains): "
+                     f"{results_setting(committed.runs)}. The parameters cell's `preset`, `backbone` and data "
+                     "apply only to a sweep of your own (`results_dir = None`)."))
+    display(committed)
     return committed
