@@ -308,3 +308,19 @@ def test_a_background_sweep_stops_its_workers_at_once(env, tmp_path) -> None:
         proc.kill()
     states = [json.loads(p.read_text())["state"] for p in out.glob("*/status.json")]
     assert states == ["interrupted", "interrupted"]
+
+
+def test_run_files_follow_the_umask(tmp_path) -> None:
+    """Atomic writes go through mkstemp (mode 0600); the file that lands takes the process umask, as any
+    other file the user writes (0644 under the usual 022)."""
+    from workbench.runs import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o002)
+        write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o664
