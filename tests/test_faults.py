@@ -75,6 +75,14 @@ def workbench(env: dict, *args: str, fault: str | None = None, timeout: float = 
                           text=True, timeout=timeout)
 
 
+def resume(env: dict, run: Path, monkeypatch) -> int:
+    """``train --run-dir R --resume`` alone (no --init, no --set: the folder says), in this process (the
+    killed run was another process; resuming here saves a second interpreter start)."""
+    monkeypatch.setenv("WORKBENCH_DATA", env["WORKBENCH_DATA"])
+    monkeypatch.delenv(faults.ENV, raising=False)
+    return main(["train", "--run-dir", str(run), "--resume"])
+
+
 def train(env: dict, run: Path, stage1: Path, *extra: str, fault: str | None = None) -> subprocess.CompletedProcess:
     return workbench(env, "train", "--preset", "smoke", "--init", str(stage1), "--run-dir", str(run),
                      "--no-tensorboard", *EPOCHS, *extra, fault=fault)
@@ -121,36 +129,37 @@ def reference_run(env, stage1, tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------- kills
 
 @pytest.mark.parametrize("point", [p for p, _ in KILLS], ids=[p for p, _ in KILLS])
-def test_a_run_killed_anywhere_resumes_to_the_same_result(env, stage1, reference_run, tmp_path, point) -> None:
+def test_a_run_killed_anywhere_resumes_to_the_same_result(env, stage1, reference_run, tmp_path, point,
+                                                          monkeypatch) -> None:
     run = tmp_path / "mar"
     killed = train(env, run, stage1, fault=f"kill@{point}")
     assert killed.returncode == -signal.SIGKILL, f"the fail point {point} was never reached:\n{killed.stderr}"
     assert RunFolder(run).state == "interrupted"
-    resumed = workbench(env, "train", "--run-dir", str(run), "--resume")  # no --init, no --set: the folder says
-    assert resumed.returncode == 0, resumed.stderr
+    assert resume(env, run, monkeypatch) == 0
     assert_same_run(run, reference_run)
 
 
 # ----------------------------------------------------------------------------- a full disk
 
 @pytest.mark.parametrize("point", ["checkpoint.pt#2", "metrics.json#1"])
-def test_a_full_disk_keeps_the_last_checkpoint_and_resumes(env, stage1, reference_run, tmp_path, point) -> None:
+def test_a_full_disk_keeps_the_last_checkpoint_and_resumes(env, stage1, reference_run, tmp_path, point,
+                                                           monkeypatch) -> None:
     run = tmp_path / "mar"
     full = train(env, run, stage1, fault=f"enospc@{point}")
     assert full.returncode == 1 and "No space left on device" in full.stderr
     assert not list(run.glob(".*.tmp"))  # the temporary file went with the failed write
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == (0 if point.startswith("checkpoint") else 2)
     assert RunFolder(run).state == "failed" and "No space left" in RunFolder(run).record().error
-    assert workbench(env, "train", "--run-dir", str(run), "--resume").returncode == 0
+    assert resume(env, run, monkeypatch) == 0
     assert_same_run(run, reference_run)
 
 
-def test_a_full_disk_before_the_projector_is_repaired_on_resume(env, stage1, tmp_path) -> None:
+def test_a_full_disk_before_the_projector_is_repaired_on_resume(env, stage1, tmp_path, monkeypatch) -> None:
     run = tmp_path / "mar"
     args = ("train", "--preset", "smoke", "--init", str(stage1), "--run-dir", str(run), *EPOCHS[:2])
     full = workbench(env, *args, fault="enospc@projector")
     assert full.returncode == 1 and not (run / "metrics.json").exists()
-    assert workbench(env, "train", "--run-dir", str(run), "--resume").returncode == 0
+    assert resume(env, run, monkeypatch) == 0
     metadata = list((run / "tensorboard").rglob("metadata.tsv"))
     assert metadata and all(p.stat().st_size > 0 for p in metadata)
     assert RunFolder(run).state == "finished"

@@ -256,7 +256,8 @@ def test_05_hyperparameter_curves(nb_env, stage1: Path, tmp_path: Path) -> None:
     df = ex.collect(tmp_path / "points")
     assert df["state"].tolist() == ["done", "done"], df["error"].tolist()
     assert sorted(df["lr"].tolist()) == [2e-4, 1e-3]
-    assert ex.curve(df, "lr", {"epochs": 1, "lr": 2e-4, "weight_decay": 5e-4}).shape == (2, 2)
+    lr = ex.curve(df, "lr", {"epochs": 1, "lr": 2e-4, "weight_decay": 5e-4})
+    assert lr.shape == (2, 5) and list(lr.columns) == ["rank1", "rank1_std", "mAP", "mAP_std", "n"]
 
 
 @pytest.mark.notebooks
