@@ -85,6 +85,13 @@ def test_train_mar_run_folder_and_terms(stage1, tmp_path) -> None:
     assert len(steps) == 2 * (len(reference) // cfg.train.n_reference)
     metrics = result.metrics
     assert {"initial", "init_threshold", "rank1", "mAP", "mAP_devkit", "mINP"} <= set(metrics)
+    # the engine's record: where stage 2 started, its per-epoch curve (epoch 0: the start), T, cost
+    record = RunFolder(tmp_path / "mar").record()
+    assert record.stage == "mar" and record.state == "finished" and record.start_checkpoint == str(stage1.checkpoint)
+    assert [p["epoch"] for p in record.curve] == [0, 1, 2]
+    assert record.curve[0]["mAP"] == metrics["initial"]["mAP"] and record.curve[-1]["mAP"] == metrics["mAP"]
+    assert record.final_threshold == pytest.approx(float(history[-1]["threshold"]))
+    assert record.seconds_per_epoch > 0 and record.epochs_done == 2
     state = load_checkpoint(tmp_path / "mar" / "checkpoint.pt")
     assert {"memory", "visited", "center_mean", "center_std", "threshold"} <= set(state["criterion"])
     assert state["criterion"]["visited"].any()

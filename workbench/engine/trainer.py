@@ -437,6 +437,9 @@ class Trainer:
             summary.pop("final_threshold", None), summary.pop("final_pos_precision", None)
         self.record.__dict__.update(summary)
         self.record.start_metrics = dict(self.extra_metrics.get("initial", self.record.start_metrics))
+        if self.record.start_metrics.get("mAP") is not None:  # the curve starts where stage 2 started
+            start = {"epoch": 0, **{m: self.record.start_metrics.get(m) for m in ("rank1", "mAP")}}
+            self.record.curve = [start, *self.record.curve]
         self.record.init_threshold = self.extra_metrics.get("init_threshold", self.record.init_threshold)
         self.folder.write_record(self.record)
 

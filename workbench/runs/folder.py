@@ -66,6 +66,7 @@ class RunRecord:
     final_threshold: float | None = None     # stage 2: T after the last epoch
     final_pos_precision: float | None = None  # stage 2: share of the last epoch's mined positives that are true
     error: str | None = None                 # why the run failed (state "failed")
+    curve: list = field(default_factory=list)  # per evaluated epoch: {"epoch", "rank1", "mAP"} (epoch 0: the start)
 
     @classmethod
     def from_dict(cls, values: dict) -> "RunRecord":
@@ -328,7 +329,9 @@ def epoch_summary(history: list[dict]) -> dict:
     def finite(values):
         return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(float(v))]
 
-    out: dict = {"epochs_done": len(history)}
+    out: dict = {"epochs_done": len(history),
+                 "curve": [{"epoch": int(r["epoch"]), "rank1": r["rank1"], "mAP": r["mAP"]} for r in history
+                           if finite([r.get("mAP")]) and finite([r.get("rank1")])]}
     seconds = finite(r.get("seconds") for r in history)
     rates = finite(r.get("images_per_s") for r in history)
     out["seconds_per_epoch"] = round(statistics.median(seconds), 3) if seconds else None  # median: robust to
