@@ -296,11 +296,14 @@ class RunExplorer(_Explorer):
         self.embeddings: dict[str, np.ndarray] = {}
         names = list(self.views)
         self.run = W.Dropdown(options=names, value=names[-1], description="checkpoint")
-        self.color_by = W.ToggleButtons(options=["identity", "camera"], value="identity", description="colour")
+        # the label as its own widget: a ToggleButtons' description floats above the buttons in JupyterLab
+        self.color_by = W.ToggleButtons(options=["identity", "camera"], value="identity")
         self.run.add_class("wb-run")
         self.color_by.add_class("wb-color-by")
         self.output = self._new_output()
-        self.widget = W.VBox([W.HBox([self.run, self.color_by]), self.output])
+        colour = W.Label("colour", layout=W.Layout(margin="0 4px 0 16px"))
+        self.widget = W.VBox([W.HBox([self.run, colour, self.color_by], layout=W.Layout(align_items="center")),
+                              self.output])
         self.widget.add_class("wb-run-explorer")
         self.last: dict[str, Any] = {}
         self.run.observe(lambda _: self.render(), "value")
