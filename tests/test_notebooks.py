@@ -230,7 +230,7 @@ def test_04_loss_ablation_with_papermill_from(where: str, nb_env, stage1: Path, 
                 if "text/markdown" in o.get("data", {})]
     paper = ex.PAPER_RESULTS["loss_ablation"][variants[0]]["market1501"]["rank1"]
     assert any("paper rank-1" in t and f"{paper:.1f}" in t for t in markdown)  # the paper beside ours, Table 3
-    assert any("No committed results at `None`" in t for t in markdown)
+    assert any("`results_dir = None`: the sweep below runs" in t for t in markdown)
     assert any("rank1 (%)" in t for t in tables)  # percent, not fractions
     assert images(nb) >= 1  # ours beside the paper as bars
 
