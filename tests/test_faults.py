@@ -80,7 +80,14 @@ def resume(env: dict, run: Path, monkeypatch) -> int:
     killed run was another process; resuming here saves a second interpreter start)."""
     monkeypatch.setenv("WORKBENCH_DATA", env["WORKBENCH_DATA"])
     monkeypatch.delenv(faults.ENV, raising=False)
-    return main(["train", "--run-dir", str(run), "--resume"])
+    # the killed and the reference runs ran on one thread (OMP_NUM_THREADS=1); so must the resume, or
+    # its reductions add up in another order and the weights differ in the last bits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    try:
+        return main(["train", "--run-dir", str(run), "--resume"])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def train(env: dict, run: Path, stage1: Path, *extra: str, fault: str | None = None) -> subprocess.CompletedProcess:
