@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m workbench demo $(ARGS)
 
-## the whole test suite (notebook and browser tests included)
+## the whole test suite (notebook and browser tests included), in TEST_JOBS worker processes
+## (pytest-xdist, one thread each; TEST_JOBS=0 runs it in this process)
+TEST_JOBS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) --dist load $(ARGS)
 
 ## unit tests only
 test-fast: $(STAMP)
