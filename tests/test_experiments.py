@@ -326,22 +326,47 @@ def test_paper_results_keep_attribution_and_notebook_rows() -> None:
     assert ex.paper_rows(ex.PAPER_RESULTS["reference"]).loc["MAR (Yu et al. 2019)", "rank-1"] == 67.7
 
 
-def test_metrics_helpers(tmp_path: Path) -> None:
+def test_record_point_writes_the_engines_record_not_the_notebooks(tmp_path: Path) -> None:
+    """A point's summary row comes from the run's metrics and run.json; the notebook adds only extras."""
     import numpy as np
+
+    from workbench.engine import RunResult
+    from workbench.runs import RunFolder, RunRecord
+
+    def run(name: str, record: RunRecord, metrics: dict) -> RunResult:
+        folder = RunFolder(tmp_path / name)
+        folder.path.mkdir()
+        folder.write_record(record)
+        return RunResult(folder.path, metrics)
+
+    stage1 = run("pre", RunRecord(stage="pretrain", seed=0, epochs_done=2, seconds_per_epoch=9.0, feature_dim=1280,
+                                  final_threshold=None), {"rank1": 0.1, "mAP": 0.05, "rank5": 0.2})
+    stage2 = run("mar", RunRecord(stage="mar", seed=1, commit="abc", epochs_done=3, seconds_per_epoch=3.0,
+                                  images_per_s=20.0, feature_dim=1280, start_checkpoint="/s1/checkpoint.pt",
+                                  init_threshold=0.3, final_threshold=0.5, final_pos_precision=0.25),
+                 {"rank1": np.float64(0.5), "cmc": np.array([0.5, 1.0]), "distmat": [[1]], "initial": {"rank1": 0.25}})
+    (tmp_path / "point").mkdir()
+    saved = json.loads(ex.record_point(tmp_path / "point", stage2, pretrain=stage1, note="x").read_text())
+    assert saved == {"rank1": 0.5, "cmc": [0.5, 1.0], "initial_rank1": 0.25, "run_dir": str(stage2.run_dir),
+                     "seed": 1, "commit": "abc", "epochs_done": 3, "seconds_per_epoch": 3.0, "images_per_s": 20.0,
+                     "feature_dim": 1280, "start_checkpoint": "/s1/checkpoint.pt", "init_threshold": 0.3,
+                     "final_threshold": 0.5, "final_pos_precision": 0.25,
+                     "pretrain_rank1": 0.1, "pretrain_rank5": 0.2, "pretrain_mAP": 0.05,
+                     "pretrain_run_dir": str(stage1.run_dir),
+                     "pretrain_seconds_per_epoch": 9.0, "note": "x"}
+    alone = json.loads(ex.record_point(tmp_path / "point", stage1).read_text())
+    assert "final_threshold" not in alone and alone["epochs_done"] == 2  # stage 1 has no T
+    assert ex.collect(tmp_path).set_index("name").loc["point", "epochs_done"] == 2
+
+
+def test_metrics_helpers() -> None:
     import torch
 
-    path = ex.record_metrics(tmp_path, {"rank1": np.float64(0.5), "cmc": np.array([0.5, 1.0]), "distmat": [[1]],
-                                        "initial": {"rank1": 0.25}}, pretrain={"mAP": 0.1}, run_dir=tmp_path)
-    saved = json.loads(path.read_text())
-    assert saved == {"rank1": 0.5, "cmc": [0.5, 1.0], "initial_rank1": 0.25, "pretrain_mAP": 0.1,
-                     "run_dir": str(tmp_path)}
     table = ex.metrics_table({"a": {"rank1": 0.5, "mAP": 0.25}})
     assert table.loc["a", "rank-1"] == 50.0 and math.isnan(table.loc["a", "mINP"])
     stats = ex.agent_similarity(torch.eye(4, 8) * 3)
     assert stats["num_agents"] == 4 and stats["max"] == pytest.approx(0.0) and len(stats["cosines"]) == 6
     assert ex.agent_similarity(torch.ones(3, 5))["min"] == pytest.approx(1.0, abs=1e-5)
-    summary = ex.history_summary([{"seconds": 2.0, "images_per_s": 10}, {"seconds": 4.0, "images_per_s": 30}])
-    assert summary == {"epochs_run": 2.0, "seconds_per_epoch": 3.0, "images_per_s": 20.0}
 
 
 def test_notebook_config_and_ensure_run_guard(tmp_path: Path) -> None:

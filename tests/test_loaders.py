@@ -1,7 +1,6 @@
 """Transforms, samplers and loaders: determinism, sharding, mixed batch composition."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch

@@ -144,7 +144,7 @@ def test_03_train_mar_runs_stage1_then_reuses_it(nb_env, tmp_path: Path) -> None
     for key in ("rank1", "mAP", "initial_rank1", "pretrain_rank1", "init_threshold", "seconds_per_epoch",
                 "feature_dim", "final_pos_precision"):
         assert key in m, key
-    assert m["epochs_run"] == 2 and m["feature_dim"] == 1280
+    assert m["epochs_done"] == 2 and m["feature_dim"] == 1280
     config = json.loads((tmp_path / "mar" / "config.json").read_text())
     assert config["loss"]["use_cml"] is False and config["loss"]["lambda_ref"] == 10.0
     steps = (tmp_path / "mar" / "steps.csv").read_text()

@@ -441,6 +441,7 @@ class Trainer:
             start = {"epoch": 0, **{m: self.record.start_metrics.get(m) for m in ("rank1", "mAP")}}
             self.record.curve = [start, *self.record.curve]
         self.record.init_threshold = self.extra_metrics.get("init_threshold", self.record.init_threshold)
+        self.record.feature_dim = int(self.net.feature_dim)
         self.folder.write_record(self.record)
 
     def _fit(self, resumed: bool) -> RunResult:

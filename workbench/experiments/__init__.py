@@ -8,7 +8,7 @@ One module per step, every public name re-exported here (notebooks use ``ex.<nam
     results.py   collect a sweep folder, select, paper_table / paper_rows, curve, metrics tables
     report.py    markdown tables and results CSVs (``python -m workbench report``)
     paper.py     the paper's numbers (PAPER.md) and the ablation / fusion / pretraining definitions
-    notebook.py  notebook-side helpers: notebook_config, ensure_run, find_run, record_metrics
+    notebook.py  notebook-side helpers: notebook_config, ensure_run, find_run, record_point
     summary.py   the paper's experiments as results/<experiment>/: runs.csv, seed statistics with paired
                  differences, figures, a generated README (``python -m workbench results``)
 
@@ -18,7 +18,7 @@ A sweep runs one notebook once per point of a grid, each point in its own folder
       backbone=resnet50,use_cml=False-1a2b3c4d/   one folder per point (readable + short hash)
         status.json          state running | done | failed, params, error, traceback tail, times
         03_train_mar.ipynb   the executed notebook (kept, partial, when the point failed)
-        metrics.json         what the notebook recorded (record_metrics)
+        metrics.json         the point's summary (record_point: the run's metrics and record)
         pretrain/ mar/       the notebook's run folders (it receives out_dir = this folder)
 
 Re-running a sweep skips the points whose status is ``done`` and runs the others again; a failing
@@ -55,10 +55,9 @@ from workbench.experiments.notebook import (
     DATA_PARAMETERS,
     ensure_run,
     find_run,
-    history_summary,
     notebook_config,
     notebook_out_dir,
-    record_metrics,
+    record_point,
 )
 from workbench.experiments.paper import (
     FUSION_COMBINATIONS,
@@ -100,8 +99,8 @@ from workbench.experiments.sweep import (
 
 __all__ = [
     "load_grid", "one_at_a_time", "parse_value", "point_name",
-    "DATA_PARAMETERS", "ensure_run", "find_run", "history_summary", "notebook_config", "notebook_out_dir",
-    "record_metrics",
+    "DATA_PARAMETERS", "ensure_run", "find_run", "notebook_config", "notebook_out_dir",
+    "record_point",
     "FUSION_COMBINATIONS", "LOSS_ABLATION", "PAPER_METRICS", "PAPER_NETWORKS", "PAPER_RESULTS",
     "PRETRAINING_ABLATION", "pretraining_points",
     "MAIN_METRICS", "METRICS_FILE", "collect", "curve", "in_percent", "metrics_table", "paper_rows", "paper_table",

@@ -1,22 +1,20 @@
 """Notebook-side helpers: a parameters cell to a config, output folders, finished runs, recorded
-metrics. (Notebooks are committed without outputs by nbstripout: ``make notebooks-strip``.)"""
+point summaries. (Notebooks are committed without outputs by nbstripout: ``make notebooks-strip``.)"""
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the functions that need them
-    import pandas as pd
 
     from workbench.config import Config
     from workbench.engine import RunResult
 
 from workbench.errors import WorkbenchError
-from workbench.experiments.results import METRICS_FILE, flatten_metrics  # noqa: F401
+from workbench.experiments.results import MAIN_METRICS, flatten_metrics
 from workbench.experiments.execute import NotebookParameterError, repo_path
 from workbench.runs import RunFolder
 
@@ -148,34 +146,46 @@ def ensure_run(stage: str, cfg: "Config", run_dir: str | os.PathLike, *,
                              f"{where}; run this cell again to resume from there") from None
 
 
-def record_metrics(out_dir: str | os.PathLike, metrics: Mapping[str, Any], **extra: Any) -> Path:
-    """Write ``out_dir/metrics.json`` for :func:`collect`: the metrics, flattened, plus ``extra``.
+def record_point(out_dir: str | os.PathLike, result: "RunResult", *, pretrain: "RunResult | None" = None,
+                 **extra: Any) -> Path:
+    """Write a notebook's summary ``out_dir/metrics.json`` (one row of :func:`collect`) from what the
+    engine recorded; the notebook adds nothing it computed itself but ``extra``.
+
+    The row holds the run's metrics (``initial`` = the evaluation where stage 2 started, flattened as
+    ``initial_rank1`` …), ``run_dir``, and the run's record (``run.json``): seed, commit, epochs done,
+    seconds per epoch, images/s, feature dimension and, for stage 2, the start checkpoint, T at start
+    and end, and the last epoch's mined-pair precision. With ``pretrain`` (stage 1 trained in the same
+    point), its metrics and cost as ``pretrain_rank1`` … ``pretrain_seconds_per_epoch``.
 
     Arrays such as ``cmc`` are kept as lists; ``distmat``/``qf``/``gf`` are dropped.
 
     Args:
         out_dir: the notebook's output folder (a sweep point's folder under papermill).
-        metrics: e.g. ``RunResult.metrics``.
-        **extra: more values (``pretrain={...}`` is flattened to ``pretrain_rank1`` ...).
+        result: the run the point is about (``RunResult`` of :func:`ensure_run`).
+        pretrain: the stage 1 this point trained, if any.
+        **extra: values only the notebook has (e.g. 02's agent diagnostics); nested dicts are flattened.
 
     Returns:
         The written path.
     """
-    from workbench.runs import write_json
+    from workbench.runs import PointFolder, write_json
 
+    def summary(run: "RunResult") -> dict[str, Any]:
+        record = RunFolder(run.run_dir).record()
+        keep = ("seed", "commit", "epochs_done", "seconds_per_epoch", "images_per_s", "feature_dim")
+        if record.stage == "mar":
+            keep += ("start_checkpoint", "init_threshold", "final_threshold", "final_pos_precision")
+        return {"run_dir": str(run.run_dir), **{k: getattr(record, k) for k in keep}}
+
+    values: dict[str, Any] = {**result.metrics, **summary(result)}
+    if pretrain is not None:
+        stage1 = summary(pretrain)
+        values["pretrain"] = {**{k: pretrain.metrics[k] for k in MAIN_METRICS if k in pretrain.metrics},
+                              "run_dir": stage1["run_dir"], "seconds_per_epoch": stage1["seconds_per_epoch"]}
+    values |= extra
     drop = {"distmat", "qf", "gf", "q_pids", "g_pids", "q_camids", "g_camids"}
-    flat = flatten_metrics({k: v for k, v in {**metrics, **extra}.items() if k not in drop})
-    path = Path(out_dir) / METRICS_FILE
-    write_json(path, flat)
+    path = PointFolder(out_dir).summary_path
+    write_json(path, flatten_metrics({k: v for k, v in values.items() if k not in drop}))
     return path
 
 
-def history_summary(history: "pd.DataFrame | Sequence[Mapping[str, Any]]") -> dict[str, float]:
-    """Time per epoch of a run's history: median ``seconds`` and ``images_per_s``, epochs run."""
-    import pandas as pd
-
-    df = pd.DataFrame(history)
-    out: dict[str, float] = {"epochs_run": float(len(df))}
-    for column, name in (("seconds", "seconds_per_epoch"), ("images_per_s", "images_per_s")):
-        out[name] = float(pd.to_numeric(df[column], errors="coerce").median()) if column in df else math.nan
-    return out

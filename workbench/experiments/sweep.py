@@ -175,7 +175,7 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mappi
 
     Args:
         path: the notebook (it should declare ``out_dir`` and record its metrics with
-            :func:`record_metrics`).
+            :func:`record_point`).
         grid: see :func:`load_grid` (dict of lists, list of dicts, or a YAML/JSON file).
         out_dir: the sweep folder.
         base_params: parameters shared by every point (a point's own values win).

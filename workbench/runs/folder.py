@@ -60,6 +60,7 @@ class RunRecord:
     epochs_done: int = 0
     seconds_per_epoch: float | None = None   # median training time of an epoch (evaluation excluded)
     images_per_s: float | None = None        # median over epochs
+    feature_dim: int | None = None           # dimension of the retrieval feature (after fusion and embedding)
     start_checkpoint: str | None = None      # stage 2: the stage-1 checkpoint it started from (None: none)
     start_metrics: dict = field(default_factory=dict)  # stage 2: the evaluation before joint training
     init_threshold: float | None = None      # stage 2: T at the start (L_MDL's agreement threshold)
