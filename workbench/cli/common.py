@@ -1,0 +1,84 @@
+"""What every command shares: the configuration options (preset, flags, ``--set``), the one-line
+error type, and printing on rank 0."""
+from __future__ import annotations
+
+import argparse
+import os
+
+
+class CLIError(Exception):
+    """A bad argument: printed as one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- config options
+
+#: convenience flags → config fields (anything else: --set field=value)
+FLAGS = {
+    "target": "target dataset name (load_dataset)", "target_root": "target dataset folder",
+    "reference": "reference dataset name", "reference_root": "reference dataset folder",
+    "backbone": "resnet50 | seresnet50 | mobilenet_v2",
+    "pretrained": "backbone init: imagenet | PATH | none", "stages": "fused stages, e.g. layer1+layer3+layer4",
+    "epochs": "joint-training epochs", "pretrain_epochs": "reference-pretraining epochs",
+    "device": "auto | cpu | cuda | cuda:N", "workers": "DataLoader workers", "seed": "random seed",
+    "image_size": "H,W (paper 384,128)",
+}
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    from workbench.config import PRESETS
+
+    g = p.add_argument_group("configuration (preset, then flags, then --set)")
+    g.add_argument("--preset", default=None, choices=sorted(PRESETS), help="base settings (default: demo)")
+    for name, text in FLAGS.items():
+        g.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=text)
+    g.add_argument("--amp", dest="amp", action="store_true", default=None,
+                   help="mixed precision (fp16 on CUDA, bf16 on CPU)")
+    g.add_argument("--no-amp", dest="amp", action="store_false")
+    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+                   help="write no TensorBoard event files into the run folder")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any config field, e.g. --set lambda_cml=0 --set use_rj=false (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace, default_preset: str = "demo", saved=None):
+    """The run's config: ``--preset`` (or ``saved``, a resumed run's config, or ``default_preset``),
+    then the flags, then ``--set``."""
+    from workbench.config import from_params
+
+    params = {name: getattr(args, name) for name in FLAGS if getattr(args, name, None) is not None}
+    if getattr(args, "amp", None) is not None:
+        params["amp"] = args.amp
+    if getattr(args, "tensorboard", None) is not None:
+        params["tensorboard"] = args.tensorboard
+    for item in getattr(args, "overrides", []):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise CLIError(f"--set expects FIELD=VALUE, got {item!r}")
+        params[key.strip()] = value.strip()
+    return from_params(params, base=args.preset or saved or default_preset)
+
+
+# ----------------------------------------------------------------------------- train / pretrain
+
+def print_main(text: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(text)
+
+
+def print_metrics(title: str, metrics: dict) -> None:
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 speaks for all
+        return
+    from workbench.evaluation.metrics import format_metrics
+
+    print(f"{title}: {format_metrics(metrics)}")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+

@@ -1,0 +1,189 @@
+"""The experiment-side commands: ``sweep`` (a notebook over a grid), ``report``, ``results`` and
+``diagnose``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from workbench.cli.common import CLIError, positive_int
+
+
+# ----------------------------------------------------------------------------- sweep
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from workbench.experiments import MAIN_METRICS, load_grid, parse_value, sweep
+
+    base: dict[str, object] = {}
+    for item in args.overrides:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise CLIError(f"--set expects NAME=VALUE, got {item!r}")
+        base[key.strip()] = parse_value(value.strip())
+    grid = load_grid(args.grid) if args.grid else [{}]
+    if not args.verbose:  # papermill logs every notebook's paths at INFO; the sweep logs each point
+        logging.getLogger("papermill").setLevel(logging.WARNING)
+    import signal
+
+    from workbench.experiments.executors import SharedStorageError
+
+    def terminated(signum, frame):  # scancel, kill: stop the workers as Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        df = sweep(args.notebook, args.grid or grid, args.out, base_params=base, retries=args.retries,
+                   progress=sys.stderr.isatty(), kernel_name=args.kernel, timeout=args.timeout, jobs=args.jobs,
+                   devices=args.devices, gpus_per_point=args.gpus_per_point, cpus_per_point=args.cpus_per_point,
+                   executor=args.executor, address=args.address)
+    except (SharedStorageError, ImportError, ConnectionError) as err:
+        raise CLIError(str(err)) from None
+    except KeyboardInterrupt:
+        print("interrupted; run the same command to resume (finished points are kept)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    import pandas as pd
+
+    varying = [c for c in df.columns if c in {k for p in grid for k in p}]
+    shown = df[["name", *varying, "state", *[m for m in MAIN_METRICS if m in df.columns]]].copy()
+    for m in MAIN_METRICS:
+        if m in shown:
+            shown[m] = (100 * pd.to_numeric(shown[m], errors="coerce")).round(1)
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 60):
+        print(shown.drop(columns=["name"]).to_string(index=False))
+    print(f"(metrics in percent) results: {args.out}")
+    failed = df[df["state"] != "done"]
+    if len(failed):
+        print(f"error: {len(failed)} of {len(df)} points failed:", file=sys.stderr)
+        for _, row in failed.iterrows():
+            print(f"  {row['name']}: {row['error']}  (see {row['path']})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_sweep(sub: argparse._SubParsersAction) -> None:
+    sw = sub.add_parser("sweep", help="run a notebook over a grid of parameters with papermill (one folder per point)")
+    sw.add_argument("notebook", help="the parameterized notebook, e.g. notebooks/03_train_mar.ipynb")
+    sw.add_argument("--grid", default=None,
+                    help="YAML/JSON file: a dict of lists (cartesian product) or a list of dicts (points)")
+    sw.add_argument("--out", required=True, help="sweep folder (points already done there are skipped)")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                    help="a parameter shared by every point, e.g. --set preset=smoke (repeatable)")
+    sw.add_argument("--retries", type=int, default=0, help="extra attempts for a failing point")
+    sw.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
+    sw.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    par = sw.add_argument_group("parallel and cluster sweeps (README: 'Sweeps in parallel')")
+    par.add_argument("--jobs", type=positive_int, default=None,
+                     help="points at once, each in its own process (default 1; with --devices: one per "
+                          "--gpus-per-point devices; Ray: what the cluster holds)")
+    par.add_argument("--devices", default=None, metavar="0,1,2,3",
+                     help="GPUs for the local workers: each running point gets its own (CUDA_VISIBLE_DEVICES)")
+    par.add_argument("--gpus-per-point", type=positive_int, default=None,
+                     help="GPUs per point (local with --devices: default 1; Ray: num_gpus, default 0)")
+    par.add_argument("--cpus-per-point", type=positive_int, default=None,
+                     help="torch/OpenMP threads per local worker (default: cores // jobs); Ray: num_cpus (default 1)")
+    par.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local processes, or one Ray task per point (the sweep folder must be shared)")
+    par.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                     help="the Ray cluster to join (default: start a local Ray runtime)")
+    sw.set_defaults(func=_cmd_sweep)
+
+
+
+# ----------------------------------------------------------------------------- report
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from workbench.experiments.report import (
+        report,
+        results_csv,
+        results_rows,
+        update_readme,
+    )
+    from workbench.runs import atomic_write_text
+
+    if args.readme:
+        stale = update_readme(args.readme, check=args.check)
+        verb = "differ from their results" if args.check else "regenerated"
+        print(f"{args.readme}: {len(stale)} table(s) {verb}" + (f": {', '.join(stale)}" if stale else ""))
+        return 1 if args.check and stale else 0
+    if args.path is None:
+        raise CLIError("report needs RUN_OR_RESULTS (or --readme README.md)")
+    print(report(args.path))
+    if args.csv:
+        atomic_write_text(args.csv, results_csv(results_rows(args.path)))
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 0
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    rp = sub.add_parser("report", help="print a results table in markdown from a run folder, a sweep folder "
+                                       "or a results CSV")
+    rp.add_argument("path", metavar="RUN_OR_RESULTS", nargs="?",
+                    help="a run folder, a folder of runs (demo, quickstart), a sweep folder, a metrics.json "
+                         "or a results CSV")
+    rp.add_argument("--csv", default=None, metavar="FILE",
+                    help="also write the rows to a results CSV (report FILE prints the same table)")
+    rp.add_argument("--readme", default=None, metavar="README.md",
+                    help="regenerate the README's tables marked <!-- report: PATH --> from their results")
+    rp.add_argument("--check", action="store_true", help="with --readme: only compare (exit 1 when stale)")
+    rp.set_defaults(func=_cmd_report)
+
+
+# ----------------------------------------------------------------------------- results
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from workbench.experiments.summary import write_experiment
+
+    written = write_experiment(args.experiment, args.sweeps, args.out, reference=args.reference, notes=args.notes)
+    for kind, path in written.items():
+        print(f"{kind:>10}: {path}")
+    return 0
+
+
+def add_results(sub: argparse._SubParsersAction) -> None:
+    from workbench.experiments.records import EXPERIMENTS
+
+    rs = sub.add_parser("results", help="write results/<experiment>/ (runs.csv, summary, figures, README) from "
+                                        "sweep folders of 03_train_mar.ipynb")
+    rs.add_argument("experiment", choices=sorted(EXPERIMENTS), help="the paper's table or figure")
+    rs.add_argument("sweeps", nargs="+", metavar="SWEEP", help="sweep folders holding its runs")
+    rs.add_argument("--out", required=True, help="the results folder, e.g. results/loss_ablation")
+    rs.add_argument("--reference", default=None, metavar="CSV",
+                    help="results CSV whose direct-transfer and stage-1 rows head the table "
+                         "(e.g. results/real/runs.csv)")
+    rs.add_argument("--notes", default=None, metavar="NOTES.md",
+                    help="hand-written notes (the diagnosis) included in the generated README")
+    rs.set_defaults(func=_cmd_results)
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from workbench.distributed import resolve_device
+    from workbench.runs import RunFolder, atomic_write_text
+    from workbench.analysis.views import camera_mining_report, fusion_stage_run_report
+
+    folder = RunFolder(args.run)
+    if folder.state != "finished" or not folder.has_checkpoint or folder.record().stage == "pretrain":
+        raise CLIError(f"{folder.path}: not a finished stage-2 run folder (its state: {folder.state})")
+    run_dir = folder.path
+    report = fusion_stage_run_report if args.stages else camera_mining_report
+    table = report(run_dir, device=resolve_device(args.device))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.csv:
+        atomic_write_text(args.csv, table.to_csv(index=False, float_format="%.4g"))
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 0
+
+
+def add_diagnose(sub: argparse._SubParsersAction) -> None:
+    dg = sub.add_parser("diagnose", help="which target pairs L_MDL's threshold calls positive, by camera, before "
+                                         "and after stage 2 (uses the hidden labels: diagnosis only)")
+    dg.add_argument("run", metavar="RUN_DIR", help="a finished stage-2 run folder")
+    dg.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
+    dg.add_argument("--stages", action="store_true",
+                    help="instead: each fused stage's share of the fused vector and its retrieval accuracy alone, "
+                         "stage-1 and stage-2 model")
+    dg.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    dg.set_defaults(func=_cmd_diagnose)
+
+
