@@ -7,16 +7,18 @@ Example:
     >>> explore({"before": load_views(run, checkpoint=stage1), "after": load_views(run)})  # doctest: +SKIP
 """
 from workbench.viz.plots import (
-    plot_agreement_distribution,
     plot_camera_grid,
-    plot_camera_heatmap,
-    plot_camera_profile,
     plot_cmc,
     plot_embedding,
     plot_retrieval,
-    plot_soft_label,
     plot_training_curves,
     save_figure,
+)
+from workbench.viz.soft_labels import (
+    plot_agreement_distribution,
+    plot_camera_heatmap,
+    plot_camera_profile,
+    plot_soft_label,
 )
 from workbench.viz.tables import plot_beside_paper, plot_epoch_and_parameter_curves, plot_rows_beside_paper
 from workbench.viz.widgets import CameraExplorer, ImageExplorer, RunExplorer, ThresholdExplorer, explore

@@ -24,15 +24,8 @@ from matplotlib.figure import Figure
 
 from workbench.analysis.arrays import embed_2d, pair_agreements, rank_gallery
 from workbench.analysis.views import PARTS, SoftLabelViews, load_views
-from workbench.viz.plots import (
-    draw_agreement,
-    figure_png,
-    plot_camera_heatmap,
-    plot_camera_profile,
-    plot_embedding,
-    plot_retrieval,
-    plot_soft_label,
-)
+from workbench.viz.plots import figure_png, plot_embedding, plot_retrieval
+from workbench.viz.soft_labels import draw_agreement, plot_camera_heatmap, plot_camera_profile, plot_soft_label
 
 __all__ = ["ALL", "ImageExplorer", "CameraExplorer", "RunExplorer", "ThresholdExplorer", "explore", "as_views"]
 
