@@ -4,8 +4,8 @@ Every fault is injected for real — ``SIGKILL`` of a training process at a name
 (:mod:`workbench.faults`), ``ENOSPC`` raised by a write, a second process locking the folder, broken
 files on disk — and the test asserts what a user sees: the resumed run equals the uninterrupted one
 (weights, metrics, every CSV row but the timings), or the command fails with one ``error:`` line
-naming the file, exit status 2. README's reliability paragraph lists the cases as pytest collects
-them (``python -m workbench report --readme README.md``).
+naming the file, exit status 2. docs/cli.md's reliability paragraph lists the cases as pytest collects
+them (``python -m workbench report --readme docs/cli.md``).
 """
 from __future__ import annotations
 

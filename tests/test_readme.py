@@ -1,21 +1,37 @@
 """README's measured tables are generated from committed results, and stay equal to them."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+import pytest
 
 from workbench.experiments.report import readme_blocks, report, update_readme
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_readme_tables_equal_what_report_prints_for_the_committed_results() -> None:
-    paths = readme_blocks(REPO / "README.md")
-    assert paths, "README has no generated table (<!-- report: PATH -->)"
+MARKDOWN = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("page", MARKDOWN, ids=[p.relative_to(REPO).as_posix() for p in MARKDOWN])
+def test_readme_tables_equal_what_report_prints_for_the_committed_results(page: Path) -> None:
+    paths = readme_blocks(page)
+    if page.name == "README.md":
+        assert paths, "README has no generated table (<!-- report: PATH -->)"
     for path in paths:
-        assert (REPO / path).exists(), f"README's table comes from {path}, which is not committed"
-    stale = update_readme(REPO / "README.md", check=True)
-    assert not stale, (f"README tables differ from `python -m workbench report` of {stale}: "
-                       "run `python -m workbench report --readme README.md`")
+        assert (page.parent / path).exists(), f"{page.name}'s table comes from {path}, which is not committed"
+    stale = update_readme(page, check=True)
+    assert not stale, (f"{page.name}'s tables differ from `python -m workbench report` of {stale}: "
+                       "run `python -m workbench report --readme README.md docs/*.md`")
+
+
+def test_readme_links_point_at_committed_files() -> None:
+    """README moved its reference material to docs/: every relative link must still resolve."""
+    broken = [f"{page.relative_to(REPO)} -> {target}" for page in MARKDOWN
+              for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text())
+              if not target.startswith(("http://", "https://", "mailto:")) and not (page.parent / target).exists()]
+    assert broken == []
 
 
 def test_update_readme_rewrites_a_stale_table(tmp_path) -> None:

@@ -103,10 +103,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from workbench.runs import atomic_write_text
 
     if args.readme:
-        stale = update_readme(args.readme, check=args.check)
         verb = "differ from their results" if args.check else "regenerated"
-        print(f"{args.readme}: {len(stale)} table(s) {verb}" + (f": {', '.join(stale)}" if stale else ""))
-        return 1 if args.check and stale else 0
+        any_stale = False
+        for readme in args.readme:
+            stale = update_readme(readme, check=args.check)
+            any_stale |= bool(stale)
+            print(f"{readme}: {len(stale)} table(s) {verb}" + (f": {', '.join(stale)}" if stale else ""))
+        return 1 if args.check and any_stale else 0
     if args.path is None:
         raise CLIError("report needs RUN_OR_RESULTS (or --readme README.md)")
     print(report(args.path))
@@ -124,8 +127,9 @@ def add_report(sub: argparse._SubParsersAction) -> None:
                          "or a results CSV")
     rp.add_argument("--csv", default=None, metavar="FILE",
                     help="also write the rows to a results CSV (report FILE prints the same table)")
-    rp.add_argument("--readme", default=None, metavar="README.md",
-                    help="regenerate the README's tables marked <!-- report: PATH --> from their results")
+    rp.add_argument("--readme", default=None, nargs="+", metavar="README.md",
+                    help="regenerate the tables marked <!-- report: PATH --> of these markdown files (README.md "
+                         "docs/cli.md) from their results")
     rp.add_argument("--check", action="store_true", help="with --readme: only compare (exit 1 when stale)")
     rp.set_defaults(func=_cmd_report)
 

@@ -10,7 +10,8 @@ run it describes instead of being typed in. ``PATH`` may be
 - a sweep folder (one sub-folder per point with ``status.json``): one row per point;
 - a ``metrics.json`` file;
 - a results CSV (what ``--csv`` writes): a ``run`` column and the metric columns as fractions;
-- a committed experiment folder (``results/loss_ablation`` ...): its table over seeds.
+- a committed experiment folder (``results/loss_ablation`` ...): its table over seeds;
+- a run's per-epoch history (``history.csv`` or a committed ``*_history.csv``): what the run cost.
 
 Example:
     >>> print(markdown_table([("stage 2", {"rank1": 0.5, "mAP": 0.25})]))
@@ -172,11 +173,40 @@ def report(path: str | Path, *, footnote: bool = True) -> str:
         return "```text\n" + path.read_text().rstrip("\n") + "\n```"
     if path.suffix == ".py":
         return collected_cases(path)
+    if path.name.endswith("history.csv"):
+        return history_cost(path)
     if path.is_dir() and path.name in EXPERIMENTS and (path / "runs.csv").is_file():
         return folder_table(path) + (f"\n\n({FOOTNOTE}; mean ± std over seeds, Δ: paired difference with its "
                                      "95 % interval)" if footnote else "")
     text = markdown_table(results_rows(path))
     return text + (f"\n\n({FOOTNOTE})" if footnote else "")
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+def history_cost(path: str | Path) -> str:
+    """What a run cost, from its per-epoch history: epochs, training time (the sum of the epochs'
+    ``seconds``; evaluation excluded), median seconds per epoch, median images/s, and the last
+    epoch's mAP where evaluated."""
+    import statistics
+
+    from workbench.runs import read_rows
+
+    rows = read_rows(Path(path))
+    if not rows or "seconds" not in rows[0]:
+        raise ConfigError(f"{path}: a history needs per-epoch rows with a 'seconds' column")
+    def finite(key: str) -> list[float]:
+        return [float(r[key]) for r in rows if isinstance(r.get(key), float) and math.isfinite(r[key])]
+
+    seconds, rates = finite("seconds"), finite("images_per_s")
+    mAP = _percent(rows[-1].get("mAP"))
+    return ("| epochs | training time | per epoch (median) | images/s (median) | mAP after the last epoch |\n"
+            "| --- | --- | --- | --- | --- |\n"
+            f"| {len(rows)} | {_duration(sum(seconds))} | {statistics.median(seconds):.0f} s | "
+            f"{statistics.median(rates) if rates else math.nan:.1f} | {mAP} |")
 
 
 def collected_cases(path: str | Path) -> str:
