@@ -245,6 +245,9 @@ def test_a_wrong_train_notebook_is_one_line_with_the_paths_tried(nb_env, stage1:
     (error,) = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert error["traceback"] == [f"NotebookParameterError: {error['evalue']}"]  # one line, no traceback
     assert f"tried {NOTEBOOKS}/03_typo.ipynb" in error["evalue"] or f"{NOTEBOOKS}/03_typo.ipynb" in error["evalue"]
+    # papermill prints its own traceback first; what to fix is the last line the user sees
+    last = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1]
+    assert last.startswith("NotebookParameterError: train_notebook = '03_typo.ipynb'"), proc.stderr[-2000:]
 
 
 @pytest.mark.notebooks
