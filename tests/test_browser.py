@@ -1,4 +1,5 @@
-"""End to end in a real browser: JupyterLab runs notebook 08 on a trained run and its explorers react.
+"""End to end in a real browser: JupyterLab runs notebook 08 on a trained run and its explorers react,
+then notebook 03 at smoke scale shows its training progress bar moving.
 
 A short ``demo`` pipeline is trained first into a temporary ``WORKBENCH_RUNS`` as
 ``<time>-demo/{pretrain,mar}``, as ``make demo`` leaves it: what 08 opens at its defaults. A
@@ -7,13 +8,16 @@ checkpoints in the temporary folder) serves the checkout; headless Chromium, dri
 sync API with the system's ``chromium`` binary (no browser download), opens
 ``notebooks/08_soft_label_explorer.ipynb``, runs all cells, waits for the widgets, checks that two
 different images show different soft multilabels (the model learned something), changes the image
-explorer's identity and index, and checks that the rendered figure changed. The notebook file is
-restored byte for byte if anything wrote to it.
+explorer's identity and index, and checks that the rendered figure changed. Then a copy of 03 with
+smoke parameters (served from a git-ignored ``runs/browser-test-*`` folder, removed afterwards) runs
+all cells while the test watches its tqdm widgets: one bar per epoch, the step count moving, the loss
+terms and T in the postfix. The notebook file is restored byte for byte if anything wrote to it.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -32,9 +36,9 @@ NOTEBOOK = "notebooks/08_soft_label_explorer.ipynb"
 RUN_TIMEOUT_MS = 600_000  # views of the reused run + UMAP's numba compilation (~60 s idle, more when busy)
 
 # JupyterLab state read through ``window.jupyterapp`` (``--LabApp.expose_app_in_browser``)
-JS_NOTEBOOK_READY = """() => {
+JS_NOTEBOOK_READY = """(name) => {
   const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-  if (!w || !w.context || !w.context.path.endsWith('08_soft_label_explorer.ipynb')) return false;
+  if (!w || !w.context || !w.context.path.endsWith(name)) return false;
   const kernel = w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
   return !!kernel && kernel.status === 'idle' && w.content.widgets.length > 0;
 }"""
@@ -48,6 +52,9 @@ JS_RUN_STATE = """() => {
   const done = cells.every(c => c.model.executionCount !== null);
   return done && w.sessionContext.session.kernel.status === 'idle' ? 'done' : false;
 }"""
+#: the text of every tqdm widget bar (description, counts, postfix), in page order
+JS_PROGRESS_BARS = """() => Array.from(document.querySelectorAll('.widget-hprogress'))
+  .map(p => (p.parentElement ? p.parentElement.innerText : '').replace(/\\s+/g, ' ').trim())"""
 JS_IMAGE_CHANGED = """(old) => {
   const img = document.querySelector('.wb-image-explorer .wb-output img');
   return !!img && img.src !== old;
@@ -134,6 +141,7 @@ def lab(tmp_path, trained_run):
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(jupyter["config"]), JUPYTER_RUNTIME_DIR=str(jupyter["runtime"]),
                JUPYTER_DATA_DIR=str(jupyter["data"]), IPYTHONDIR=str(jupyter["ipython"]), JUPYTER_PLATFORM_DIRS="1",
                WORKBENCH_DATA=str(tmp_path / "data"), WORKBENCH_RUNS=str(tmp_path / "runs"))
+    env.pop("CI", None)  # CI turns training's progress bars off; a user's JupyterLab has them
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
            f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--ServerApp.token={token}",
            f"--ServerApp.root_dir={REPO}", f"--FileCheckpoints.checkpoint_dir={jupyter['checkpoints']}",
@@ -162,6 +170,8 @@ def test_notebook_explorer_in_jupyterlab(lab, trained_run, tmp_path) -> None:
     notebook = REPO / NOTEBOOK
     original = notebook.read_bytes()
     screenshot = tmp_path / "soft_label_explorer.png"
+    served = REPO / "runs" / f"browser-test-{secrets.token_hex(4)}"  # under the lab's root (git-ignored)
+    served.mkdir(parents=True)
     start = time.monotonic()
 
     def lap(what: str) -> None:
@@ -174,7 +184,8 @@ def test_notebook_explorer_in_jupyterlab(lab, trained_run, tmp_path) -> None:
             try:
                 page = browser.new_page(viewport={"width": 1500, "height": 1100})
                 page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}", wait_until="domcontentloaded")
-                page.wait_for_function(JS_NOTEBOOK_READY, timeout=90_000, polling=500)
+                page.wait_for_function(JS_NOTEBOOK_READY, arg="08_soft_label_explorer.ipynb", timeout=90_000,
+                                       polling=500)
                 lap("notebook open, kernel idle")
                 page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
                 state = page.wait_for_function(JS_RUN_STATE, timeout=RUN_TIMEOUT_MS, polling=1000).json_value()
@@ -218,9 +229,48 @@ def test_notebook_explorer_in_jupyterlab(lab, trained_run, tmp_path) -> None:
                 page.locator(".wb-explore").first.scroll_into_view_if_needed()
                 page.screenshot(path=str(screenshot), full_page=False)
                 print(f"screenshot: {screenshot}")
+
+                _training_shows_a_moving_progress_bar(page, base, token, served, tmp_path, lap)
             finally:
                 browser.close()
     finally:
         if notebook.read_bytes() != original:  # never leave outputs in the committed notebook
             notebook.write_bytes(original)
+        shutil.rmtree(served, ignore_errors=True)
     assert screenshot.is_file() and screenshot.stat().st_size > 0
+
+
+def _training_shows_a_moving_progress_bar(page, base: str, token: str, served: Path, tmp_path: Path, lap) -> None:
+    """Notebook 03 at smoke scale (parameters injected as papermill would, into a served copy): Run All
+    shows a progress bar per epoch whose step count moves while it trains, with the loss terms and T."""
+    import papermill as pm
+
+    prepared = served / "03_train_mar.ipynb"
+    pm.execute_notebook(str(REPO / "notebooks" / "03_train_mar.ipynb"), str(prepared), prepare_only=True,
+                        parameters={"preset": "smoke", "epochs": 2, "out_dir": str(tmp_path / "nb03")},
+                        progress_bar=False)
+    rel = prepared.relative_to(REPO).as_posix()
+    page.goto(f"{base}/lab/tree/{rel}?token={token}", wait_until="domcontentloaded")
+    page.wait_for_function(JS_NOTEBOOK_READY, arg=f"{served.name}/03_train_mar.ipynb", timeout=90_000, polling=500)
+    lap("03 (smoke) open, kernel idle")
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    seen: list[str] = []  # every distinct state of the stage-2 bars while the notebook runs
+    deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        for bar in page.evaluate(JS_PROGRESS_BARS):
+            if bar.startswith("stage 2") and bar not in seen:
+                seen.append(bar)
+        state = page.evaluate(JS_RUN_STATE)
+        if state:
+            break
+        time.sleep(0.2)
+    assert state == "done", state
+    lap(f"03 ran; {len(seen)} distinct stage-2 bar states seen")
+    final = page.evaluate(JS_PROGRESS_BARS)
+    assert [b for b in final if b.startswith("stage 1")], final       # stage 1 ran in the notebook with its bars
+    epochs = [b for b in final if b.startswith("stage 2")]
+    assert len(epochs) == 2 and "epoch 1/2" in epochs[0] and "epoch 2/2" in epochs[1], final  # one bar per epoch
+    assert "T=" in epochs[1] and "loss=" in epochs[1] and "img/s=" in epochs[1], epochs[1]
+    # "stage 2 epoch 1/2: 40% 4/10 [00:01<00:01, ...]": the step count advanced in place while it trained
+    steps = {m.group(1, 2) for b in seen if (m := re.match(r"(stage 2 epoch \d+/\d+).*?(\d+)/\d+ \[", b))}
+    assert len(steps) >= 3, seen

@@ -14,6 +14,7 @@ from workbench.evaluation import (
     evaluate,
     evaluate_features,
     extract_features,
+    jaccard_distance,
     pairwise_distance,
     rank_metrics,
     rank_metrics_reference,
@@ -31,7 +32,14 @@ def dense_re_ranking(q_g, q_q, g_g, k1=20, k2=6, lam=0.3):
     formulation): squared distances over their column maximum, k-reciprocal sets with the 2/3
     expansion, Gaussian-weighted V, query expansion, Jaccard distance."""
     num_q = q_g.shape[0]
-    full = np.block([[q_q, q_g], [q_g.T, g_g]])
+    jaccard, orig = dense_jaccard(np.block([[q_q, q_g], [q_g.T, g_g]]), num_q, k1, k2)
+    final = jaccard * (1 - lam) + orig[:num_q] * lam
+    return final[:, num_q:]
+
+
+def dense_jaccard(full, num_q, k1, k2):
+    """The Jaccard distance of the first ``num_q`` images to all of ``full`` (N, N), and the
+    normalized squared distances, as torchreid's re-ranking computes them."""
     n = full.shape[0]
     orig = np.power(full, 2).astype(np.float32)
     orig = np.transpose(orig / np.max(orig, axis=0))
@@ -58,8 +66,7 @@ def dense_re_ranking(q_g, q_q, g_g, k1=20, k2=6, lam=0.3):
     for i in range(num_q):
         tmin = np.minimum(V[i][None, :], V).sum(axis=1)
         jaccard[i] = 1 - tmin / (2.0 - tmin)
-    final = jaccard * (1 - lam) + orig[:num_q] * lam
-    return final[:, num_q:]
+    return jaccard, orig
 
 
 def market_like(seed, num_ids=30, num_q=80, num_g=400, num_distractors=60, num_junk=30, num_cams=4,
@@ -328,6 +335,21 @@ def test_re_ranking_equals_dense_reference(metric, k1, k2, num_stored):
                      num_stored=num_stored, jaccard_budget=500)
     assert out.shape == (num_q, num_g) and out.dtype == np.float32
     np.testing.assert_allclose(out, ref, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("k1,k2,num_stored", [(30, 6, 64), (5, 3, 8), (7, 1, 64)])
+def test_jaccard_distance_within_one_set_equals_dense_reference(metric, k1, k2, num_stored):
+    """What clustering runs DBSCAN on: every image against every image of the same set, counted once."""
+    rng = np.random.default_rng(k1 * k2)
+    ids = rng.integers(0, 10, 90)
+    f = (rng.standard_normal((10, 16))[ids] + 0.8 * rng.standard_normal((90, 16))).astype(np.float32)
+    full = pairwise_distance(f, f, metric)
+    ref, _ = dense_jaccard((full + full.T) / 2, 90, k1, k2)
+    out = jaccard_distance(torch.from_numpy(f), k1, k2, metric=metric, block_size=32, num_stored=num_stored,
+                           jaccard_budget=700)
+    assert out.shape == (90, 90) and out.dtype == np.float32
+    np.testing.assert_allclose(out, np.clip(ref, 0, 1), atol=2e-6, rtol=1e-5)
 
 
 def test_re_ranking_improves_clustered_retrieval():

@@ -5,7 +5,7 @@ One module per stage, every public name re-exported here::
     distance.py   input checks, pairwise_distance (cosine / squared Euclidean)
     metrics.py    rank_metrics (Market-1501 protocol, both AP conventions), the junk rule
                   valid_gallery_mask, and the per-query loop rank_metrics_reference
-    rerank.py     re_ranking (k-reciprocal, Zhong et al. 2017), bounded memory
+    rerank.py     re_ranking (k-reciprocal, Zhong et al. 2017), bounded memory; jaccard_distance (within one set)
     features.py   extract_features (optional flip), evaluate_features, evaluate
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from workbench.evaluation.metrics import (
     rank_metrics_reference,
     valid_gallery_mask,
 )
-from workbench.evaluation.rerank import re_ranking
+from workbench.evaluation.rerank import jaccard_distance, re_ranking
 
 __all__ = [
     "pairwise_distance",
@@ -32,6 +32,7 @@ __all__ = [
     "METRIC_KEYS",
     "format_metrics",
     "re_ranking",
+    "jaccard_distance",
     "extract_features",
     "evaluate_features",
     "evaluate",

@@ -23,7 +23,7 @@ from workbench.evaluation.distance import (
     _torch_threads,
 )
 
-__all__ = ["re_ranking"]
+__all__ = ["re_ranking", "jaccard_distance"]
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +253,69 @@ def re_ranking(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6, lambda_v
     with _torch_threads(gemm_threads if sparse_threads is None else sparse_threads):
         return _re_rank(xp, x_sq, num_q, k1, k2, float(lambda_value), num_k, block_size, jaccard_budget,
                         gemm_threads, out)
+
+
+def jaccard_distance(features: ArrayLike, k1: int = 30, k2: int = 6, *, metric: Metric = "euclidean",
+                     device: str | torch.device | None = None, block_size: int = 2048, num_stored: int = 64,
+                     jaccard_budget: int = 1 << 22, num_threads: int | None = None,
+                     sparse_threads: int | None = 1) -> np.ndarray:
+    """The (N, N) k-reciprocal Jaccard distance within one set of images: what clustering methods
+    (SpCL, Cluster-Contrast) give DBSCAN as its precomputed distance.
+
+    The same computation as :func:`re_ranking` with every image both query and gallery and λ = 0
+    (neighbour lists, k-reciprocal expansion sets, Gaussian weights ``exp(−d²/max d²)``, local
+    query expansion over k2 neighbours, ``1 − Σmin / Σmax``), on the N images once (``re_ranking(f,
+    f)`` would count every image twice in the neighbourhoods). Cluster-Contrast's own
+    ``compute_jaccard_distance`` weights with ``softmax(−d)`` instead; its default ``k1 = 30, k2 = 6``
+    and the squared euclidean distance of L2-normalized features (``metric="euclidean"``) are kept.
+
+    Args:
+        features: (N, D), numpy or torch.
+        k1, k2: k-reciprocal and query-expansion neighbourhood sizes.
+        metric, device, block_size, num_stored, jaccard_budget, num_threads, sparse_threads: as in
+            :func:`re_ranking`.
+
+    Returns:
+        float32 numpy array (N, N), symmetric up to rounding, zero on the diagonal, in [0, 1].
+
+    Example:
+        >>> f = torch.nn.functional.normalize(torch.randn(20, 8), dim=1)
+        >>> d = jaccard_distance(f, k1=5, k2=2)
+        >>> d.shape, float(abs(d.diagonal()).max()) < 1e-6
+        ((20, 20), True)
+    """
+    for name, v in (("k1", k1), ("k2", k2)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    x = _features(features, "features")
+    dev = torch.device(device) if device is not None else x.device
+    n = x.shape[0]
+    out = np.zeros((n, n), dtype=np.float32)
+    if n == 0:
+        return out
+    x = x.to(dev)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("features contain NaN or inf")
+    xp, x_sq = _prepare(x.clone(), metric, inplace=True)
+    k1, k2 = int(k1), int(k2)
+    num_k = min(n, max(k1 + 1, k2, int(num_stored)))
+    gemm_threads = torch.get_num_threads() if num_threads is None else max(1, int(num_threads))
+    with _torch_threads(gemm_threads if sparse_threads is None else sparse_threads):
+        top_d, nb, row_max = _neighbours(xp, x_sq, n, num_k, block_size, torch.empty((n, 0), device=dev),
+                                         gemm_threads)
+        max_sq = (row_max * row_max).clamp_(min=torch.finfo(torch.float32).tiny)
+        v_rows, v_cols = _expansion_sets(nb, k1)
+        v_vals = _expansion_weights(xp, x_sq, top_d, nb, max_sq, v_rows, v_cols)
+        if k2 != 1:
+            v_rows, v_cols, v_vals = _query_expansion(v_rows, v_cols, v_vals, nb[:, :min(k2, n)], n)
+        # every image is a query and a gallery image: V's rows twice, the second copy as the gallery
+        raw = torch.zeros((n, n), device=dev) if dev.type != "cpu" else torch.from_numpy(out)
+        _jaccard_blend(raw, max_sq, torch.cat([v_rows, v_rows + n]), torch.cat([v_cols, v_cols]),
+                       torch.cat([v_vals, v_vals]), 0.0, jaccard_budget)
+    if dev.type != "cpu":
+        out[:] = raw.cpu().numpy()
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
 
 
 def _re_rank(xp: torch.Tensor, x_sq: torch.Tensor | None, num_q: int, k1: int, k2: int, lam: float,
