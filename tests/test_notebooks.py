@@ -236,6 +236,21 @@ def test_04_loss_ablation_with_papermill_from(where: str, nb_env, stage1: Path, 
 
 
 @pytest.mark.notebooks
+def test_a_sweep_of_03_reaches_the_clustering_baseline_by_its_method_field(nb_env, stage1: Path, tmp_path: Path) -> None:
+    """method is a field like any other: `sweep --set method=cluster_contrast` trains the baseline."""
+    df = ex.sweep(NOTEBOOKS / "03_train_mar.ipynb", [{"method": "cluster_contrast"}], tmp_path,
+                  base_params={**SMOKE, "epochs": 1, "init_checkpoint": str(stage1),
+                               "extra": {"cc_min_samples": 2, "cc_eps": 0.7}})
+    assert df["state"].tolist() == ["done"], df["error"].tolist()
+    point = Path(df["path"].iloc[0])
+    config = json.loads((point / "mar" / "config.json").read_text())
+    assert config["train"]["method"] == "cluster_contrast" and config["loss"]["cc_min_samples"] == 2
+    history = (point / "mar" / "history.csv").read_text().splitlines()
+    assert "n_clusters" in history[0] and "pair_precision" in history[0] and len(history) == 2
+    assert 0 <= df["mAP"].iloc[0] <= 1
+
+
+@pytest.mark.notebooks
 def test_a_wrong_train_notebook_is_one_line_with_the_paths_tried(nb_env, stage1: Path, tmp_path: Path) -> None:
     params = {**FAST, "variants": ["full"], "init_checkpoint": str(stage1), "train_notebook": "03_typo.ipynb",
               "results_dir": None}

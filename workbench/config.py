@@ -61,6 +61,14 @@ class LossConfig:
     mdl_warmup_epochs: int = 1                # L_MDL off (memory and T frozen) for these epochs
     combine_reference_terms: bool = False     # L_RJ: False = official (a reference image's pull and hinge are
                                               # separate terms of one mean); True = one pull+hinge term each
+    # stage 2 with method="cluster_contrast" (Dai et al. 2021's recipe): DBSCAN on the k-reciprocal Jaccard
+    # distance of the target training set each epoch, a cluster memory, InfoNCE over it
+    cc_eps: float = 0.6                       # DBSCAN radius on the Jaccard distance
+    cc_min_samples: int = 4                   # images within cc_eps that make a core image (itself included)
+    cc_k1: int = 30                           # Jaccard distance: k-reciprocal neighbourhood
+    cc_k2: int = 6                            # Jaccard distance: query expansion
+    cc_temperature: float = 0.05              # τ of the InfoNCE over the cluster memory
+    cc_momentum: float = 0.2                  # μ of the memory update m ← μ·m + (1 − μ)·f
     init_images: str = "augmented"            # CML centres + T initialised from: "augmented" = official (one pass
                                               # of the shuffled, augmented, drop_last target training loader);
                                               # "clean" = every target training image once, test transform
@@ -76,6 +84,10 @@ class TrainConfig:
     pretrain_milestones: tuple[int, ...] = ()  # lr × gamma from these epochs on (1-based, see milestones)
     # stage 2: joint MAR training
     epochs: int = 20                          # paper 20
+    method: str = "mar"                       # stage 2: "mar" (L_MAR, the paper) | "cluster_contrast" (pseudo
+                                              # labels by clustering, the Table 4 comparison; loss fields cc_*)
+    cc_instances: int = 4                     # cluster_contrast: images per pseudo label in a batch (K of P×K;
+                                              # P = n_target // K)
     epoch_length: str = "reference"           # one epoch = one pass over the "reference" set (official
                                               # ReidTrainer.train_epoch; the target loader restarts when it
                                               # runs out) or over the "target" training set
@@ -332,7 +344,14 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "mining_ratio": (0, 1, False, True),
     "momentum": (0, 1, True, False),
     "last_stride": (1, 2, True, True),
+    **dict.fromkeys(("cc_eps", "cc_temperature"), (0, math.inf, False, False)),
+    **dict.fromkeys(("cc_min_samples", "cc_k1", "cc_k2", "cc_instances"), (1, math.inf, True, False)),
+    "cc_momentum": (0, 1, True, False),
 }
+
+
+#: what stage 2 can train (TrainConfig.method)
+STAGE2_METHODS = ("mar", "cluster_contrast")
 
 
 def check_ranges(cfg: Config) -> Config:
@@ -353,6 +372,11 @@ def check_ranges(cfg: Config) -> Config:
     for name in ("image_size", "milestones", "pretrain_milestones"):
         if any(v < 1 for v in flat[name]):
             raise ConfigError(f"{name} = {flat[name]!r}: every entry must be a positive integer")
+    if flat["method"] not in STAGE2_METHODS:
+        raise ConfigError(f"method = {flat['method']!r}: choose one of {', '.join(STAGE2_METHODS)}")
+    if flat["n_target"] % flat["cc_instances"] and flat["method"] == "cluster_contrast":
+        raise ConfigError(f"n_target = {flat['n_target']} must be a multiple of cc_instances = {flat['cc_instances']} "
+                          "(P×K batches)")
     if flat["embed_dim"] is not None and flat["embed_dim"] < 1:
         raise ConfigError(f"embed_dim = {flat['embed_dim']!r}: a positive size, or none for no embedding")
     return cfg
@@ -367,7 +391,8 @@ def load_config(path: str | Path) -> Config:
 RUN_ONLY_FIELDS = frozenset({"progress", "log_every_s", "tensorboard", "device", "workers", "eval_batch_size", "cache_images",
                              "preset"})
 #: stage-2 fields that a stage-1 run ignores
-STAGE2_FIELDS = frozenset({"epochs", "epoch_length", "n_target", "n_reference", "lr", "weight_decay", "milestones",
+STAGE2_FIELDS = frozenset({"method", "cc_eps", "cc_min_samples", "cc_k1", "cc_k2", "cc_temperature", "cc_momentum",
+                           "cc_instances", "epochs", "epoch_length", "n_target", "n_reference", "lr", "weight_decay", "milestones",
                            "mining_ratio", "lambda_cml", "lambda_ref", "beta", "use_mdl", "use_cml", "use_al",
                            "use_rj", "mdl_warmup_epochs", "margin", "combine_reference_terms", "init_images"})
 

@@ -4,6 +4,8 @@ from workbench.data.loaders import (
     ImageCache,
     ImageDataset,
     MixedLoader,
+    PseudoIdentitySampler,
+    build_pseudo_label_loader,
     build_test_loader,
     build_train_loader,
 )
@@ -11,5 +13,5 @@ from workbench.data.synthetic import SyntheticSpec, ensure_synthetic, generate
 
 __all__ = [
     "DatasetError", "Sample", "Split", "load_dataset", "ImageCache", "ImageDataset", "MixedLoader",
-    "build_test_loader", "build_train_loader", "SyntheticSpec", "ensure_synthetic", "generate",
+    "PseudoIdentitySampler", "build_pseudo_label_loader", "build_test_loader", "build_train_loader", "SyntheticSpec", "ensure_synthetic", "generate",
 ]

@@ -183,6 +183,67 @@ class StreamSampler(Sampler):
         yield from zip(out_index.tolist(), out_aug.tolist())
 
 
+class PseudoIdentitySampler(Sampler):
+    """Identity-balanced (P×K) batches over pseudo labels: each batch takes P = batch_size // K labels
+    and K images of each (drawn with replacement from a cluster smaller than K); images labelled −1
+    (outliers) are never drawn. ``num_batches`` batches per rank and epoch, in batch order; the draw
+    depends only on (seed, epoch).
+
+    Args:
+        labels: (N,) pseudo label of every image (−1: outlier).
+        batch_size: images per batch on this rank (a multiple of ``instances``).
+        instances: K, images per label in a batch.
+        num_batches: batches per rank and epoch.
+        seed, rank, world_size: as :class:`EpochSampler`.
+    """
+
+    def __init__(self, labels: Sequence[int], *, batch_size: int, instances: int, num_batches: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, stream: int = 2) -> None:
+        if instances < 1 or batch_size % instances:
+            raise ConfigError(f"batch size {batch_size} is not a multiple of {instances} instances per label")
+        labels = torch.as_tensor(list(labels), dtype=torch.int64)
+        self.members = [torch.nonzero(labels == c).flatten() for c in labels[labels >= 0].unique().tolist()]
+        if not self.members:
+            raise ConfigError("no pseudo label: every image is an outlier")
+        self.batch_size, self.instances, self.num_batches = batch_size, instances, num_batches
+        self.seed, self.rank, self.world_size, self.stream = seed, rank, world_size, stream
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = _epoch_generator(self.seed, self.epoch, self.stream)
+        p, k, c = self.batch_size // self.instances, self.instances, len(self.members)
+        for b in range(self.num_batches * self.world_size):
+            chosen = torch.randperm(c, generator=g)[:p] if c >= p else torch.randint(0, c, (p,), generator=g)
+            picks = []
+            for label in chosen.tolist():
+                m = self.members[label]
+                pick = m[torch.randperm(len(m), generator=g)[:k]] if len(m) >= k else \
+                    m[torch.randint(0, len(m), (k,), generator=g)]
+                picks.append(pick)
+            index = torch.cat(picks)
+            aug = torch.randint(0, 2**62, (len(index),), generator=g)
+            if b % self.world_size == self.rank:
+                yield from zip(index.tolist(), aug.tolist())
+
+
+def build_pseudo_label_loader(samples: Sequence[Sample], labels: Sequence[int], *, image_size: tuple[int, int],
+                              batch_size: int, instances: int, num_batches: int, pad: int = 7, workers: int = 0,
+                              seed: int = 0, rank: int = 0, world_size: int = 1, cache: ImageCache | None = None,
+                              pin_memory: bool = False) -> DataLoader:
+    """Augmented P×K batches of unlabeled images by their pseudo labels (:class:`PseudoIdentitySampler`;
+    call ``loader.sampler.set_epoch(e)``). Items carry ``index`` (the dataset index), never the pid."""
+    dataset = ImageDataset(samples, TrainTransform(image_size, pad=pad), cache=cache, labeled=False)
+    sampler = PseudoIdentitySampler(labels, batch_size=batch_size, instances=instances, num_batches=num_batches,
+                                    seed=seed, rank=rank, world_size=world_size)
+    return _loader(dataset, sampler, batch_size, workers=workers, pin_memory=pin_memory, drop_last=True)
+
+
 def _loader(dataset: Dataset, sampler: Sampler, batch_size: int, *, workers: int, pin_memory: bool,
             drop_last: bool) -> DataLoader:
     return DataLoader(

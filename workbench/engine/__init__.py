@@ -1,4 +1,5 @@
-"""Training: the epoch loop (:mod:`.trainer`), the two stages (:mod:`.stages`) and a run's life —
+"""Training: the epoch loop (:mod:`.trainer`), the two stages (:mod:`.stages`; stage 2 by clustering in
+:mod:`.cluster_contrast`, ``method="cluster_contrast"``) and a run's life —
 start, resume, reload — (:mod:`.lifecycle`). :func:`pretrain` and :func:`train_mar` are the entry points.
 
 Example:
@@ -14,8 +15,9 @@ from workbench.engine.lifecycle import (
            run_stage,
            train_mar,
 )
+from workbench.engine.cluster_contrast import ClusterContrastTrainer
 from workbench.engine.stages import MARTrainer, PretrainTrainer, mined_pair_precision
 from workbench.engine.trainer import RunResult, Trainer, TrainingDiverged
 
-__all__ = ["MARTrainer", "PretrainTrainer", "RunResult", "Trainer", "TrainingDiverged", "check_run_folder",
+__all__ = ["ClusterContrastTrainer", "MARTrainer", "PretrainTrainer", "RunResult", "Trainer", "TrainingDiverged", "check_run_folder",
            "load_result", "mined_pair_precision", "pretrain", "resume_run", "run_stage", "train_mar"]

@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from workbench.config import Config, config_differences
+from workbench.engine.cluster_contrast import ClusterContrastTrainer
 from workbench.engine.stages import MARTrainer, PretrainTrainer
 from workbench.engine.trainer import RunResult
 from workbench.errors import CheckpointError, ConfigError, RunFolderError
 from workbench.runs import RunFolder
 
 STAGES = {"pretrain": PretrainTrainer, "mar": MARTrainer}
+#: stage 2's trainer by ``TrainConfig.method``
+STAGE2_TRAINERS = {"mar": MARTrainer, "cluster_contrast": ClusterContrastTrainer}
 
 
 def check_run_folder(stage: str, cfg: Config, run_dir: str | Path | RunFolder, *, resume: bool) -> None:
@@ -89,6 +92,7 @@ def _make(stage, cfg, folder, init_checkpoint, resume, callbacks):
     kwargs = dict(resume=resume, callbacks=callbacks)
     if stage == "mar":
         kwargs["init_checkpoint"] = init_checkpoint
+        return STAGE2_TRAINERS[cfg.train.method](cfg, folder, **kwargs)
     return STAGES[stage](cfg, folder, **kwargs)
 
 

@@ -17,7 +17,6 @@ from workbench.config import Config
 from workbench.data import MixedLoader, build_test_loader, build_train_loader
 from workbench.engine.trainer import Trainer
 from workbench.errors import ConfigError
-from workbench.evaluation import METRIC_KEYS, format_metrics
 from workbench.losses import agent_loss, soft_multilabel
 from workbench.models import MARNet
 
@@ -141,12 +140,7 @@ class MARTrainer(Trainer):
 
     def before_training(self) -> None:
         """Evaluate the starting point and initialize memory, centres and threshold."""
-        if self.ctx.is_main:
-            initial = self.evaluate_target()
-            self.extra_metrics["initial"] = {k: initial[k] for k in METRIC_KEYS}
-            log.info("before joint training: %s (%%)", format_metrics(initial))
-            if self.tb is not None:
-                self.tb.evaluation(0, initial)
+        self.evaluate_start()
         feats, camids, index = self._initialization_features()
         info = self.criterion.initialize(feats, self.net.agents.detach(), camids, index=index)
         if self.ctx.distributed:  # identical state on every rank, whatever the kernels did
@@ -164,7 +158,7 @@ class MARTrainer(Trainer):
         loader = build_test_loader(self.target.train, image_size=self.cfg.data.image_size,
                                    batch_size=self.cfg.train.eval_batch_size, workers=self.cfg.data.workers,
                                    cache=self.target_cache, labeled=False)
-        feats, _, _ = self._target_features(loader)  # dataset order
+        feats, _, _ = self.target_features(loader)  # dataset order
         multilabels = soft_multilabel(feats, self.net.agents.detach(), self.cfg.loss.scale)  # (N, Np)
         labels = [(s.pid, s.camid) for s in self.target.train]
         images = self.target_cache.images if self.target_cache is not None else None
@@ -191,23 +185,7 @@ class MARTrainer(Trainer):
         else:
             loader = build_test_loader(self.target.train, image_size=d.image_size, batch_size=t.eval_batch_size,
                                        workers=d.workers, cache=self.target_cache, labeled=False)
-        return self._target_features(loader)
-
-    @torch.no_grad()
-    def _target_features(self, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Eval-mode features of an unlabeled target loader: ``(features, camids, dataset indices)``."""
-        was_training = self.net.training
-        self.net.eval()
-        feats, camids, index = [], [], []
-        try:
-            with self.autocast():
-                for batch in loader:
-                    feats.append(self.net(self.to_device(batch["img"])).feature.float())
-                    camids.append(batch["camid"])
-                    index.append(batch["index"])
-        finally:
-            self.net.train(was_training)
-        return (torch.cat(feats), torch.cat(camids).to(self.device), torch.cat(index).to(self.device))
+        return self.target_features(loader)
 
     def compute_losses(self, batch, epoch: int) -> dict[str, torch.Tensor]:
         target, reference = batch

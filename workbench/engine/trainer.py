@@ -226,6 +226,31 @@ class Trainer:
                  format_metrics(metrics))
         return metrics
 
+    @torch.no_grad()
+    def target_features(self, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eval-mode features of an unlabeled target loader: ``(features, camids, dataset indices)``."""
+        was_training = self.net.training
+        self.net.eval()
+        feats, camids, index = [], [], []
+        try:
+            with self.autocast():
+                for batch in loader:
+                    feats.append(self.net(self.to_device(batch["img"])).feature.float())
+                    camids.append(batch["camid"])
+                    index.append(batch["index"])
+        finally:
+            self.net.train(was_training)
+        return (torch.cat(feats), torch.cat(camids).to(self.device), torch.cat(index).to(self.device))
+
+    def evaluate_start(self) -> None:
+        """Stage 2's starting point, evaluated (rank 0) and kept as ``metrics["initial"]``."""
+        if self.ctx.is_main:
+            initial = self.evaluate_target()
+            self.extra_metrics["initial"] = {k: initial[k] for k in METRIC_KEYS}
+            log.info("before joint training: %s (%%)", format_metrics(initial))
+            if self.tb is not None:
+                self.tb.evaluation(0, initial)
+
     def state_dict(self, epoch: int) -> dict:
         return {
             "stage": self.stage,

@@ -248,12 +248,14 @@ def in_percent(df: "pd.DataFrame", columns: Sequence[str] | None = None, *, digi
     Args:
         df: e.g. :func:`collect`'s table or a run's history.
         columns: the fraction columns (default: those of :data:`MAIN_METRICS` present, and
-            ``pos_precision``, ``final_pos_precision``, ``train_acc``).
+            ``pos_precision``, ``final_pos_precision``, ``train_acc`` and the clustering baseline's
+            ``purity``, ``nmi``, ``pair_precision``, ``pair_recall``).
         digits: decimals kept.
     """
     import pandas as pd
 
-    fractions = (*MAIN_METRICS, "pos_precision", "final_pos_precision", "train_acc")
+    fractions = (*MAIN_METRICS, "pos_precision", "final_pos_precision", "train_acc", "purity", "nmi", "pair_precision",
+                 "pair_recall")
     columns = [c for c in (columns if columns is not None else fractions) if c in df.columns]
     out = df.copy()
     for c in columns:
