@@ -3,7 +3,7 @@
 # weight decay 0.025), evaluation after every epoch, seeds 0-2, from the stage 1 of stage1.sh; code a88c16f
 # in /work/evidence; two points at once, one thread each. Running it again resumes every unfinished point
 # from its last epoch checkpoint.
-cd /work/evidence
+cd /work/evidence   # a git worktree of this repository at a88c16f
 export PYTHONPATH=/work/evidence
 S1=$(ls /work/evidence-runs/stage1/*/pretrain/checkpoint.pt)
 exec /work/main/.venv/bin/python -m workbench sweep notebooks/03_train_mar.ipynb --grid /work/evidence-runs/seeds.yaml \

@@ -4,7 +4,7 @@
 # (20 epochs, seeds 0/1) mAP rises 24.3 -> 27.7/27.9 by epoch 10 and ends 27.7-28.1 at epoch 18: the
 # decays at 12 and 17 add <0.5 mAP, and 9 runs x 20 epochs (~30 CPU-h at 8 min/epoch) do not fit the
 # budget. Code a88c16f in /work/evidence (the same as run 1); one point at a time, one thread.
-cd /work/evidence
+cd /work/evidence   # a git worktree of this repository at a88c16f
 export PYTHONPATH=/work/evidence OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 S1=$(ls /work/evidence-runs/stage1/*/pretrain/checkpoint.pt)
 exec /work/main/.venv/bin/python -m workbench sweep notebooks/03_train_mar.ipynb --grid /work/evidence-runs/run2_ablation.yaml \
