@@ -126,3 +126,32 @@ def test_cluster_contrast_stage2_runs_logs_its_clusters_and_resumes(tmp_path, mo
     assert [r["n_clusters"] for r in resumed.history] == [r["n_clusters"] for r in history]
     got, want = load_checkpoint(resumed.checkpoint)["model"], load_checkpoint(result.checkpoint)["model"]
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_the_hybrid_distance_mixes_jaccard_and_soft_multilabel_disagreement() -> None:
+    from workbench.clustering import cluster_distance
+    from workbench.evaluation import jaccard_distance
+
+    f, _ = _groups()
+    y = torch.softmax(torch.randn(len(f), 7, generator=torch.Generator().manual_seed(1)), dim=1)
+    jac = jaccard_distance(f, 5, 2)
+    disagreement = 0.5 * torch.cdist(y, y, p=1).numpy()  # 1 - A(y_i, y_j)
+    np.testing.assert_allclose(cluster_distance(f, k1=5, k2=2), jac)
+    np.testing.assert_allclose(cluster_distance(f, k1=5, k2=2, multilabels=y, label_weight=0.25),
+                               0.75 * jac + 0.25 * disagreement, atol=1e-6)
+    with pytest.raises(ValueError, match="needs the soft multilabels"):
+        cluster_distance(f, label_weight=0.5)
+
+
+def test_the_hybrid_is_a_method_of_stage2(tmp_path, monkeypatch) -> None:
+    from workbench.engine import pretrain, train_mar
+    from workbench.runs import RunFolder
+
+    monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "data"))
+    base = {"preset": "smoke", "tensorboard": False}
+    stage1 = pretrain(from_params(base), tmp_path / "s1")
+    cfg = from_params(base | {"method": "soft_cluster", "cc_label_weight": 0.5, "epochs": 1, "cc_min_samples": 2,
+                              "cc_eps": 0.7})
+    result = train_mar(cfg, tmp_path / "hybrid", init_checkpoint=stage1.checkpoint)
+    assert result.history[0]["n_clusters"] >= 1 and "mAP" in result.metrics
+    assert RunFolder(result.run_dir).config().loss.cc_label_weight == 0.5

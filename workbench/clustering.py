@@ -27,25 +27,46 @@ from torch import Tensor, nn
 from workbench.distributed import all_gather_cat
 from workbench.evaluation.rerank import jaccard_distance
 
-__all__ = ["cluster_pseudo_labels", "cluster_centroids", "cluster_quality", "ClusterMemory"]
+__all__ = ["cluster_distance", "cluster_pseudo_labels", "cluster_centroids", "cluster_quality", "ClusterMemory"]
+
+
+def cluster_distance(features: Tensor | np.ndarray, *, k1: int = 30, k2: int = 6, multilabels: Tensor | None = None,
+                     label_weight: float = 0.0) -> np.ndarray:
+    """What DBSCAN clusters on: the k-reciprocal Jaccard distance of ``features`` (N, D), and with
+    ``label_weight`` w > 0 the soft-multilabel hybrid ``(1 − w)·jaccard + w·(1 − A)``, where
+    ``A(y_i, y_j) = Σ_k min(y_i^k, y_j^k)`` is MAR's agreement of the images' soft multilabels (N, Np).
+
+    Returns:
+        float32 (N, N) in [0, 1].
+    """
+    dist = jaccard_distance(features, k1, k2)
+    if label_weight:
+        if multilabels is None:
+            raise ValueError("label_weight > 0 needs the soft multilabels")
+        from workbench.losses import agreement
+
+        y = torch.as_tensor(multilabels).float()
+        dist = (1.0 - label_weight) * dist + label_weight * (1.0 - agreement(y, y).clamp_(0, 1).numpy())
+    return dist.astype(np.float32)
 
 
 def cluster_pseudo_labels(features: Tensor | np.ndarray, *, eps: float = 0.6, min_samples: int = 4, k1: int = 30,
-                          k2: int = 6) -> np.ndarray:
-    """DBSCAN on the k-reciprocal Jaccard distance of ``features`` (N, D).
+                          k2: int = 6, multilabels: Tensor | None = None, label_weight: float = 0.0) -> np.ndarray:
+    """DBSCAN on :func:`cluster_distance` of ``features`` (N, D) (and of their soft multilabels).
 
     Args:
         eps: DBSCAN's neighbourhood radius on the Jaccard distance (Cluster-Contrast: 0.6).
         min_samples: images within ``eps`` (the image itself included, as in scikit-learn) that make a
             core image (Cluster-Contrast: 4).
         k1, k2: the Jaccard distance's neighbourhoods (Cluster-Contrast: 30, 6).
+        multilabels, label_weight: the soft-multilabel hybrid (:func:`cluster_distance`).
 
     Returns:
         int64 labels (N,): 0..C−1 for the clusters, −1 for outliers.
     """
     from sklearn.cluster import DBSCAN
 
-    dist = jaccard_distance(features, k1, k2)
+    dist = cluster_distance(features, k1=k1, k2=k2, multilabels=multilabels, label_weight=label_weight)
     return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=1).fit_predict(dist).astype(np.int64)
 
 

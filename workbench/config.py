@@ -69,6 +69,8 @@ class LossConfig:
     cc_k2: int = 6                            # Jaccard distance: query expansion
     cc_temperature: float = 0.05              # τ of the InfoNCE over the cluster memory
     cc_momentum: float = 0.2                  # μ of the memory update m ← μ·m + (1 − μ)·f
+    cc_label_weight: float = 0.25             # method="soft_cluster" (the hybrid): DBSCAN's distance is
+                                              # (1 − w)·jaccard + w·(1 − soft-multilabel agreement)
     init_images: str = "augmented"            # CML centres + T initialised from: "augmented" = official (one pass
                                               # of the shuffled, augmented, drop_last target training loader);
                                               # "clean" = every target training image once, test transform
@@ -86,6 +88,8 @@ class TrainConfig:
     epochs: int = 20                          # paper 20
     method: str = "mar"                       # stage 2: "mar" (L_MAR, the paper) | "cluster_contrast" (pseudo
                                               # labels by clustering, the Table 4 comparison; loss fields cc_*)
+                                              # | "soft_cluster" (the hybrid: clustering on features and soft
+                                              # multilabels, cc_label_weight)
     cc_instances: int = 4                     # cluster_contrast: images per pseudo label in a batch (K of P×K;
                                               # P = n_target // K)
     epoch_length: str = "reference"           # one epoch = one pass over the "reference" set (official
@@ -347,11 +351,12 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     **dict.fromkeys(("cc_eps", "cc_temperature"), (0, math.inf, False, False)),
     **dict.fromkeys(("cc_min_samples", "cc_k1", "cc_k2", "cc_instances"), (1, math.inf, True, False)),
     "cc_momentum": (0, 1, True, False),
+    "cc_label_weight": (0, 1, True, True),
 }
 
 
 #: what stage 2 can train (TrainConfig.method)
-STAGE2_METHODS = ("mar", "cluster_contrast")
+STAGE2_METHODS = ("mar", "cluster_contrast", "soft_cluster")
 
 
 def check_ranges(cfg: Config) -> Config:
@@ -374,7 +379,7 @@ def check_ranges(cfg: Config) -> Config:
             raise ConfigError(f"{name} = {flat[name]!r}: every entry must be a positive integer")
     if flat["method"] not in STAGE2_METHODS:
         raise ConfigError(f"method = {flat['method']!r}: choose one of {', '.join(STAGE2_METHODS)}")
-    if flat["n_target"] % flat["cc_instances"] and flat["method"] == "cluster_contrast":
+    if flat["n_target"] % flat["cc_instances"] and flat["method"] != "mar":
         raise ConfigError(f"n_target = {flat['n_target']} must be a multiple of cc_instances = {flat['cc_instances']} "
                           "(P×K batches)")
     if flat["embed_dim"] is not None and flat["embed_dim"] < 1:
@@ -391,7 +396,7 @@ def load_config(path: str | Path) -> Config:
 RUN_ONLY_FIELDS = frozenset({"progress", "log_every_s", "tensorboard", "device", "workers", "eval_batch_size", "cache_images",
                              "preset"})
 #: stage-2 fields that a stage-1 run ignores
-STAGE2_FIELDS = frozenset({"method", "cc_eps", "cc_min_samples", "cc_k1", "cc_k2", "cc_temperature", "cc_momentum",
+STAGE2_FIELDS = frozenset({"method", "cc_label_weight", "cc_eps", "cc_min_samples", "cc_k1", "cc_k2", "cc_temperature", "cc_momentum",
                            "cc_instances", "epochs", "epoch_length", "n_target", "n_reference", "lr", "weight_decay", "milestones",
                            "mining_ratio", "lambda_cml", "lambda_ref", "beta", "use_mdl", "use_cml", "use_al",
                            "use_rj", "mdl_warmup_epochs", "margin", "combine_reference_terms", "init_images"})

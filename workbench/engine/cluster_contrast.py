@@ -1,5 +1,7 @@
 """Stage 2 by clustering (``method="cluster_contrast"``): the baseline soft multilabel learning is
-measured against, on the same data, backbone, stage-1 checkpoint, schedule and evaluation.
+measured against, on the same data, backbone, stage-1 checkpoint, schedule and evaluation; and the
+workbench's hybrid (``method="soft_cluster"``), which clusters on the features' Jaccard distance mixed
+with the disagreement of the images' soft multilabels over the (frozen) stage-1 agents.
 
 At the start of every epoch the target training set is clustered (:mod:`workbench.clustering`:
 DBSCAN on the k-reciprocal Jaccard distance of eval-mode features); the epoch then draws P×K
@@ -22,6 +24,7 @@ from workbench.config import Config
 from workbench.data import build_pseudo_label_loader, build_test_loader
 from workbench.engine.trainer import Trainer
 from workbench.errors import ConfigError
+from workbench.losses import soft_multilabel
 
 log = logging.getLogger("workbench.engine")
 
@@ -99,8 +102,12 @@ class ClusterContrastTrainer(Trainer):
                                    batch_size=self.cfg.train.eval_batch_size, workers=self.cfg.data.workers,
                                    cache=self.target_cache, labeled=False)
         feats, _, _ = self.target_features(loader)  # dataset order, L2-normalized
+        hybrid = self.cfg.train.method == "soft_cluster"  # the stage-1 agents' soft multilabels join the distance
+        multilabels = soft_multilabel(feats, self.net.agents.detach(), lc.scale).cpu() if hybrid else None
         labels = torch.as_tensor(cluster_pseudo_labels(feats.cpu(), eps=lc.cc_eps, min_samples=lc.cc_min_samples,
-                                                       k1=lc.cc_k1, k2=lc.cc_k2), device=self.device)
+                                                       k1=lc.cc_k1, k2=lc.cc_k2, multilabels=multilabels,
+                                                       label_weight=lc.cc_label_weight if hybrid else 0.0),
+                                 device=self.device)
         if self.ctx.distributed:
             dist.broadcast(labels, 0)
         labels_np = labels.cpu().numpy()

@@ -21,7 +21,7 @@ from workbench.runs import RunFolder
 
 STAGES = {"pretrain": PretrainTrainer, "mar": MARTrainer}
 #: stage 2's trainer by ``TrainConfig.method``
-STAGE2_TRAINERS = {"mar": MARTrainer, "cluster_contrast": ClusterContrastTrainer}
+STAGE2_TRAINERS = {"mar": MARTrainer, "cluster_contrast": ClusterContrastTrainer, "soft_cluster": ClusterContrastTrainer}
 
 
 def check_run_folder(stage: str, cfg: Config, run_dir: str | Path | RunFolder, *, resume: bool) -> None:
