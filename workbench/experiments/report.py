@@ -199,7 +199,7 @@ def history_cost(path: str | Path) -> str:
     if not rows or "seconds" not in rows[0]:
         raise ConfigError(f"{path}: a history needs per-epoch rows with a 'seconds' column")
     def finite(key: str) -> list[float]:
-        return [float(r[key]) for r in rows if isinstance(r.get(key), float) and math.isfinite(r[key])]
+        return [float(r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
 
     seconds, rates = finite("seconds"), finite("images_per_s")
     mAP = _percent(rows[-1].get("mAP"))

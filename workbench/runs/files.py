@@ -97,10 +97,13 @@ def write_csv(path: str | Path, rows: Iterable[dict]) -> None:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a CSV written by :func:`write_csv`; numbers come back as floats, empty cells as NaN."""
+    """Rows of a CSV written by :func:`write_csv`; whole numbers written without a point (``epoch``,
+    ``step``) come back as ints, other numbers as floats, empty cells as NaN."""
     def value(text: str):
         if text == "":
             return float("nan")
+        if text.isdigit() or (text[:1] == "-" and text[1:].isdigit()):
+            return int(text)
         try:
             return float(text)
         except ValueError:
