@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 EXECUTED = [f"{i:02d}_{name}" for i, name in enumerate(
     ["quickstart", "data", "pretrain_reference", "train_mar", "loss_ablation", "hyperparameter_curves",
-     "feature_fusion", "pretraining_ablation"])]
+     "feature_fusion", "pretraining_ablation", "soft_label_explorer", "method_comparison"])]
 SMOKE = {"preset": "smoke"}
 FAST = {"preset": "smoke", "backbone": "mobilenet_v2", "epochs": 1}
 
@@ -233,6 +233,22 @@ def test_04_loss_ablation_with_papermill_from(where: str, nb_env, stage1: Path, 
     assert any("`results_dir = None`: the sweep below runs" in t for t in markdown)
     assert any("rank1 (%)" in t for t in tables)  # percent, not fractions
     assert images(nb) >= 1  # ours beside the paper as bars
+
+
+@pytest.mark.notebooks
+def test_09_method_comparison_runs_the_three_methods_from_one_stage1(nb_env, stage1: Path, tmp_path: Path) -> None:
+    from workbench.runs import RunFolder
+
+    execute("09_method_comparison", {**FAST, "seeds": [0], "init_checkpoint": str(stage1),
+                                     "cluster": {"cc_min_samples": 2, "cc_eps": 0.7}}, tmp_path)
+    df = ex.collect(tmp_path / "points")
+    assert sorted(df["method"]) == ["cluster_contrast", "mar", "soft_cluster"], df[["method", "state", "error"]]
+    assert set(df["state"]) == {"done"}, df["error"].tolist()
+    summary = ex.seed_table(df, "method_comparison")
+    assert list(summary.index) == list(ex.METHOD_COMPARISON) and summary["runs"].tolist() == [1, 1, 1]
+    starts = {json.loads((Path(p) / "mar" / "config.json").read_text())["train"]["method"]:
+              RunFolder(Path(p) / "mar").record().start_checkpoint for p in df["path"]}
+    assert set(starts.values()) == {str(stage1)}  # one stage 1 for every method
 
 
 @pytest.mark.notebooks

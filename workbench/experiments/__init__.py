@@ -62,6 +62,7 @@ from workbench.experiments.notebook import (
 from workbench.experiments.paper import (
     FUSION_COMBINATIONS,
     LOSS_ABLATION,
+    METHOD_COMPARISON,
     PAPER_METRICS,
     PAPER_NETWORKS,
     PAPER_RESULTS,
@@ -101,7 +102,7 @@ __all__ = [
     "load_grid", "one_at_a_time", "parse_value", "point_name",
     "DATA_PARAMETERS", "ensure_run", "find_run", "notebook_config", "notebook_out_dir",
     "record_point",
-    "FUSION_COMBINATIONS", "LOSS_ABLATION", "PAPER_METRICS", "PAPER_NETWORKS", "PAPER_RESULTS",
+    "FUSION_COMBINATIONS", "LOSS_ABLATION", "METHOD_COMPARISON", "PAPER_METRICS", "PAPER_NETWORKS", "PAPER_RESULTS",
     "PRETRAINING_ABLATION", "pretraining_points",
     "MAIN_METRICS", "METRICS_FILE", "collect", "curve", "in_percent", "metrics_table", "paper_rows", "paper_table",
     "select",

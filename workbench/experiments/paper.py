@@ -134,6 +134,14 @@ LOSS_ABLATION: dict[str, dict[str, bool]] = {
     "w/o both": {"use_mdl": True, "use_cml": False, "use_al": False, "use_rj": False},
 }
 
+#: The method comparison (issue 23; Zhang et al. 2020 Table 4's question on one stage 1): stage 2 by soft
+#: multilabels (MAR), by clustering (Cluster-Contrast, Dai et al. 2021) and by the workbench's hybrid.
+METHOD_COMPARISON: dict[str, dict[str, str]] = {
+    "MAR (soft multilabels)": {"method": "mar"},
+    "Cluster-Contrast": {"method": "cluster_contrast"},
+    "soft-label clustering (hybrid)": {"method": "soft_cluster"},
+}
+
 #: Zhang et al. 2020 Table 2: layer4 alone and the six fused combinations (tests/test_models.py FUSIONS).
 FUSION_COMBINATIONS: tuple[str, ...] = (
     "layer4", "layer1+layer3", "layer1+layer4", "layer2+layer3", "layer2+layer4", "layer3+layer4",
