@@ -29,6 +29,7 @@ from workbench.builders import build_optimizer, build_scheduler, load_domains
 from workbench.config import Config
 from workbench.data import ImageCache
 from workbench.distributed import barrier, setup_context
+from workbench.engine.progress import STAGE_TITLES, ProgressLog, bar_values, in_notebook
 from workbench.errors import WorkbenchError
 from workbench.evaluation import METRIC_KEYS, evaluate, format_metrics
 from workbench.losses import LOSS_TERMS
@@ -71,54 +72,6 @@ class RunResult:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-# ----------------------------------------------------------------------------- progress
-
-#: what a progress bar calls each stage
-STAGE_TITLES = {"pretrain": "stage 1", "mar": "stage 2"}
-
-
-def in_notebook() -> bool:
-    """True inside a Jupyter kernel (JupyterLab, papermill): stderr is no TTY there, yet a bar can show."""
-    shell = sys.modules.get("IPython")
-    ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
-    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
-
-
-def _bar_values(row: dict, images_per_s: float) -> dict[str, str]:
-    """A step's loss terms, T and images/s for a progress bar's postfix."""
-    values = {k: f"{row[k]:.3g}" for k in ("loss", "al", "rj", "mdl", "cml") if k in row}
-    if "threshold" in row:
-        values["T"] = f"{row['threshold']:.3f}"
-    values["img/s"] = f"{images_per_s:.0f}"
-    return values
-
-
-class _ProgressLog:
-    """Log lines during an epoch when no progress bar is shown (not a TTY: nohup, notebooks, CI).
-
-    The first step is logged at once, then one line every ``every_s`` seconds: step/steps, images/s
-    and the epoch's ETA.
-    """
-
-    def __init__(self, stage: str, epoch: int, epochs: int, steps: int, every_s: float, *, enabled: bool) -> None:
-        self.stage, self.epoch, self.epochs, self.steps = stage, epoch, epochs, steps
-        self.every_s, self.enabled = every_s, enabled
-        self.start = self.last = time.perf_counter()
-        self.logged_first = False
-
-    def step(self, done: int, images: int, loss: float) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self.logged_first and now - self.last < self.every_s and done < self.steps:
-            return
-        self.logged_first, self.last = True, now
-        elapsed = max(now - self.start, 1e-9)
-        eta = elapsed / done * (self.steps - done)
-        log.info("%s epoch %d/%d step %d/%d: loss %.4g, %.1f images/s, epoch ETA %d:%02d", self.stage,
-                 self.epoch + 1, self.epochs, done, self.steps, loss, images / elapsed, eta // 60, eta % 60)
 
 
 # ----------------------------------------------------------------------------- the epoch loop
@@ -351,7 +304,7 @@ class Trainer:
                    f"{epoch + 1}/{self.num_epochs}", disable=not show, leave=notebook, dynamic_ncols=True,
                    unit="step")
         start = time.perf_counter()
-        progress = _ProgressLog(self.stage, epoch, self.num_epochs, self.steps_per_epoch,
+        progress = ProgressLog(self.stage, epoch, self.num_epochs, self.steps_per_epoch,
                                 self.cfg.train.log_every_s, enabled=self.ctx.is_main and not show)
         last = start
         for step, batch in enumerate(self.batches(epoch)):
@@ -377,7 +330,7 @@ class Trainer:
                 last = now
             if show:
                 elapsed = max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(_bar_values(row, images * self.ctx.world_size / elapsed), refresh=False)
+                bar.set_postfix(bar_values(row, images * self.ctx.world_size / elapsed), refresh=False)
             bar.update()
             progress.step(step + 1, images * self.ctx.world_size, row["loss"])
         bar.close()

@@ -1,0 +1,56 @@
+"""Showing training happen: a tqdm bar per epoch on a terminal or in a notebook (a widget in JupyterLab),
+else a log line at least every ``log_every_s`` seconds."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("workbench.engine")
+
+__all__ = ["STAGE_TITLES", "ProgressLog", "bar_values", "in_notebook"]
+
+#: what a progress bar calls each stage
+STAGE_TITLES = {"pretrain": "stage 1", "mar": "stage 2"}
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, papermill): stderr is no TTY there, yet a bar can show."""
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
+
+
+def bar_values(row: dict, images_per_s: float) -> dict[str, str]:
+    """A step's loss terms, T and images/s for a progress bar's postfix."""
+    values = {k: f"{row[k]:.3g}" for k in ("loss", "al", "rj", "mdl", "cml", "cc") if k in row}
+    if "threshold" in row:
+        values["T"] = f"{row['threshold']:.3f}"
+    values["img/s"] = f"{images_per_s:.0f}"
+    return values
+
+
+class ProgressLog:
+    """Log lines during an epoch when no progress bar is shown (not a TTY: nohup, notebooks, CI).
+
+    The first step is logged at once, then one line every ``every_s`` seconds: step/steps, images/s
+    and the epoch's ETA.
+    """
+
+    def __init__(self, stage: str, epoch: int, epochs: int, steps: int, every_s: float, *, enabled: bool) -> None:
+        self.stage, self.epoch, self.epochs, self.steps = stage, epoch, epochs, steps
+        self.every_s, self.enabled = every_s, enabled
+        self.start = self.last = time.perf_counter()
+        self.logged_first = False
+
+    def step(self, done: int, images: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.logged_first and now - self.last < self.every_s and done < self.steps:
+            return
+        self.logged_first, self.last = True, now
+        elapsed = max(now - self.start, 1e-9)
+        eta = elapsed / done * (self.steps - done)
+        log.info("%s epoch %d/%d step %d/%d: loss %.4g, %.1f images/s, epoch ETA %d:%02d", self.stage,
+                 self.epoch + 1, self.epochs, done, self.steps, loss, images / elapsed, eta // 60, eta % 60)
