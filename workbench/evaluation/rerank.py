@@ -186,6 +186,12 @@ def _expand_ranges(starts: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     return shift.add_(torch.arange(total, dtype=starts.dtype, device=lens.device))
 
 
+def _check_neighbourhoods(k1: int, k2: int) -> None:
+    for name, v in (("k1", k1), ("k2", k2)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+
+
 def re_ranking(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,
                metric: Metric = "cosine", device: str | torch.device | None = None,
                block_size: int = 2048, num_stored: int = 64, jaccard_budget: int = 1 << 22,
@@ -228,9 +234,7 @@ def re_ranking(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6, lambda_v
         >>> re_ranking(q, g, k1=5, k2=3).shape
         (4, 30)
     """
-    for name, v in (("k1", k1), ("k2", k2)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    _check_neighbourhoods(k1, k2)
     if not 0.0 <= float(lambda_value) <= 1.0:
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value!r}")
     q, g = _features(qf, "qf"), _features(gf, "gf")
@@ -284,9 +288,7 @@ def jaccard_distance(features: ArrayLike, k1: int = 30, k2: int = 6, *, metric: 
         >>> d.shape, float(abs(d.diagonal()).max()) < 1e-6
         ((20, 20), True)
     """
-    for name, v in (("k1", k1), ("k2", k2)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    _check_neighbourhoods(k1, k2)
     x = _features(features, "features")
     dev = torch.device(device) if device is not None else x.device
     n = x.shape[0]
@@ -296,7 +298,7 @@ def jaccard_distance(features: ArrayLike, k1: int = 30, k2: int = 6, *, metric: 
     x = x.to(dev)
     if not bool(torch.isfinite(x).all()):
         raise ValueError("features contain NaN or inf")
-    xp, x_sq = _prepare(x.clone(), metric, inplace=True)
+    xp, x_sq = _prepare(x, metric)  # a normalized copy (cosine) or x itself, unmodified (euclidean)
     k1, k2 = int(k1), int(k2)
     num_k = min(n, max(k1 + 1, k2, int(num_stored)))
     gemm_threads = torch.get_num_threads() if num_threads is None else max(1, int(num_threads))
