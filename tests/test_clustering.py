@@ -92,6 +92,22 @@ def test_method_is_a_config_field_checked_when_the_config_is_made() -> None:
         from_params({"preset": "smoke", "method": "kmeans"})
     with pytest.raises(ConfigError, match="multiple of cc_instances"):
         from_params({"preset": "smoke", "method": "cluster_contrast", "cc_instances": 5})
+    with pytest.raises(ConfigError, match="optimizer = 'rmsprop'"):
+        from_params({"preset": "smoke", "optimizer": "rmsprop"})
+
+
+def test_adam_is_the_recipe_optimizer_and_keeps_the_decay_groups() -> None:
+    from workbench.builders import build_model, build_optimizer
+
+    net = build_model(from_params({"preset": "smoke"}).model, num_agents=4, pretrained=False)
+    net.agents.requires_grad_(False)
+    adam = build_optimizer(net, 3.5e-4, 5e-4, momentum=0.9, kind="adam")
+    sgd = build_optimizer(net, 3.5e-4, 5e-4, momentum=0.9)
+    assert isinstance(adam, torch.optim.Adam) and isinstance(sgd, torch.optim.SGD)
+    # the same groups (decay on weights, none on BatchNorm and biases), frozen agents left out of both
+    assert [g["weight_decay"] for g in adam.param_groups] == [g["weight_decay"] for g in sgd.param_groups]
+    assert [len(g["params"]) for g in adam.param_groups] == [len(g["params"]) for g in sgd.param_groups]
+    assert not any(p is net.agents for g in adam.param_groups for p in g["params"])
 
 
 def test_cluster_contrast_stage2_runs_logs_its_clusters_and_resumes(tmp_path, monkeypatch) -> None:
@@ -151,7 +167,12 @@ def test_the_hybrid_is_a_method_of_stage2(tmp_path, monkeypatch) -> None:
     base = {"preset": "smoke", "tensorboard": False}
     stage1 = pretrain(from_params(base), tmp_path / "s1")
     cfg = from_params(base | {"method": "soft_cluster", "cc_label_weight": 0.5, "epochs": 1, "cc_min_samples": 2,
-                              "cc_eps": 0.7})
+                              "cc_eps": 0.7, "optimizer": "adam", "lr": 3.5e-4, "weight_decay": 5e-4})
     result = train_mar(cfg, tmp_path / "hybrid", init_checkpoint=stage1.checkpoint)
     assert result.history[0]["n_clusters"] >= 1 and "mAP" in result.metrics
-    assert RunFolder(result.run_dir).config().loss.cc_label_weight == 0.5
+    saved = RunFolder(result.run_dir).config()
+    assert saved.loss.cc_label_weight == 0.5 and saved.train.optimizer == "adam"
+    from workbench.runs import load_checkpoint
+
+    state = load_checkpoint(result.checkpoint)["optimizer"]["state"]  # Adam's moments, not SGD's momentum
+    assert state and all("exp_avg" in s and "momentum_buffer" not in s for s in state.values())

@@ -90,10 +90,18 @@ def build_loss(loss: LossConfig, num_targets: int, num_agents: int) -> MARLoss:
     return MARLoss(num_targets, num_agents, **{f.name: getattr(loss, f.name) for f in fields(loss) if f.name in takes})
 
 
-def build_optimizer(net: MARNet, lr: float, weight_decay: float, momentum: float) -> torch.optim.SGD:
-    """SGD with momentum; no weight decay on BatchNorm parameters and biases; frozen parameters left out."""
+def build_optimizer(net: MARNet, lr: float, weight_decay: float, momentum: float,
+                    kind: str = "sgd") -> torch.optim.Optimizer:
+    """SGD with momentum (``kind="sgd"``, the official MAR trainer) or Adam (``"adam"``, the
+    Cluster-Contrast recipe; L2 weight decay as ``torch.optim.Adam`` applies it); no weight decay on
+    BatchNorm parameters and biases; frozen parameters left out."""
     groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in net.param_groups(weight_decay)]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum)
+    groups = [g for g in groups if g["params"]]
+    if kind == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if kind != "sgd":
+        raise ValueError(f"optimizer {kind!r}: choose 'sgd' or 'adam'")
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, milestones: Sequence[int],

@@ -104,7 +104,10 @@ class TrainConfig:
                                               # steps its scheduler at the start of each epoch (PyTorch 0.4), so
                                               # paper (12, 17) decays in 0-based epochs 11 and 16
     gamma: float = 0.1
-    momentum: float = 0.9                     # SGD momentum
+    optimizer: str = "sgd"                    # stage 2: "sgd" (the official MAR trainer, with momentum) | "adam"
+                                              # (the Cluster-Contrast recipe: lr 3.5e-4, weight decay 5e-4);
+                                              # stage 1 always trains with SGD
+    momentum: float = 0.9                     # SGD momentum (ignored by Adam)
     eval_every: int = 5                       # evaluate on target query/gallery every k epochs (0: end only)
     grad_terms_every: int = 0                 # stage 2 diagnostic: every k steps, each L_MAR term's share of the
                                               # update of the shared weights (4 more backward passes; 0: off)
@@ -357,6 +360,8 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
 
 #: what stage 2 can train (TrainConfig.method)
 STAGE2_METHODS = ("mar", "cluster_contrast", "soft_cluster")
+#: the optimizers a run can use (TrainConfig.optimizer)
+OPTIMIZERS = ("sgd", "adam")
 
 
 def check_ranges(cfg: Config) -> Config:
@@ -379,6 +384,8 @@ def check_ranges(cfg: Config) -> Config:
             raise ConfigError(f"{name} = {flat[name]!r}: every entry must be a positive integer")
     if flat["method"] not in STAGE2_METHODS:
         raise ConfigError(f"method = {flat['method']!r}: choose one of {', '.join(STAGE2_METHODS)}")
+    if flat["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"optimizer = {flat['optimizer']!r}: choose one of {', '.join(OPTIMIZERS)}")
     if flat["n_target"] % flat["cc_instances"] and flat["method"] != "mar":
         raise ConfigError(f"n_target = {flat['n_target']} must be a multiple of cc_instances = {flat['cc_instances']} "
                           "(P×K batches)")
@@ -396,7 +403,7 @@ def load_config(path: str | Path) -> Config:
 RUN_ONLY_FIELDS = frozenset({"progress", "log_every_s", "tensorboard", "device", "workers", "eval_batch_size", "cache_images",
                              "preset"})
 #: stage-2 fields that a stage-1 run ignores
-STAGE2_FIELDS = frozenset({"method", "cc_label_weight", "cc_eps", "cc_min_samples", "cc_k1", "cc_k2", "cc_temperature", "cc_momentum",
+STAGE2_FIELDS = frozenset({"method", "optimizer", "cc_label_weight", "cc_eps", "cc_min_samples", "cc_k1", "cc_k2", "cc_temperature", "cc_momentum",
                            "cc_instances", "epochs", "epoch_length", "n_target", "n_reference", "lr", "weight_decay", "milestones",
                            "mining_ratio", "lambda_cml", "lambda_ref", "beta", "use_mdl", "use_cml", "use_al",
                            "use_rj", "mdl_warmup_epochs", "margin", "combine_reference_terms", "init_images"})

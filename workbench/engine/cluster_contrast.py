@@ -71,7 +71,7 @@ class ClusterContrastTrainer(Trainer):
         self.pseudo_labels = torch.full((len(self.target.train),), -1, dtype=torch.int64, device=self.device)
         self._pids = np.array([s.pid for s in self.target.train])  # hidden identities: diagnostics only
         self.cluster_stats: dict[str, float] = {}
-        self._set_optimizer(t.lr, t.weight_decay, t.milestones)
+        self._set_optimizer(t.lr, t.weight_decay, t.milestones, t.optimizer)
 
     @property
     def num_epochs(self) -> int:

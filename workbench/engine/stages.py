@@ -116,7 +116,7 @@ class MARTrainer(Trainer):
         self.criterion = build_loss(lc, len(self.target.train), self.num_agents).to(self.device)
         # hidden target identities: only for the mined-pair precision diagnostic, never seen by a loss
         self._target_pids = torch.tensor([s.pid for s in self.target.train], device=self.device)
-        self._set_optimizer(t.lr, t.weight_decay, t.milestones)
+        self._set_optimizer(t.lr, t.weight_decay, t.milestones, t.optimizer)
         if t.grad_terms_every and self.ctx.distributed:
             raise ConfigError("grad_terms_every is a single-process diagnostic (it takes autograd.grad per term)")
         self._diagnosed_steps = 0

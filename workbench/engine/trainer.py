@@ -147,8 +147,8 @@ class Trainer:
         d = self.cfg.data
         return ImageCache(samples, d.image_size) if d.cache_images else None
 
-    def _set_optimizer(self, lr: float, weight_decay: float, milestones) -> None:
-        self.optimizer = build_optimizer(self.net, lr, weight_decay, self.cfg.train.momentum)
+    def _set_optimizer(self, lr: float, weight_decay: float, milestones, kind: str = "sgd") -> None:
+        self.optimizer = build_optimizer(self.net, lr, weight_decay, self.cfg.train.momentum, kind)
         self.scheduler = build_scheduler(self.optimizer, milestones, self.cfg.train.gamma)
 
     def _wrap(self, module: nn.Module) -> nn.Module:
