@@ -483,6 +483,17 @@ def test_notebook_paths_and_parameter_errors(tmp_path: Path, monkeypatch) -> Non
     root = ex.repo_root()
     assert ex.repo_path("runs/x") == root / "runs" / "x" and ex.repo_path(None) is None
     assert ex.repo_path(tmp_path) == tmp_path
+    # the presets' roots name the shared folder by placeholder: a notebook passing one on to a sweep
+    # (notebooks 04-09 with preset="cpu") has it checked where it really is, not as a relative path
+    monkeypatch.setenv("WORKBENCH_SHARED", str(tmp_path))
+    assert ex.repo_path("${WORKBENCH_SHARED}/data/x") == tmp_path / "data" / "x"
+    (tmp_path / "data" / "x").mkdir(parents=True)
+    from workbench.errors import ConfigError
+    from workbench.experiments.sweep import check_points
+
+    check_points(TRAIN_NB, [{"seed": 0}], {"target_root": "${WORKBENCH_SHARED}/data/x"})
+    with pytest.raises(ConfigError, match=r"target_root = '\$\{WORKBENCH_SHARED\}/data/y': no such file or folder "):
+        check_points(TRAIN_NB, [{"seed": 0}], {"target_root": "${WORKBENCH_SHARED}/data/y"})
     monkeypatch.chdir(tmp_path)  # wherever the kernel starts
     monkeypatch.delenv(ex.NOTEBOOK_ENV, raising=False)
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)

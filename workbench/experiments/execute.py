@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import ConfigError, MissingFileError
+from workbench.paths import resolve_path
 from workbench.experiments.grids import plain_value
 
 # ----------------------------------------------------------------------------- running notebooks
@@ -111,7 +112,8 @@ def repo_root() -> Path:
 
 def repo_path(value: str | os.PathLike | None) -> Path | None:
     """A path from a notebook's parameters: absolute as given, relative ones from the repository root
-    (wherever the kernel was started), ``~`` expanded; None, ``""`` and ``"none"`` are None.
+    (wherever the kernel was started), ``~`` and ``${WORKBENCH_SHARED}`` (the presets' data roots)
+    expanded; None, ``""`` and ``"none"`` are None.
 
     Example:
         >>> repo_path("runs/x") == repo_root() / "runs" / "x"
@@ -119,7 +121,7 @@ def repo_path(value: str | os.PathLike | None) -> Path | None:
     """
     if value is None or str(value).strip().lower() in ("", "none"):
         return None
-    path = Path(value).expanduser()
+    path = Path(resolve_path(value))
     return path if path.is_absolute() else Path(os.path.normpath(repo_root() / path))
 
 
