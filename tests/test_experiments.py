@@ -696,3 +696,48 @@ def test_an_interrupted_training_cell_is_one_line_saying_where_the_run_is(tmp_pa
     assert len(lines) == 1 and "stage 2" in lines[0] and "epoch 3/5" in lines[0]
     assert "run this cell again to resume" in lines[0]
 
+
+
+def test_a_worker_whose_sweep_died_stops_and_records_the_interruption(tiny: Path, tmp_path: Path) -> None:
+    """A sweep killed outright (SIGKILL, or the kernel of a notebook running it shut down) cannot stop its
+    workers; each one notices its parent is gone and interrupts itself instead of training on unseen."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    nb = nbformat.read(tiny, as_version=4)
+    nb.cells.append(new_code_cell("import pathlib, time\npathlib.Path(out_dir, 'started').touch()\ntime.sleep(300)"))
+    nbformat.write(nb, tiny)
+    point = tmp_path / "point"
+    spec = json.dumps({"notebook": str(tiny), "params": {"value": 1, "out_dir": str(point / "out")},
+                       "point_dir": str(point), "kernel_name": None, "timeout": None})
+    # a stand-in for the sweep: starts the worker in a session of its own (as LocalProcesses does), then waits
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        f"w = subprocess.Popen([sys.executable, '-m', 'workbench.experiments.executors', 'run-point', {spec!r}], "
+        "start_new_session=True)\nprint(w.pid, flush=True)\ntime.sleep(600)")], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 120
+        while not (point / "out" / "started").exists():  # the kernel is in the long cell
+            assert time.monotonic() < deadline, "the worker's kernel never started the notebook"
+            time.sleep(0.5)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 60
+        while (point / ".attempt.json").exists() is False:
+            assert time.monotonic() < deadline, "the orphaned worker did not stop"
+            time.sleep(0.5)
+        record = json.loads((point / ".attempt.json").read_text())
+        assert record["state"] == "interrupted"
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{worker}").exists() and "zombie" not in Path(f"/proc/{worker}/status").read_text():
+            assert time.monotonic() < deadline, "the worker process is still alive"
+            time.sleep(0.5)
+    finally:
+        for pid in (worker, parent.pid):
+            try:
+                os.killpg(pid, signal.SIGKILL) if pid == worker else os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

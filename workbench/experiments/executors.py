@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -251,6 +252,24 @@ def _tail(path: Path, lines: int = 40) -> str | None:
         return None
 
 
+def _stop_when_orphaned(parent: int, every: float = 1.0) -> threading.Thread:
+    """Interrupt this worker once the sweep that started it is gone (killed, or its notebook kernel
+    shut down), as the sweep's own stop would: SIGINT to the worker's session (its kernel too), so
+    the attempt is recorded "interrupted" and resumes with the sweep instead of training on unseen."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        log.warning("the sweep that started this worker (pid %d) is gone: stopping", parent)
+        if os.getpgid(0) == os.getpid():  # a session of its own (LocalProcesses): the kernel too
+            os.killpg(os.getpid(), signal.SIGINT)
+        else:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=watch, name="orphan-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_point_main(argv: list[str] | None = None) -> int:
     """``python -m workbench.experiments.executors run-point SPEC_JSON``: one attempt; its record goes to
     ``<point_dir>/.attempt.json``. Exit code 0 done, 1 failed, 130 interrupted."""
@@ -263,6 +282,7 @@ def run_point_main(argv: list[str] | None = None) -> int:
     # a sweep started as a background job of a non-interactive shell (`... &`) hands its workers SIGINT
     # ignored; the sweep stops its workers with SIGINT, so take it back
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    _stop_when_orphaned(os.getppid())
     from workbench.experiments.execute import attempt as _attempt
     from workbench.experiments.execute import now as _now
     from workbench.runs import write_json
