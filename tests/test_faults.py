@@ -83,6 +83,7 @@ def resume(env: dict, run: Path, monkeypatch) -> int:
     # the killed and the reference runs ran on one thread (OMP_NUM_THREADS=1); so must the resume, or
     # its reductions add up in another order and the weights differ in the last bits
     threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", env["OMP_NUM_THREADS"])  # the run's thread choice reads it
     torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
     try:
         return main(["train", "--run-dir", str(run), "--resume"])

@@ -116,8 +116,10 @@ class TrainConfig:
     # run
     seed: int = 0
     device: str = "auto"                      # auto | cpu | cuda | cuda:1 ...
+    threads: int = 0                          # CPU threads (0: OMP_NUM_THREADS if set, else the usable cores less
+                                              # the machine's load; workbench.threads)
     amp: bool = False                         # mixed precision: fp16 + GradScaler on CUDA, bf16 on CPU
-    channels_last: bool = True                # channels_last memory format (CUDA only)
+    channels_last: bool = True                # channels_last memory format (on CUDA; on a CPU with amp's bf16)
     progress: bool = True                     # tqdm bars on a TTY; otherwise a log line every log_every_s
     log_every_s: float = 30.0                 # seconds between progress lines when stderr is not a TTY
     tensorboard: bool = True                  # event files in <run>/tensorboard (tensorboard --logdir runs)
@@ -345,7 +347,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
                     (1, math.inf, True, False)),
     "n_target": (2, math.inf, True, False),  # L_MDL mines pairs within the target half
     **dict.fromkeys(("weight_decay", "pretrain_weight_decay", "lambda_cml", "lambda_ref", "beta", "eval_every",
-                     "grad_terms_every",
+                     "grad_terms_every", "threads",
                      "mdl_warmup_epochs", "workers", "pad", "log_every_s", "seed", "synthetic_seed"),
                     (0, math.inf, True, False)),
     "mining_ratio": (0, 1, False, True),
@@ -400,7 +402,7 @@ def load_config(path: str | Path) -> Config:
 
 
 #: fields that do not change what a run computes (a run may be resumed or reused with other values)
-RUN_ONLY_FIELDS = frozenset({"progress", "log_every_s", "tensorboard", "device", "workers", "eval_batch_size", "cache_images",
+RUN_ONLY_FIELDS = frozenset({"progress", "log_every_s", "tensorboard", "device", "threads", "workers", "eval_batch_size", "cache_images",
                              "preset"})
 #: stage-2 fields that a stage-1 run ignores
 STAGE2_FIELDS = frozenset({"method", "optimizer", "cc_label_weight", "cc_eps", "cc_min_samples", "cc_k1", "cc_k2", "cc_temperature", "cc_momentum",

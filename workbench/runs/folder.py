@@ -61,6 +61,7 @@ class RunRecord:
     seconds_per_epoch: float | None = None   # median training time of an epoch (evaluation excluded)
     images_per_s: float | None = None        # median over epochs
     feature_dim: int | None = None           # dimension of the retrieval feature (after fusion and embedding)
+    threads: int | None = None               # CPU threads the run computed with (workbench.threads; per process)
     start_checkpoint: str | None = None      # stage 2: the stage-1 checkpoint it started from (None: none)
     start_metrics: dict = field(default_factory=dict)  # stage 2: the evaluation before joint training
     init_threshold: float | None = None      # stage 2: T at the start (L_MDL's agreement threshold)
