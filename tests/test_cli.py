@@ -129,3 +129,23 @@ def test_diagnose_refuses_a_folder_that_is_not_a_finished_stage2_run(tmp_path, c
 
     assert main(["diagnose", str(tmp_path)]) == 2
     assert "not a finished stage-2 run folder" in capsys.readouterr().err
+
+
+def test_evaluate_with_amp_runs_bf16_channels_last_and_says_its_threads(tmp_path, monkeypatch, capsys, caplog) -> None:
+    import json
+    import logging
+
+    monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "data"))
+    import torch
+
+    out = tmp_path / "m.json"
+    threads = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO, logger="workbench.threads"):
+            assert main(["evaluate", "--preset", "smoke", "--dataset", "synthetic", "--pretrained", "none", "--amp",
+                         "--threads", "1", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    metrics = json.loads(out.read_text())
+    assert 0 <= metrics["mAP"] <= 1 and metrics["num_query"] > 0
+    assert "CPU threads: 1 thread (config" in caplog.text

@@ -162,9 +162,22 @@ def test_nan_guard_names_epoch_step_term_and_keeps_checkpoint(stage1, tmp_path, 
 
 
 def test_bf16_autocast_on_cpu(stage1, tmp_path) -> None:
+    from workbench.engine.stages import MARTrainer
+    from workbench.evaluation import extract_features
+
     cfg = from_params({"preset": "smoke", "epochs": 2, "amp": True, "eval_every": 0})
     result = train_mar(cfg, tmp_path / "bf16", init_checkpoint=stage1.checkpoint)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
+    # bf16 on a CPU trains and evaluates channels_last (the format oneDNN's bf16 kernels want); fp32 does not
+    trainer = MARTrainer(cfg, tmp_path / "bf16-check", init_checkpoint=stage1.checkpoint)
+    conv = next(m for m in trainer.net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    assert trainer.channels_last and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not MARTrainer(from_params({"preset": "smoke"}), tmp_path / "fp32-check").channels_last
+    # bf16 features stay those of fp32: cosine >= 0.99 per image (the smoke model, the stage-1 weights)
+    loader = [{"img": torch.randn(8, 3, *cfg.data.image_size), "pid": torch.arange(8), "camid": torch.zeros(8)}]
+    f32, _, _ = extract_features(trainer.net, loader)
+    bf16, _, _ = extract_features(trainer.net, loader, amp=True, channels_last=True)
+    assert torch.nn.functional.cosine_similarity(f32, bf16).min() >= 0.99
 
 
 def test_ablation_switches_remove_terms(stage1, tmp_path) -> None:

@@ -453,6 +453,13 @@ def test_extract_features_order_amp_and_errors():
     fa, _, _ = extract_features(model, list(_batches(x, pids, cams)), amp=True)  # bf16 autocast
     assert fa.dtype == torch.float32
     torch.testing.assert_close(fa, f, atol=0.05, rtol=0.05)
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    fc, _, _ = extract_features(model.to(memory_format=torch.channels_last), list(_batches(x, pids, cams)), amp=True,
+                                channels_last=True)
+    hook.remove()
+    assert seen and not any(seen)  # the images went in as channels_last, not as the loader made them
+    torch.testing.assert_close(fc, fa, atol=1e-2, rtol=1e-2)
     with pytest.raises(ValueError, match="no batch"):
         extract_features(model, [])
     with pytest.raises(ValueError, match="device"):

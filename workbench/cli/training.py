@@ -6,6 +6,7 @@ import argparse
 
 from workbench.cli.common import CLIError, add_config_options, config_from_args, print_main, print_metrics
 from workbench.data.datasets import READERS, load_dataset
+from workbench.threads import configure_threads
 
 
 # ----------------------------------------------------------------------------- data
@@ -145,16 +146,30 @@ def _image_size(args: argparse.Namespace) -> tuple[int, int]:
     return config_from_args(args).data.image_size
 
 
+def _eval_model(args: argparse.Namespace, device):
+    """The model to evaluate on ``device``, and whether it runs in channels_last (on CUDA, and with
+    ``--amp``'s bf16 on a CPU, as the trainer does)."""
+    import torch
+
+    net = _model_for(args).to(device)
+    channels_last = device.type == "cuda" or bool(args.amp)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net, channels_last
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from workbench.distributed import resolve_device
     from workbench.evaluation import evaluate
     from workbench.runs import write_json
 
     device = resolve_device(args.device or "auto")
-    net = _model_for(args).to(device)  # a bad checkpoint is refused before the dataset is read
+    configure_threads(int(args.threads or 0))
+    net, channels_last = _eval_model(args, device)  # a bad checkpoint is refused before the dataset is read
     split = load_dataset(args.dataset, args.root)
     metrics = evaluate(net, split, image_size=_image_size(args), batch_size=args.batch_size, device=device,
-                       amp=bool(args.amp), flip=args.flip, rerank=args.rerank, metric=args.metric)
+                       amp=bool(args.amp), channels_last=channels_last, flip=args.flip, rerank=args.rerank,
+                       metric=args.metric)
     print_metrics(f"{args.dataset} ({'checkpoint ' + args.checkpoint if args.checkpoint else 'backbone weights only'})",
                    metrics)
     if args.out:
@@ -177,12 +192,14 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     split = load_dataset(args.dataset, args.root)
     parts = ("train", "query", "gallery") if args.split == "all" else (args.split,)
     device = resolve_device(args.device or "auto")
-    net = _model_for(args).to(device)
+    configure_threads(int(args.threads or 0))
+    net, channels_last = _eval_model(args, device)
     out: dict = {}
     for part in parts:
         samples = getattr(split, part)
         loader = build_test_loader(samples, image_size=_image_size(args), batch_size=args.batch_size)
-        feats, pids, camids = extract_features(net, loader, device=device, flip=args.flip)
+        feats, pids, camids = extract_features(net, loader, device=device, flip=args.flip, amp=bool(args.amp),
+                                               channels_last=channels_last)
         out[part] = {"features": feats, "pids": torch.as_tensor(pids), "camids": torch.as_tensor(camids),
                      "paths": [s.path for s in samples]}
     buf = io.BytesIO()

@@ -45,6 +45,7 @@ from workbench.runs import (
     set_rng_state,
 )
 from workbench.tensorboard import TensorBoardLog
+from workbench.threads import configure_threads
 
 log = logging.getLogger("workbench.engine")
 
@@ -96,6 +97,7 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path | RunFolder | None = None, *, resume: bool = False,
                  callbacks: Sequence[Callable] = ()) -> None:
         self.ctx = setup_context(cfg.train.device)
+        self.threads = configure_threads(cfg.train.threads)
         self.cfg = cfg
         self.callbacks = list(callbacks)
         if run_dir is None:
@@ -117,7 +119,9 @@ class Trainer:
         self.amp_dtype = torch.float16 if cuda else torch.bfloat16
         self.use_amp = bool(cfg.train.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and cuda)
-        self.channels_last = bool(cfg.train.channels_last and cuda)
+        # channels_last: always on CUDA; on a CPU with bf16 autocast, where oneDNN's bf16 convolutions
+        # want it (fp32 on a CPU gains nothing from it: results/benchmarks/training.txt)
+        self.channels_last = bool(cfg.train.channels_last and (cuda or self.use_amp))
         if cuda:
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(cfg.train.seed)
@@ -128,7 +132,7 @@ class Trainer:
         self.start_epoch = 0
         self.good_epoch = 0  # the epoch (1-based) the folder's checkpoint holds; 0: none written
         self.extra_metrics: dict = {}
-        self.record = RunRecord(stage=self.stage, seed=cfg.train.seed)
+        self.record = RunRecord(stage=self.stage, seed=cfg.train.seed, threads=self.threads.threads)
         self.tb: TensorBoardLog | None = None
 
     # -- to implement
@@ -174,7 +178,8 @@ class Trainer:
         log.info("%s: evaluating on %d query / %d gallery images", self.stage, len(self.target.query),
                  len(self.target.gallery))
         metrics = evaluate(self.net, self.target, image_size=self.cfg.data.image_size, batch_size=t.eval_batch_size,
-                           workers=self.cfg.data.workers, device=self.device, amp=self.use_amp, flip=t.flip_test)
+                           workers=self.cfg.data.workers, device=self.device, amp=self.use_amp,
+                           channels_last=self.channels_last, flip=t.flip_test)
         log.info("%s: evaluated in %.0f s: %s (%%)", self.stage, time.perf_counter() - started,
                  format_metrics(metrics))
         return metrics
@@ -389,6 +394,7 @@ class Trainer:
                 self._write_logs()
                 self.record = self.folder.record_or_none() or self.record
                 self.record.state, self.record.error = "running", None
+                self.record.threads = self.threads.threads  # the resumed part's
             else:
                 self.folder.write_config(self.cfg)
                 self.record.started, self.record.commit = _now(), source_commit()

@@ -37,7 +37,7 @@ def _as_label_array(x: Any) -> np.ndarray:
 
 
 def extract_features(model: torch.nn.Module, loader: Any, *, flip: bool = False,
-                     device: str | torch.device = "cpu", amp: bool = False,
+                     device: str | torch.device = "cpu", amp: bool = False, channels_last: bool = False,
                      progress: bool = False) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Embeddings of every image a loader yields.
 
@@ -50,6 +50,9 @@ def extract_features(model: torch.nn.Module, loader: Any, *, flip: bool = False,
             (``x / (‖x‖ + 1e-7)``, the convention of the model).
         device: where the model runs; batches are moved there with ``non_blocking=True``.
         amp: autocast (bfloat16 on CPU, float16 on CUDA); features are returned in float32.
+        channels_last: feed the images in channels_last memory format (give the model the same
+            format: ``model.to(memory_format=torch.channels_last)``); with bf16 on a CPU this is
+            what makes autocast pay (``results/benchmarks/training.txt``).
         progress: show a tqdm bar.
 
     Returns:
@@ -79,6 +82,8 @@ def extract_features(model: torch.nn.Module, loader: Any, *, flip: bool = False,
         with torch.inference_mode(), torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=amp):
             for batch in batches:
                 img = batch["img"].to(dev, non_blocking=True)
+                if channels_last:
+                    img = img.contiguous(memory_format=torch.channels_last)
                 f = _embed(model, img)  # (B, D)
                 if flip:
                     f = (f + _embed(model, img.flip(3))) / 2
@@ -154,8 +159,9 @@ def evaluate_features(qf: ArrayLike, gf: ArrayLike, q_pids: ArrayLike, g_pids: A
 
 def evaluate(model: torch.nn.Module, split: Any, *, image_size: tuple[int, int] = (256, 128),
              batch_size: int = 128, workers: int = 0, device: str | torch.device = "cpu",
-             amp: bool = False, flip: bool = False, metric: Metric = "cosine", rerank: bool = False,
-             return_distmat: bool = False, max_rank: int = 50, progress: bool = False) -> dict[str, Any]:
+             amp: bool = False, channels_last: bool = False, flip: bool = False, metric: Metric = "cosine",
+             rerank: bool = False, return_distmat: bool = False, max_rank: int = 50,
+             progress: bool = False) -> dict[str, Any]:
     """Evaluate a model on a split's query / gallery sets (Market-1501 protocol).
 
     Args:
@@ -163,7 +169,7 @@ def evaluate(model: torch.nn.Module, split: Any, *, image_size: tuple[int, int] 
         split: has ``.query`` and ``.gallery`` lists of ``Sample(path, pid, camid)``.
         image_size: (H, W) of the test transform.
         batch_size, workers: of the test loaders (pinned memory on CUDA).
-        device, amp, flip: see :func:`extract_features`.
+        device, amp, channels_last, flip: see :func:`extract_features`.
         metric, rerank, max_rank: see :func:`evaluate_features`.
         return_distmat: also return ``distmat``, ``qf``, ``gf`` and the four label arrays.
         progress: tqdm bars during feature extraction.
@@ -185,9 +191,9 @@ def evaluate(model: torch.nn.Module, split: Any, *, image_size: tuple[int, int] 
                                  workers=workers, pin_memory=dev.type == "cuda")
                for samples in (split.query, split.gallery)]
     qf, q_pids, q_camids = extract_features(model, loaders[0], flip=flip, device=dev, amp=amp,
-                                            progress=progress)
+                                            channels_last=channels_last, progress=progress)
     gf, g_pids, g_camids = extract_features(model, loaders[1], flip=flip, device=dev, amp=amp,
-                                            progress=progress)
+                                            channels_last=channels_last, progress=progress)
     result = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=metric,
                                rerank=rerank, max_rank=max_rank, return_distmat=return_distmat)
     result["seconds"] = time.perf_counter() - start
