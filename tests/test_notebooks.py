@@ -239,8 +239,14 @@ def test_04_loss_ablation_with_papermill_from(where: str, nb_env, stage1: Path, 
 def test_09_method_comparison_runs_the_three_methods_from_one_stage1(nb_env, stage1: Path, tmp_path: Path) -> None:
     from workbench.runs import RunFolder
 
-    execute("09_method_comparison", {**FAST, "seeds": [0], "init_checkpoint": str(stage1),
-                                     "cluster": {"cc_min_samples": 2, "cc_eps": 0.7}}, tmp_path)
+    nb = execute("09_method_comparison", {**FAST, "seeds": [0], "init_checkpoint": str(stage1),
+                                          "cluster": {"cc_min_samples": 2, "cc_eps": 0.7, "optimizer": "adam",
+                                                      "lr": 3.5e-4, "epochs": 2},
+                                          "extra": {"eval_every": 1}}, tmp_path)
+    shown = "".join(o.get("data", {}).get("text/markdown", "") for c in nb.cells if c.cell_type == "code"
+                    for o in c.outputs)
+    assert "| | epochs | training min |" in shown  # the methods at MAR's training wall clock
+    assert "- the clustering methods: 2 epochs, adam at lr 0.00035" in shown
     df = ex.collect(tmp_path / "points")
     assert sorted(df["method"]) == ["cluster_contrast", "mar", "soft_cluster"], df[["method", "state", "error"]]
     assert set(df["state"]) == {"done"}, df["error"].tolist()
@@ -249,6 +255,10 @@ def test_09_method_comparison_runs_the_three_methods_from_one_stage1(nb_env, sta
     starts = {json.loads((Path(p) / "mar" / "config.json").read_text())["train"]["method"]:
               RunFolder(Path(p) / "mar").record().start_checkpoint for p in df["path"]}
     assert set(starts.values()) == {str(stage1)}  # one stage 1 for every method
+    configs = {json.loads((Path(p) / "mar" / "config.json").read_text())["train"]["method"]:
+               json.loads((Path(p) / "mar" / "config.json").read_text())["train"] for p in df["path"]}
+    assert configs["mar"]["optimizer"] == "sgd" and configs["mar"]["epochs"] == 1
+    assert configs["soft_cluster"]["optimizer"] == "adam" and configs["soft_cluster"]["epochs"] == 2
 
 
 @pytest.mark.notebooks

@@ -229,3 +229,31 @@ def test_small_numbers_keep_two_significant_digits(tmp_path: Path) -> None:
 
     (tmp_path / "d.csv").write_text("row,x\nfull,0.0342\nother,12.34\n")
     assert fill_numbers("{{ d.csv: row=full; x }} and {{ d.csv: row=other; x }}", tmp_path) == "0.034 and 12.3"
+
+
+def test_rows_at_the_baselines_wall_clock_by_hand() -> None:
+    from workbench.experiments.stats import at_budget
+    from workbench.experiments.summary import budget_markdown
+
+    rows = pd.DataFrame({"row": ["MAR"] * 2 + ["CC"] * 2, "run": ["m0", "m1", "c0", "c1"], "seed": [0, 1, 0, 1]})
+
+    def history(run, seed, seconds, maps):
+        return pd.DataFrame({"run": run, "seed": seed, "epoch": range(len(maps) + 1),
+                             "seconds": [math.nan] + [seconds] * len(maps), "rank1": [0.2] + maps,
+                             "mAP": [0.24] + maps})
+
+    histories = pd.concat([history("m0", 0, 300.0, [0.25, 0.26]), history("m1", 1, 320.0, [0.25, 0.27]),
+                           history("c0", 0, 200.0, [0.30, 0.31, 0.32, 0.33, 0.34]),
+                           history("c1", 1, 210.0, [0.29, 0.30, 0.31, 0.32, 0.33])])
+    got = at_budget(rows, histories, "MAR")
+    # budget: the median of MAR's totals (600, 640 s) = 620 s; c0 reaches epoch 3 (600 s), c1 epoch 2 (420 s)
+    assert got.loc["MAR", "budget_s"] == pytest.approx(620.0)
+    assert got.loc["MAR", "mAP_mean"] == pytest.approx(26.5) and got.loc["MAR", "epochs"] == 2
+    assert got.loc["CC", "epochs"] == pytest.approx(2.5) and got.loc["CC", "seconds"] == pytest.approx(510.0)
+    assert got.loc["CC", "mAP_mean"] == pytest.approx(31.0)
+    assert got.loc["CC", "delta_mAP"] == pytest.approx(4.5)  # (32 − 26) and (30 − 27), paired by seed
+    table = budget_markdown(got, "MAR")
+    assert "| CC | 2.5 | 8.5 | " in table and "+4.5 [" in table
+    # a row that cannot finish one epoch within the budget is shown at its start (epoch 0)
+    slow = pd.concat([histories[histories["run"] != "c1"], history("c1", 1, 700.0, [0.5])])
+    assert at_budget(rows, slow, "MAR").loc["CC", "epochs"] == pytest.approx(1.5)  # c0 epoch 3, c1 epoch 0

@@ -121,7 +121,8 @@ def diagnostics(rows: "pd.DataFrame", histories: "pd.DataFrame") -> "pd.DataFram
     out = {}
     for label, group in rows.groupby("row", sort=False):
         h = last.reindex(group["run"])
-        for column in ("mdl", "cml", "al", "rj", "threshold", "n_pos", "n_neg", "pos_precision"):
+        for column in ("mdl", "cml", "al", "rj", "threshold", "n_pos", "n_neg", "pos_precision", "pair_precision",
+                       "n_clusters", "n_outliers"):
             if column not in h:  # a history without the term (an older run)
                 h[column] = math.nan
         w = group.set_index("run")
@@ -131,6 +132,66 @@ def diagnostics(rows: "pd.DataFrame", histories: "pd.DataFrame") -> "pd.DataFram
         entry |= {"T start": float(w["init_threshold"].mean()), "T end": float(h["threshold"].mean()),
                   "mined +": float(h["n_pos"].mean()), "mined −": float(h["n_neg"].mean()),
                   "true among mined + (%)": float(100 * pd.to_numeric(h["pos_precision"], errors="coerce").mean())}
+        if pd.to_numeric(h["n_clusters"], errors="coerce").notna().any():  # a clustering method's supervision
+            entry |= {"clusters": float(pd.to_numeric(h["n_clusters"], errors="coerce").mean()),
+                      "outliers": float(pd.to_numeric(h["n_outliers"], errors="coerce").mean()),
+                      "true same-cluster pairs (%)": float(100 * pd.to_numeric(h["pair_precision"],
+                                                                               errors="coerce").mean())}
+        out[label] = entry
+    frame = pd.DataFrame.from_dict(out, orient="index")
+    return frame.dropna(axis=1, how="all")
+
+
+def at_budget(rows: "pd.DataFrame", histories: "pd.DataFrame", baseline: str,
+              metrics: Sequence[str] = ("rank1", "mAP")) -> "pd.DataFrame":
+    """Every row at the training wall clock of the baseline row: its evaluation after the last epoch
+    whose cumulative training time (``seconds`` in the history: the epochs' training, clustering
+    included, evaluation excluded) is within the baseline's median total; epoch 0 (the start) when
+    none is. The baseline's runs are taken at their end. Rows whose methods cost different time per epoch are compared at equal cost this way,
+    from their per-epoch evaluations (``eval_every=1``), never by looking at the test accuracy.
+
+    Returns:
+        Index: row labels; columns ``budget_s`` (the baseline's median seconds), ``epochs`` and
+        ``seconds`` (mean over the row's runs of the epoch reached and its cumulative seconds), and
+        mean / std (percent) of each metric at that epoch, with the paired Δ to the baseline.
+    """
+    import pandas as pd
+
+    if not len(rows) or not len(histories) or "seconds" not in histories:
+        return pd.DataFrame()
+    h = histories[histories["run"].isin(rows["run"])].sort_values(["run", "epoch"]).copy()
+    h["cumulative"] = pd.to_numeric(h["seconds"], errors="coerce").fillna(0).groupby(h["run"]).cumsum()
+    totals = h.groupby("run")["cumulative"].max()
+    base_runs = rows.loc[rows["row"] == baseline, "run"]
+    if not len(base_runs):
+        return pd.DataFrame()
+    budget = float(totals.reindex(base_runs).median())
+    picked = {}
+    for run, part in h.groupby("run"):
+        evaluated = part[pd.to_numeric(part[metrics[-1]], errors="coerce").notna()]
+        if run in set(base_runs):  # the baseline's own runs define the budget: each at its end
+            picked[run] = evaluated.iloc[-1]
+            continue
+        within = evaluated[evaluated["cumulative"] <= budget + 1e-6]
+        picked[run] = within.iloc[-1] if len(within) else evaluated.iloc[0]
+    base_by_seed = {int(r["seed"]): picked[r["run"]] for r in rows[rows["row"] == baseline].to_dict("records")
+                    if r["run"] in picked}
+    out = {}
+    for label, group in rows.groupby("row", sort=False):
+        chosen = [picked[r] for r in group["run"] if r in picked]
+        if not chosen:
+            continue
+        entry: dict[str, Any] = {"budget_s": budget, "epochs": sum(float(c["epoch"]) for c in chosen) / len(chosen),
+                                 "seconds": sum(float(c["cumulative"]) for c in chosen) / len(chosen)}
+        for m in metrics:
+            values = [100 * float(c[m]) for c in chosen]
+            entry[f"{m}_mean"] = sum(values) / len(values)
+            entry[f"{m}_std"] = float(pd.Series(values).std(ddof=1)) if len(values) > 1 else math.nan
+            if label != baseline:
+                diffs = [100 * (float(picked[r["run"]][m]) - float(base_by_seed[int(r["seed"])][m]))
+                         for r in group.to_dict("records") if r["run"] in picked and int(r["seed"]) in base_by_seed]
+                mean, low, high = t_interval(diffs)
+                entry |= {f"delta_{m}": mean, f"delta_{m}_low": low, f"delta_{m}_high": high}
         out[label] = entry
     return pd.DataFrame.from_dict(out, orient="index")
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pandas is imported inside the functions that need it
 from workbench.errors import ConfigError, MissingFileError
 from workbench.experiments.records import EXPERIMENTS, Experiment, label_rows, read_records
 from workbench.experiments.results import MAIN_METRICS, select
-from workbench.experiments.stats import diagnostics, experiment_curves, seed_summary, seed_table
+from workbench.experiments.stats import at_budget, diagnostics, experiment_curves, seed_summary, seed_table
 
 def _pm(mean: float, std: float) -> str:
     if mean is None or math.isnan(mean):
@@ -86,6 +86,16 @@ def summary_markdown(summary: "pd.DataFrame", experiment: Experiment, *, referen
                   "(baseline)" if label == base else (
                       "–" if math.isnan(r.get("paper_delta_mAP", math.nan)) else f"{r['paper_delta_mAP']:+.1f}")]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def budget_markdown(budget: "pd.DataFrame", baseline: str) -> str:
+    """:func:`~workbench.experiments.stats.at_budget`'s table in markdown (percent)."""
+    lines = ["| | epochs | training min | rank-1 | mAP | Δ mAP |", "| --- | --- | --- | --- | --- | --- |"]
+    for label, r in budget.iterrows():
+        delta = "" if label == baseline else _delta(r.get("delta_mAP"), r.get("delta_mAP_low"), r.get("delta_mAP_high"))
+        lines.append(f"| {label} | {_num(r['epochs'])} | {_num(r['seconds'] / 60)} | "
+                     f"{_pm(r['rank1_mean'], r['rank1_std'])} | {_pm(r['mAP_mean'], r['mAP_std'])} | {delta} |")
     return "\n".join(lines)
 
 
@@ -191,6 +201,16 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
                  "(no interval with one pair). mAP = standard AP, mAP* = Market devkit AP. The paper's "
                  "numbers: Zhang et al. 2020 (ResNet-50, MSMT17 → Market-1501, see `PAPER_RESULTS`).", "",
                  f"![{exp.title}]({name}.png)", ""]
+        budget = at_budget(rows, histories, exp.baseline) if exp.same_budget and exp.baseline else None
+        if budget is not None and len(budget):
+            atomic_write_text(out / "at_budget.csv", budget.rename_axis("row").to_csv(float_format="%.4f"))
+            written["at_budget"] = out / "at_budget.csv"
+            body += ["## At the same training wall clock", "", budget_markdown(budget, exp.baseline), "",
+                     f"Each row's evaluation after the last epoch whose cumulative training time is within the "
+                     f"{exp.baseline} row's median total ({_num(float(budget['budget_s'].iloc[0]) / 60)} min: "
+                     "training and, for the clustering methods, the clustering at each epoch's start; evaluation "
+                     "excluded), from the per-epoch evaluations; epoch 0 is the start. Percent, mean ± std over "
+                     "seeds, Δ paired with the baseline's seeds (95 % Student-t interval).", ""]
         diag = diagnostics(rows, histories)
         if len(diag):
             atomic_write_text(out / "diagnostics.csv", diag.rename_axis("row").to_csv(float_format="%.5g"))
