@@ -31,6 +31,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/evaluation.py
 	$(PY) benchmarks/losses.py
 	$(PY) benchmarks/backbones.py
+	$(PY) benchmarks/training.py
+	$(PY) benchmarks/threads.py
 
 ## clear outputs, execution counts and run metadata (papermill, widgets, timings) from the notebooks
 ## before committing; cell ids and tags are kept. The same options as .pre-commit-config.yaml.

@@ -176,3 +176,24 @@ def test_the_hybrid_is_a_method_of_stage2(tmp_path, monkeypatch) -> None:
 
     state = load_checkpoint(result.checkpoint)["optimizer"]["state"]  # Adam's moments, not SGD's momentum
     assert state and all("exp_avg" in s and "momentum_buffer" not in s for s in state.values())
+
+
+@pytest.mark.parametrize("method", ["cluster_contrast", "soft_cluster"])
+def test_the_clustering_methods_run_from_the_command_line(method: str, tmp_path, monkeypatch, capsys) -> None:
+    from workbench.cli import main
+    from workbench.runs import RunFolder
+
+    monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "data"))
+    threads = torch.get_num_threads()
+    try:
+        assert main(["pretrain", "--preset", "smoke", "--run-dir", str(tmp_path / "s1"), "--no-tensorboard",
+                     "--set", "pretrain_epochs=1"]) == 0
+        assert main(["train", "--preset", "smoke", "--init", str(tmp_path / "s1" / "checkpoint.pt"), "--epochs", "1",
+                     "--run-dir", str(tmp_path / method), "--no-tensorboard", "--set", f"method={method}",
+                     "--set", "cc_min_samples=2", "--set", "cc_eps=0.7", "--set", "optimizer=adam",
+                     "--set", "lr=3.5e-4"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    run = RunFolder(tmp_path / method)
+    assert run.config().train.method == method and run.config().train.optimizer == "adam"
+    assert run.history()[0]["n_clusters"] >= 1 and "mAP" in run.metrics()

@@ -36,7 +36,14 @@ if TYPE_CHECKING:  # pandas is imported inside the functions that need it
 from workbench.errors import ConfigError, MissingFileError
 from workbench.experiments.records import EXPERIMENTS, Experiment, label_rows, read_records
 from workbench.experiments.results import MAIN_METRICS, select
-from workbench.experiments.stats import at_budget, diagnostics, experiment_curves, seed_summary, seed_table
+from workbench.experiments.stats import (
+    at_budget,
+    diagnostics,
+    experiment_curves,
+    label_points,
+    seed_summary,
+    seed_table,
+)
 
 def _pm(mean: float, std: float) -> str:
     if mean is None or math.isnan(mean):
@@ -135,7 +142,16 @@ def folder_table(folder: str | os.PathLike) -> str:
     if shown is None:
         raise MissingFileError(f"{folder}: no runs.csv")
     if exp.rows:
-        return summary_markdown(seed_table(shown.runs, name), exp)
+        table = summary_markdown(seed_table(shown.runs, name), exp)
+        if exp.same_budget and exp.baseline and (folder / "histories.csv").is_file():
+            import pandas as pd
+
+            budget = at_budget(label_points(shown.runs, name), pd.read_csv(folder / "histories.csv"), exp.baseline)
+            if len(budget):
+                table += (f"\n\nAt the {exp.baseline} row's training wall clock "
+                          f"({_num(float(budget['budget_s'].iloc[0]) / 60)} min):\n\n"
+                          + budget_markdown(budget, exp.baseline))
+        return table
     return curves_markdown(committed_curves(shown, exp.curves))
 
 
