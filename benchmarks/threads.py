@@ -81,6 +81,7 @@ def main() -> None:
     scenarios = [
         ("alone, 1 thread", [(1, "")]),
         (f"alone, {cores} threads", [(cores, "")]),
+        (f"alone, {cores} threads, OMP_WAIT_POLICY=PASSIVE", [(cores, "PASSIVE")]),
         (f"two jobs, {cores} threads each, default waits", [(cores, ""), (cores, "")]),
         (f"two jobs, {cores} threads each, OMP_WAIT_POLICY=PASSIVE", [(cores, "PASSIVE"), (cores, "PASSIVE")]),
         (f"two jobs, {cores} + {max(1, cores - 1)} threads (workbench.threads), passive",
