@@ -257,3 +257,14 @@ def test_rows_at_the_baselines_wall_clock_by_hand() -> None:
     # a row that cannot finish one epoch within the budget is shown at its start (epoch 0)
     slow = pd.concat([histories[histories["run"] != "c1"], history("c1", 1, 700.0, [0.5])])
     assert at_budget(rows, slow, "MAR").loc["CC", "epochs"] == pytest.approx(1.5)  # c0 epoch 3, c1 epoch 0
+
+
+def test_rows_compared_at_equal_cost_keep_their_own_epochs() -> None:
+    from workbench.experiments.records import EXPERIMENTS
+
+    records = pd.DataFrame({"method": ["mar", "mar", "cluster_contrast", "cluster_contrast", "cluster_contrast"],
+                            "epochs": [2, 2, 5, 5, 3], "seed": [0, 1, 0, 1, 2], "init": "imagenet", "stage1": True,
+                            "run": list("abcde")})
+    rows = label_rows(records, EXPERIMENTS["method_comparison"])  # same_budget: epochs alike within a row
+    assert rows["run"].tolist() == ["a", "b", "c", "d"]
+    assert label_rows(records, EXPERIMENTS["method_comparison"], epochs=2)["run"].tolist() == ["a", "b"]
