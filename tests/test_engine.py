@@ -382,3 +382,27 @@ def test_term_gradient_shares_add_up_to_the_update(stage1, tmp_path) -> None:
     assert any(float(r["share_mdl"]) != 0.0 for r in diagnosed if r["epoch"] == "1")
     history = _rows(tmp_path / "grad" / "history.csv")
     assert "share_rj" in history[0]  # epoch means of the diagnosed steps
+
+
+def test_ddp_gloo_trains_the_clustering_baseline(data_env, stage1, tmp_path) -> None:
+    """method=cluster_contrast under torchrun (2 CPU processes, gloo): rank 0 clusters and broadcasts the
+    pseudo labels, the memory is updated with every rank's images (the trainer checks after each epoch
+    that the ranks' weights and memory rows are identical), and the first clustering, made by the
+    stage-1 model before any step, equals one process's."""
+    common = ["--preset", "smoke", "--device", "cpu", "--set", "epochs=2", "--set", "eval_every=0", "--set",
+              "method=cluster_contrast", "--set", "n_target=16", "--set", "cc_min_samples=2", "--set", "cc_eps=0.7",
+              "--init", str(stage1.checkpoint), "--no-tensorboard"]
+    env = {**os.environ, "WORKBENCH_DATA": str(data_env), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "workbench", "train", "--run-dir", str(tmp_path / "ddp"), *common]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "workbench", "train", "--run-dir", str(tmp_path / "one"), *common],
+                            env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp, one = _rows(tmp_path / "ddp" / "history.csv"), _rows(tmp_path / "one" / "history.csv")
+    assert len(ddp) == len(one) == 2
+    for key in ("n_clusters", "n_outliers", "purity"):
+        assert float(ddp[0][key]) == pytest.approx(float(one[0][key]))
+    assert all(math.isfinite(float(r["cc"])) for r in ddp)
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
