@@ -46,6 +46,7 @@ class Experiment:
     curves: Sequence[str] = ()
     note: str = ""
     same_budget: bool = False  # also compare the rows at the baseline's training wall clock (stats.at_budget)
+    paper_table: str | None = None  # a PAPER_RESULTS table shown whole in the README (Table 4's methods)
 
 
 _FULL = dict(LOSS_ABLATION["full"])
@@ -89,7 +90,7 @@ EXPERIMENTS: dict[str, Experiment] = {
              "the share of same-cluster pairs that are the same identity (checked against the hidden labels, "
              "the counterpart of MAR's true mined positives). The paper column is MAR as Zhang et al.'s Table 4 quotes it; "
              "Cluster-Contrast's published 82.1 mAP on Market-1501 uses no reference set and a ResNet-50.",
-        same_budget=True),
+        same_budget=True, paper_table="comparison"),
     "hyperparameters": Experiment(
         "hyperparameters", "Fig. 6: stage-2 epochs, learning rate, weight decay", base={**_DEFAULTS, **_FULL},
         curves=("epochs", "lr", "weight_decay"),

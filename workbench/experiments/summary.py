@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # pandas is imported inside the functions that need it
 
 from workbench.errors import ConfigError, MissingFileError
 from workbench.experiments.records import EXPERIMENTS, Experiment, label_rows, read_records
+from workbench.experiments.paper import PAPER_RESULTS
 from workbench.experiments.results import MAIN_METRICS, select
 from workbench.experiments.stats import (
     at_budget,
@@ -93,6 +94,18 @@ def summary_markdown(summary: "pd.DataFrame", experiment: Experiment, *, referen
                   "(baseline)" if label == base else (
                       "–" if math.isnan(r.get("paper_delta_mAP", math.nan)) else f"{r['paper_delta_mAP']:+.1f}")]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paper_markdown(paper: Mapping[str, Mapping[str, Any]]) -> str:
+    """A published table in markdown: rank-1 and mAP on Market-1501 and DukeMTMC-reID per method."""
+    cells = ("market1501", "rank1"), ("market1501", "mAP"), ("dukemtmc", "rank1"), ("dukemtmc", "mAP")
+    lines = ["| | Market-1501 rank-1 | Market-1501 mAP | DukeMTMC-reID rank-1 | DukeMTMC-reID mAP |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, row in paper.items():
+        values = [(row.get(d) or {}).get(m) for d, m in cells]
+        lines.append(f"| {name} | " + " | ".join("–" if v is None or math.isnan(float(v)) else f"{v:g}"
+                                                 for v in values) + " |")
     return "\n".join(lines)
 
 
@@ -217,6 +230,10 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
                  "(no interval with one pair). mAP = standard AP, mAP* = Market devkit AP. The paper's "
                  "numbers: Zhang et al. 2020 (ResNet-50, MSMT17 → Market-1501, see `PAPER_RESULTS`).", "",
                  f"![{exp.title}]({name}.png)", ""]
+        if exp.paper_table:
+            body += ["## The paper's table, as published", "", paper_markdown(PAPER_RESULTS[exp.paper_table]), "",
+                     "Zhang et al. 2020, Table 4 (each method with its own data, backbone and budget; percent; "
+                     "– not reported). Compare orderings, not values, with the rows above.", ""]
         budget = at_budget(rows, histories, exp.baseline) if exp.same_budget and exp.baseline else None
         if budget is not None and len(budget):
             atomic_write_text(out / "at_budget.csv", budget.rename_axis("row").to_csv(float_format="%.4f"))
