@@ -198,7 +198,11 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
     import pandas as pd
 
     from workbench.runs import atomic_write_text
-    from workbench.viz.tables import plot_epoch_and_parameter_curves, plot_rows_beside_paper
+    from workbench.viz.tables import (
+        plot_epoch_and_parameter_curves,
+        plot_rows_beside_paper,
+        plot_rows_over_training_time,
+    )
 
     if name not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {name!r}; experiments: {', '.join(EXPERIMENTS)}")
@@ -238,12 +242,17 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
         if budget is not None and len(budget):
             atomic_write_text(out / "at_budget.csv", budget.rename_axis("row").to_csv(float_format="%.4f"))
             written["at_budget"] = out / "at_budget.csv"
+            fig = plot_rows_over_training_time(rows, histories, budget_s=float(budget["budget_s"].iloc[0]),
+                                               title=f"{exp.title}: per epoch, mean over seeds")
+            fig.savefig(out / f"{name}_curves.png", dpi=110, bbox_inches="tight")
+            written["curves"] = out / f"{name}_curves.png"
             body += ["## At the same training wall clock", "", budget_markdown(budget, exp.baseline), "",
                      f"Each row's evaluation after the last epoch whose cumulative training time is within the "
                      f"{exp.baseline} row's median total ({_num(float(budget['budget_s'].iloc[0]) / 60)} min: "
                      "training and, for the clustering methods, the clustering at each epoch's start; evaluation "
                      "excluded), from the per-epoch evaluations; epoch 0 is the start. Percent, mean ± std over "
-                     "seeds, Δ paired with the baseline's seeds (95 % Student-t interval).", ""]
+                     "seeds, Δ paired with the baseline's seeds (95 % Student-t interval).", "",
+                     f"![per epoch]({name}_curves.png)", ""]
         diag = diagnostics(rows, histories)
         if len(diag):
             atomic_write_text(out / "diagnostics.csv", diag.rename_axis("row").to_csv(float_format="%.5g"))
