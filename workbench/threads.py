@@ -2,8 +2,8 @@
 
 PyTorch starts one OpenMP thread per core. Two jobs doing that on one machine oversubscribe it, and
 OpenMP threads that spin while they wait for each other then run at a fraction of their speed
-(measured on 2 cores: a ``cpu`` stage-2 step at 56 img/s alone with 1 thread, 15 img/s at 2 threads
-beside another job; ``results/benchmarks/threads.txt``). A run therefore takes
+(``benchmarks/threads.py``; its output on this project's 2-core machine is
+``results/benchmarks/threads.txt``). A run therefore takes
 
 1. the count it is given (``threads`` in the config, ``--threads`` on the command line), else
 2. ``OMP_NUM_THREADS`` when it is set (the sweep executors set it for each worker), else
