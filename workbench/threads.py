@@ -11,8 +11,7 @@ OpenMP threads that spin while they wait for each other then run at a fraction o
    machine already carries (the 1-minute load average), divided among the processes of a
    ``torchrun`` job on this host — at least 1, and never more than torch was already set to,
 
-and logs the choice and why. ``workbench`` also sets ``OMP_WAIT_POLICY=PASSIVE`` when it is imported
-before torch and the variable is unset (waiting threads sleep instead of spinning).
+and logs the choice and why.
 """
 from __future__ import annotations
 
