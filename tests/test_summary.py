@@ -268,3 +268,19 @@ def test_rows_compared_at_equal_cost_keep_their_own_epochs() -> None:
     rows = label_rows(records, EXPERIMENTS["method_comparison"])  # same_budget: epochs alike within a row
     assert rows["run"].tolist() == ["a", "b", "c", "d"]
     assert label_rows(records, EXPERIMENTS["method_comparison"], epochs=2)["run"].tolist() == ["a", "b"]
+
+
+def test_per_epoch_means_by_row() -> None:
+    from workbench.experiments.stats import per_epoch
+
+    rows = pd.DataFrame({"row": ["MAR", "MAR", "CC"], "run": ["m0", "m1", "c0"], "seed": [0, 1, 0]})
+    histories = pd.DataFrame({"run": ["m0", "m0", "m1", "m1", "c0", "c0"], "epoch": [0, 1, 0, 1, 0, 1],
+                              "seconds": [math.nan, 60.0, math.nan, 120.0, math.nan, 30.0],
+                              "mAP": [0.2, 0.3, 0.2, 0.4, 0.2, 0.5], "pos_precision": [math.nan, 0.2, math.nan, 0.4,
+                                                                                     math.nan, math.nan],
+                              "pair_precision": [math.nan] * 5 + [0.7], "n_clusters": [math.nan] * 5 + [9.0]})
+    got = per_epoch(rows, histories).set_index(["row", "epoch"])
+    assert got.loc[("MAR", 1), "minutes"] == pytest.approx(1.5) and got.loc[("MAR", 1), "mAP"] == pytest.approx(0.35)
+    assert got.loc[("MAR", 1), "precision"] == pytest.approx(0.3) and got.loc[("CC", 1), "precision"] == pytest.approx(0.7)
+    assert got.loc[("CC", 1), "n_clusters"] == 9 and got.loc[("MAR", 1), "runs"] == 2
+    assert list(got.index.get_level_values("row")[:2]) == ["MAR", "MAR"]  # the rows' order kept

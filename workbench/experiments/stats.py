@@ -142,6 +142,31 @@ def diagnostics(rows: "pd.DataFrame", histories: "pd.DataFrame") -> "pd.DataFram
     return frame.dropna(axis=1, how="all")
 
 
+def per_epoch(rows: "pd.DataFrame", histories: "pd.DataFrame") -> "pd.DataFrame":
+    """Per row and epoch, the mean over the row's runs of the cumulative training minutes, rank-1 and
+    mAP (fractions), the precision of what supervised the target that epoch (MAR's true mined
+    positives or the clusters' true same-cluster pairs) and, for clustering, clusters, outliers and
+    purity: the curves of a table whose rows train differently."""
+    import pandas as pd
+
+    h = histories[histories["run"].isin(rows["run"])].sort_values(["run", "epoch"]).copy()
+    if not len(h):
+        return pd.DataFrame()
+    h["minutes"] = pd.to_numeric(h.get("seconds"), errors="coerce").fillna(0).groupby(h["run"]).cumsum() / 60
+    precision = pd.Series(float("nan"), index=h.index)
+    for column in ("pos_precision", "pair_precision"):
+        if column in h:
+            precision = precision.fillna(pd.to_numeric(h[column], errors="coerce"))
+    h["precision"] = precision
+    h["row"] = h["run"].map(dict(zip(rows["run"], rows["row"])))
+    columns = [c for c in ("minutes", "rank1", "mAP", "precision", "n_clusters", "n_outliers", "purity") if c in h]
+    h[columns] = h[columns].apply(pd.to_numeric, errors="coerce")
+    order = {label: i for i, label in enumerate(dict.fromkeys(rows["row"]))}
+    out = h.groupby(["row", "epoch"], sort=False)[columns].mean().reset_index()
+    out["runs"] = h.groupby(["row", "epoch"], sort=False).size().to_numpy()
+    return out.sort_values(["row", "epoch"], key=lambda c: c.map(order) if c.name == "row" else c).reset_index(drop=True)
+
+
 def at_budget(rows: "pd.DataFrame", histories: "pd.DataFrame", baseline: str,
               metrics: Sequence[str] = ("rank1", "mAP")) -> "pd.DataFrame":
     """Every row at the training wall clock of the baseline row: its evaluation after the last epoch

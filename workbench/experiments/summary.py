@@ -42,6 +42,7 @@ from workbench.experiments.stats import (
     diagnostics,
     experiment_curves,
     label_points,
+    per_epoch,
     seed_summary,
     seed_table,
 )
@@ -242,6 +243,8 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
         if budget is not None and len(budget):
             atomic_write_text(out / "at_budget.csv", budget.rename_axis("row").to_csv(float_format="%.4f"))
             written["at_budget"] = out / "at_budget.csv"
+            atomic_write_text(out / "per_epoch.csv", per_epoch(rows, histories).to_csv(index=False, float_format="%.5g"))
+            written["per_epoch"] = out / "per_epoch.csv"
             fig = plot_rows_over_training_time(rows, histories, budget_s=float(budget["budget_s"].iloc[0]),
                                                title=f"{exp.title}: per epoch, mean over seeds")
             fig.savefig(out / f"{name}_curves.png", dpi=110, bbox_inches="tight")
@@ -252,7 +255,10 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
                      "training and, for the clustering methods, the clustering at each epoch's start; evaluation "
                      "excluded), from the per-epoch evaluations; epoch 0 is the start. Percent, mean ± std over "
                      "seeds, Δ paired with the baseline's seeds (95 % Student-t interval).", "",
-                     f"![per epoch]({name}_curves.png)", ""]
+                     f"![per epoch]({name}_curves.png)", "",
+                     "`per_epoch.csv`: the curves' numbers (mean over each row's runs per epoch: cumulative training "
+                     "minutes, rank-1, mAP, the precision of the pairs that supervised the target, clusters, "
+                     "outliers, purity).", ""]
         diag = diagnostics(rows, histories)
         if len(diag):
             atomic_write_text(out / "diagnostics.csv", diag.rename_axis("row").to_csv(float_format="%.5g"))
