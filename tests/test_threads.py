@@ -64,3 +64,18 @@ def test_a_run_records_its_threads(tmp_path, monkeypatch) -> None:
     finally:
         torch.set_num_threads(before)
     assert RunFolder(result.run_dir).record().threads == 1
+
+
+def test_importing_workbench_first_makes_openmp_waits_passive() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, workbench, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "PASSIVE"
+    kept = subprocess.run([sys.executable, "-c", code], env=env | {"OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
+                          text=True).stdout.strip()
+    assert kept == "ACTIVE"  # the user's choice stays
+    late = "import os, torch, workbench; print(os.environ.get('OMP_WAIT_POLICY'))"
+    assert subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True).stdout.strip() == "None"

@@ -11,7 +11,15 @@ The public API, re-exported (imported on first use, so ``python -m workbench --h
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
+
+# OpenMP threads that wait sleep instead of spinning: two jobs sharing the cores then do not slow each
+# other down 2-3x, and a job alone loses nothing (results/benchmarks/threads.txt). It must be set before
+# torch loads its OpenMP runtime; an explicit OMP_WAIT_POLICY is kept. See workbench.threads.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,9 @@ OpenMP threads that spin while they wait for each other then run at a fraction o
    machine already carries (the 1-minute load average), divided among the processes of a
    ``torchrun`` job on this host — at least 1, and never more than torch was already set to,
 
-and logs the choice and why.
+and logs the choice and why. Importing ``workbench`` before torch also sets ``OMP_WAIT_POLICY=PASSIVE``
+unless it is set (waiting OpenMP threads sleep instead of spinning), which is what keeps two jobs at
+full thread counts from fighting (``results/benchmarks/threads.txt``).
 """
 from __future__ import annotations
 
