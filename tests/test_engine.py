@@ -193,6 +193,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _train_ddp_and_single(data_env, tmp_path: Path, common: list[str]) -> None:
+    """``train`` with the same arguments under torchrun (2 CPU processes, gloo) into tmp_path/ddp and in
+    one process into tmp_path/one; both must succeed."""
+    env = {**os.environ, "WORKBENCH_DATA": str(data_env), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "workbench", "train", "--run-dir", str(tmp_path / "ddp"), *common]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "workbench", "train", "--run-dir", str(tmp_path / "one"), *common],
+                            env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+
 @pytest.mark.parametrize("terms", ["full", "use_al=false"])
 def test_ddp_gloo_two_processes_run_and_agree_with_one_process_within_batchnorm_noise(data_env, stage1, tmp_path,
                                                                                       terms) -> None:
@@ -206,14 +219,7 @@ def test_ddp_gloo_two_processes_run_and_agree_with_one_process_within_batchnorm_
     extra = [] if terms == "full" else ["--set", terms]
     common = ["--preset", "smoke", "--device", "cpu", "--set", "epochs=2", "--set", "eval_every=0",
               "--init", str(stage1.checkpoint), *extra]
-    env = {**os.environ, "WORKBENCH_DATA": str(data_env), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "workbench", "train", "--run-dir", str(tmp_path / "ddp"), *common]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    single = subprocess.run([sys.executable, "-m", "workbench", "train", "--run-dir", str(tmp_path / "one"), *common],
-                            env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert single.returncode == 0, single.stderr[-3000:]
+    _train_ddp_and_single(data_env, tmp_path, common)
     ddp, one = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt"), load_checkpoint(tmp_path / "one" / "checkpoint.pt")
     # same schedule, same global batch: the losses differ only through BatchNorm's per-rank statistics.
     # After one epoch they agree within 15 %; the smoke model then drifts apart chaotically (L_AL steps at
@@ -392,14 +398,7 @@ def test_ddp_gloo_trains_the_clustering_baseline(data_env, stage1, tmp_path) -> 
     common = ["--preset", "smoke", "--device", "cpu", "--set", "epochs=2", "--set", "eval_every=0", "--set",
               "method=cluster_contrast", "--set", "n_target=16", "--set", "cc_min_samples=2", "--set", "cc_eps=0.7",
               "--init", str(stage1.checkpoint), "--no-tensorboard"]
-    env = {**os.environ, "WORKBENCH_DATA": str(data_env), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "workbench", "train", "--run-dir", str(tmp_path / "ddp"), *common]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    single = subprocess.run([sys.executable, "-m", "workbench", "train", "--run-dir", str(tmp_path / "one"), *common],
-                            env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert single.returncode == 0, single.stderr[-3000:]
+    _train_ddp_and_single(data_env, tmp_path, common)
     ddp, one = _rows(tmp_path / "ddp" / "history.csv"), _rows(tmp_path / "one" / "history.csv")
     assert len(ddp) == len(one) == 2
     for key in ("n_clusters", "n_outliers", "purity"):

@@ -164,7 +164,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from workbench.runs import write_json
 
     device = resolve_device(args.device or "auto")
-    configure_threads(int(args.threads or 0))
+    configure_threads(config_from_args(args).train.threads)
     net, channels_last = _eval_model(args, device)  # a bad checkpoint is refused before the dataset is read
     split = load_dataset(args.dataset, args.root)
     metrics = evaluate(net, split, image_size=_image_size(args), batch_size=args.batch_size, device=device,
@@ -192,7 +192,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     split = load_dataset(args.dataset, args.root)
     parts = ("train", "query", "gallery") if args.split == "all" else (args.split,)
     device = resolve_device(args.device or "auto")
-    configure_threads(int(args.threads or 0))
+    configure_threads(config_from_args(args).train.threads)
     net, channels_last = _eval_model(args, device)
     out: dict = {}
     for part in parts:

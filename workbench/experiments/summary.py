@@ -243,9 +243,10 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
         if budget is not None and len(budget):
             atomic_write_text(out / "at_budget.csv", budget.rename_axis("row").to_csv(float_format="%.4f"))
             written["at_budget"] = out / "at_budget.csv"
-            atomic_write_text(out / "per_epoch.csv", per_epoch(rows, histories).to_csv(index=False, float_format="%.5g"))
+            curves = per_epoch(rows, histories)
+            atomic_write_text(out / "per_epoch.csv", curves.to_csv(index=False, float_format="%.5g"))
             written["per_epoch"] = out / "per_epoch.csv"
-            fig = plot_rows_over_training_time(rows, histories, budget_s=float(budget["budget_s"].iloc[0]),
+            fig = plot_rows_over_training_time(curves, budget_s=float(budget["budget_s"].iloc[0]),
                                                title=f"{exp.title}: per epoch, mean over seeds")
             fig.savefig(out / f"{name}_curves.png", dpi=110, bbox_inches="tight")
             written["curves"] = out / f"{name}_curves.png"

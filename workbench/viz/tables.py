@@ -159,39 +159,31 @@ def plot_epoch_and_parameter_curves(curves: Mapping[str, pd.DataFrame], metrics:
     return fig
 
 
-def plot_rows_over_training_time(rows: pd.DataFrame, histories: pd.DataFrame, *, budget_s: float | None = None,
-                                 metric: str = "mAP", precision: Sequence[str] = ("pos_precision", "pair_precision"),
+def plot_rows_over_training_time(curves: pd.DataFrame, *, budget_s: float | None = None, metric: str = "mAP",
                                  title: str | None = None) -> Figure:
-    """Each row's ``metric`` against the cumulative training time of its runs (mean over seeds at each
-    epoch; epoch 0 at 0 min), and beside it the precision of what supervised the target per epoch
-    (MAR's true mined positives, the clusters' true same-cluster pairs), from run histories.
+    """Each row's ``metric`` against cumulative training minutes, and beside it the precision of what
+    supervised the target per epoch (MAR's true mined positives, the clusters' true same-cluster pairs).
 
     Args:
-        rows: one row per run with ``row`` and ``run`` (e.g. :func:`~workbench.experiments.records.label_rows`).
-        histories: per-epoch rows with ``run``, ``epoch``, ``seconds`` and the metric (fractions).
+        curves: :func:`~workbench.experiments.stats.per_epoch` (per row and epoch: ``minutes``, the
+            metric and ``precision``, fractions).
         budget_s: a vertical line at this training time (the baseline's, :func:`~workbench.experiments.stats.at_budget`).
     """
     fig = Figure(figsize=(10.5, 3.6), layout="constrained")
     ax_metric, ax_prec = fig.subplots(1, 2)
-    h = histories[histories["run"].isin(rows["run"])].sort_values(["run", "epoch"]).copy()
-    h["minutes"] = pd.to_numeric(h["seconds"], errors="coerce").fillna(0).groupby(h["run"]).cumsum() / 60
-    label_of = dict(zip(rows["run"], rows["row"]))
-    h["row"] = h["run"].map(label_of)
-    for label in dict.fromkeys(rows["row"]):
-        part = h[h["row"] == label]
-        mean = part.groupby("epoch")[["minutes", metric]].mean(numeric_only=True).dropna()
-        if len(mean):
-            ax_metric.plot(mean["minutes"], 100 * mean[metric], marker="o", label=label)
-        column = next((c for c in precision if c in part and pd.to_numeric(part[c], errors="coerce").notna().any()), None)
-        if column is not None:
-            prec = part.assign(p=pd.to_numeric(part[column], errors="coerce")).groupby("epoch")["p"].mean().dropna()
-            ax_prec.plot(prec.index, 100 * prec.values, marker="o", label=label)
+    for label, part in curves.groupby("row", sort=False):
+        points = part[["minutes", metric]].dropna()
+        if len(points):
+            ax_metric.plot(points["minutes"], 100 * points[metric], marker="o", label=label)
+        prec = part[["epoch", "precision"]].dropna() if "precision" in part else part.iloc[0:0]
+        if len(prec):
+            ax_prec.plot(prec["epoch"], 100 * prec["precision"], marker="o", label=label)
     if budget_s is not None:
         ax_metric.axvline(budget_s / 60, color="0.5", linestyle="--", linewidth=1, label="baseline's training time")
     ax_metric.set(xlabel="training time (min, cumulative; evaluation excluded)", ylabel=f"{metric} (%)",
                   title=f"{metric} on the target's test split")
     ax_prec.set(xlabel="stage-2 epoch", ylabel="%", title="true pairs among those that supervised (hidden labels)")
-    _whole_number_ticks(ax_prec, h["epoch"].to_numpy())
+    _whole_number_ticks(ax_prec, curves["epoch"].to_numpy())
     for ax in (ax_metric, ax_prec):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
