@@ -1,6 +1,7 @@
-"""re_ranking's non-GEMM work on one thread (the default ``sparse_threads=1``) or on all of them
-(``sparse_threads=None``), against the (Q+G)^2 GEMM floor, on the Market-sized problem of
-``benchmarks/evaluation.py``; 2 torch threads, 2 interleaved rounds.
+"""re_ranking's non-GEMM work on one thread (``sparse_threads=1``) or on all of them
+(``sparse_threads=None``, what the default ``"auto"`` picks when OpenMP threads wait passively),
+against the (Q+G)^2 GEMM floor, on the Market-sized problem of ``benchmarks/evaluation.py``;
+2 torch threads, 2 interleaved rounds.
 
 Usage: python benchmarks/rerank_threads.py
 """

@@ -373,11 +373,27 @@ def test_re_ranking_arguments():
 
 def test_re_ranking_thread_settings_agree():
     qf, gf, *_ = market_like(4)
-    default = re_ranking(qf, gf)  # GEMMs on the current threads, the rest on one
+    default = re_ranking(qf, gf)  # GEMMs on the current threads, the rest as "auto" chooses
     np.testing.assert_allclose(re_ranking(qf, gf, num_threads=1, sparse_threads=None), default,
                                atol=2e-6, rtol=1e-5)
     np.testing.assert_allclose(re_ranking(qf, gf, num_threads=2, sparse_threads=2), default,
                                atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(re_ranking(qf, gf, num_threads=2, sparse_threads=1), default,
+                               atol=2e-6, rtol=1e-5)
+
+
+def test_re_ranking_sparse_threads_follow_the_openmp_wait_policy(monkeypatch):
+    import workbench
+    from workbench.evaluation.rerank import _sparse_threads
+
+    monkeypatch.setattr(workbench, "OPENMP_PASSIVE", True)
+    assert _sparse_threads("auto", 3) == 3  # sleeping waiters: all the GEMM's threads
+    monkeypatch.setattr(workbench, "OPENMP_PASSIVE", False)
+    assert _sparse_threads("auto", 3) == 1  # spinning waiters would fight other jobs: one
+    assert _sparse_threads(None, 3) == 3 and _sparse_threads(2, 3) == 2
+    for bad in ("two", 0):
+        with pytest.raises(ValueError, match="sparse_threads"):
+            _sparse_threads(bad, 2)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,6 +20,9 @@ from typing import Any
 # torch loads its OpenMP runtime; an explicit OMP_WAIT_POLICY is kept. See workbench.threads.
 if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+#: whether torch's OpenMP threads wait passively (known only when torch loaded after this module):
+#: code that may run on a busy machine (re-ranking's sparse passes) uses all threads only then
+OPENMP_PASSIVE = "torch" not in sys.modules and os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
 
 __version__ = "0.1.0"
 

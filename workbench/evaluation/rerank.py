@@ -195,7 +195,7 @@ def _check_neighbourhoods(k1: int, k2: int) -> None:
 def re_ranking(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,
                metric: Metric = "cosine", device: str | torch.device | None = None,
                block_size: int = 2048, num_stored: int = 64, jaccard_budget: int = 1 << 22,
-               num_threads: int | None = None, sparse_threads: int | None = 1) -> np.ndarray:
+               num_threads: int | None = None, sparse_threads: int | str | None = "auto") -> np.ndarray:
     """k-reciprocal re-ranking (Zhong et al., CVPR 2017) from features, with bounded memory.
 
     Same result (to float rounding) as the reference formulation on the dense distance matrices
@@ -221,10 +221,12 @@ def re_ranking(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6, lambda_v
         num_threads: torch threads of the distance GEMMs (default: the current
             ``torch.get_num_threads()``).
         sparse_threads: torch threads of everything else (neighbour bookkeeping, V, query
-            expansion, Jaccard): many short, memory-bound passes. Default 1, as in
-            :func:`rank_metrics`: on a machine whose cores are busy with other work a second thread
-            costs more in synchronization than it saves (measured several times slower). ``None``:
-            the same as ``num_threads``.
+            expansion, Jaccard): many short, memory-bound passes. ``"auto"`` (default): the same as
+            ``num_threads`` when OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``, which
+            importing ``workbench`` before torch sets), else 1. Measured on 2 cores at Market-1501's
+            size (``benchmarks/rerank_threads.py``): idle, 2 threads are 15–28 % faster than 1; with
+            both cores busy with other jobs, 4 % slower when waiting passively, and several times
+            slower when OpenMP threads spin. ``None``: ``num_threads``; an int: that many.
 
     Returns:
         float32 numpy array (Q, G): the re-ranked distances.
@@ -244,7 +246,7 @@ def re_ranking(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6, lambda_v
     dev = torch.device(device) if device is not None else q.device
     num_q, num_g = q.shape[0], g.shape[0]
     n = num_q + num_g
-    out = np.empty((num_q, num_g), dtype=np.float32)
+    out = torch.empty((num_q, num_g), dtype=torch.float32).numpy()  # not np.empty: see pairwise_distance
     if num_q == 0 or num_g == 0:
         return out
     x = torch.cat([q.to(dev), g.to(dev)])  # (N, D)
@@ -254,15 +256,28 @@ def re_ranking(qf: ArrayLike, gf: ArrayLike, k1: int = 20, k2: int = 6, lambda_v
     k1, k2 = int(k1), int(k2)
     num_k = min(n, max(k1 + 1, k2, int(num_stored)))
     gemm_threads = torch.get_num_threads() if num_threads is None else max(1, int(num_threads))
-    with _torch_threads(gemm_threads if sparse_threads is None else sparse_threads):
+    with _torch_threads(_sparse_threads(sparse_threads, gemm_threads)):
         return _re_rank(xp, x_sq, num_q, k1, k2, float(lambda_value), num_k, block_size, jaccard_budget,
                         gemm_threads, out)
+
+
+def _sparse_threads(sparse_threads: int | str | None, gemm_threads: int) -> int:
+    """The thread count of re-ranking's sparse passes (see ``sparse_threads`` in :func:`re_ranking`)."""
+    if sparse_threads is None:
+        return gemm_threads
+    if sparse_threads == "auto":
+        import workbench
+
+        return gemm_threads if workbench.OPENMP_PASSIVE else 1
+    if isinstance(sparse_threads, str) or int(sparse_threads) < 1:
+        raise ValueError(f"sparse_threads must be 'auto', None or a positive int, got {sparse_threads!r}")
+    return int(sparse_threads)
 
 
 def jaccard_distance(features: ArrayLike, k1: int = 30, k2: int = 6, *, metric: Metric = "euclidean",
                      device: str | torch.device | None = None, block_size: int = 2048, num_stored: int = 64,
                      jaccard_budget: int = 1 << 22, num_threads: int | None = None,
-                     sparse_threads: int | None = 1) -> np.ndarray:
+                     sparse_threads: int | str | None = "auto") -> np.ndarray:
     """The (N, N) k-reciprocal Jaccard distance within one set of images: what clustering methods
     (SpCL, Cluster-Contrast) give DBSCAN as its precomputed distance.
 
@@ -302,7 +317,7 @@ def jaccard_distance(features: ArrayLike, k1: int = 30, k2: int = 6, *, metric: 
     k1, k2 = int(k1), int(k2)
     num_k = min(n, max(k1 + 1, k2, int(num_stored)))
     gemm_threads = torch.get_num_threads() if num_threads is None else max(1, int(num_threads))
-    with _torch_threads(gemm_threads if sparse_threads is None else sparse_threads):
+    with _torch_threads(_sparse_threads(sparse_threads, gemm_threads)):
         top_d, nb, row_max = _neighbours(xp, x_sq, n, num_k, block_size, torch.empty((n, 0), device=dev),
                                          gemm_threads)
         max_sq = (row_max * row_max).clamp_(min=torch.finfo(torch.float32).tiny)
