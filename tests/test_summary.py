@@ -51,14 +51,19 @@ def _point(sweep: Path, name: str, *, seed: int, mAP: float, stage1: Path | None
     return folder
 
 
-@pytest.fixture
-def sweep(tmp_path: Path) -> Path:
+def _stage1(tmp_path: Path) -> Path:
+    """A stage-1 run folder as the sweeps' points name it; returns its checkpoint path."""
     stage1 = tmp_path / "stage1" / "pretrain"
     stage1.mkdir(parents=True)
     (stage1 / "checkpoint.pt").write_bytes(b"")
     (stage1 / "metrics.json").write_text(json.dumps({"rank1": 0.254, "mAP": 0.294, "commit": "s1commit", "epochs": 12}))
     (stage1 / "config.json").write_text(get_preset("cpu").to_json())
-    ckpt = stage1 / "checkpoint.pt"
+    return stage1 / "checkpoint.pt"
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    ckpt = _stage1(tmp_path)
     s = tmp_path / "sweep"
     full = dict(use_mdl=True, use_cml=True, use_al=True, use_rj=True)
     no_cml = dict(full, use_cml=False)
@@ -284,3 +289,63 @@ def test_per_epoch_means_by_row() -> None:
     assert got.loc[("MAR", 1), "precision"] == pytest.approx(0.3) and got.loc[("CC", 1), "precision"] == pytest.approx(0.7)
     assert got.loc[("CC", 1), "n_clusters"] == 9 and got.loc[("MAR", 1), "runs"] == 2
     assert list(got.index.get_level_values("row")[:2]) == ["MAR", "MAR"]  # the rows' order kept
+
+
+def test_runs_are_read_at_an_epoch_of_their_history_by_hand() -> None:
+    from workbench.experiments.records import records_at_epoch
+
+    records = pd.DataFrame({"run": ["long", "short", "sparse"], "seed": [0, 0, 1], "epochs": [20, 10, 10],
+                            "mAP": [0.28, 0.29, 0.30], "rank1": [0.24, 0.25, 0.26], "final_threshold": 0.3})
+    histories = pd.DataFrame({"run": ["long"] * 3 + ["short"] * 2 + ["sparse"] * 2, "epoch": [0, 10, 20, 0, 10, 0, 9],
+                              "mAP": [0.24, 0.271, 0.28, 0.24, 0.29, 0.24, 0.3], "rank1": [0.2, 0.23, 0.24, 0.2, 0.25,
+                                                                                         0.2, 0.26],
+                              "threshold": [0.4, 0.33, 0.3, 0.4, 0.31, 0.4, 0.3]})
+    got, cut = records_at_epoch(records, histories, 10)
+    # "sparse" was not evaluated at epoch 10: left out; "long" reads its epoch-10 evaluation
+    assert got["run"].tolist() == ["long", "short"] and got["epochs"].tolist() == [10, 10]
+    assert got["trained_epochs"].tolist() == [20, 10]
+    assert got["mAP"].tolist() == pytest.approx([0.271, 0.29]) and got["final_threshold"].tolist() == [0.33, 0.31]
+    assert cut["epoch"].max() == 10 and set(cut["run"]) == {"long", "short"}
+    again, _ = records_at_epoch(got, histories, 10)  # a results folder's runs.csv read back: the same
+    assert again["trained_epochs"].tolist() == [20, 10] and again["mAP"].tolist() == pytest.approx([0.271, 0.29])
+
+
+def test_gradient_shares_per_row_by_hand() -> None:
+    from workbench.experiments.stats import gradient_table
+
+    rows = pd.DataFrame({"row": ["a", "a", "b"], "run": ["a0", "a1", "b0"]})
+    histories = pd.DataFrame({"run": ["a0", "a0", "a0", "a1", "a1", "b0", "b0"], "epoch": [0, 1, 2, 0, 1, 0, 1],
+                              "grad_total": [math.nan, 2.0, 4.0, math.nan, 6.0, math.nan, math.nan],
+                              "share_mdl": [math.nan, 0.2, 0.4, math.nan, 0.5, math.nan, math.nan],
+                              "share_rj": [math.nan, 0.8, 0.6, math.nan, 0.5, math.nan, math.nan],
+                              "grad_mdl": [math.nan, 1.0, 1.0, math.nan, 2.0, math.nan, math.nan]})
+    got = gradient_table(rows, histories)
+    # run a0: epochs 1 and 2 → share_mdl 0.3, |g| 3; run a1: 0.5, 6; row a: the runs' mean; b measured nothing
+    assert list(got.index) == ["a"]
+    assert got.loc["a", "share L_MDL (%)"] == pytest.approx(40.0) and got.loc["a", "share λ2·β·L_RJ (%)"] == pytest.approx(60.0)
+    assert got.loc["a", "|g|"] == pytest.approx(4.5) and got.loc["a", "|g L_MDL|"] == pytest.approx(1.5)
+
+
+def test_a_table_at_an_epoch_from_sweeps(tmp_path: Path) -> None:
+    ckpt, s = _stage1(tmp_path), tmp_path / "sweep"
+    full = dict(use_mdl=True, use_cml=True, use_al=True, use_rj=True)
+    for seed, (m_full, m_noral) in enumerate([(0.30, 0.31), (0.32, 0.34)]):
+        _point(s, f"full-{seed}", seed=seed, mAP=m_full, stage1=ckpt, epochs=20, weight_decay=0.025, **full)
+        _point(s, f"noral-{seed}", seed=seed, mAP=m_noral, stage1=ckpt, epochs=10, weight_decay=0.025,
+               **dict(full, use_al=False, use_rj=False))
+    for folder in s.iterdir():  # the paper's milestones, as the evidence runs set them
+        cfg = json.loads((folder / "mar" / "config.json").read_text())
+        cfg["train"]["milestones"] = [12, 17]
+        (folder / "mar" / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "results"
+    ex.write_experiment("paper_schedule_loss_ablation", [s], out)
+    summary = pd.read_csv(out / "summary.csv", index_col="row")
+    # the 20-epoch full runs are read at epoch 10 (mAP − 0.01 in _point's history), w/o RAL at its end
+    assert summary.loc["full", "mAP_mean"] == pytest.approx(30.0) and summary.loc["w/o RAL", "mAP_mean"] == pytest.approx(32.5)
+    assert summary.loc["w/o RAL", "delta_mAP"] == pytest.approx(2.5)
+    runs = pd.read_csv(out / "runs.csv")
+    assert set(runs["trained_epochs"]) == {10, 20} and set(runs["epochs"]) == {10}
+    assert pd.read_csv(out / "histories.csv")["epoch"].max() == 20  # the whole history is kept
+    ex.write_experiment("paper_schedule_loss_ablation", [out], tmp_path / "again")  # regenerated from the folder
+    again = pd.read_csv(tmp_path / "again" / "summary.csv", index_col="row")
+    assert again.loc["full", "mAP_mean"] == pytest.approx(30.0)

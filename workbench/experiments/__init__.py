@@ -80,8 +80,8 @@ from workbench.experiments.results import (
     paper_table,
     select,
 )
-from workbench.experiments.records import EXPERIMENTS
-from workbench.experiments.stats import at_budget, label_points, seed_summary, seed_table
+from workbench.experiments.records import EXPERIMENTS, records_at_epoch
+from workbench.experiments.stats import at_budget, gradient_table, label_points, seed_summary, seed_table
 from workbench.experiments.summary import (
     CommittedResults,
     budget_markdown,
@@ -109,7 +109,8 @@ __all__ = [
     "select",
     "NOTEBOOK_ENV", "STATUS_FILE", "NotebookParameterError", "check_choices", "check_points", "notebook_parameters",
     "read_status", "repo_path", "repo_root", "resolve_notebook", "run_notebook", "shared_stage1", "sweep",
-    "EXPERIMENTS", "CommittedResults", "at_budget", "budget_markdown", "committed_curves", "committed_results", "label_points", "seed_summary", "seed_table",
+    "EXPERIMENTS", "CommittedResults", "at_budget", "budget_markdown", "committed_curves", "committed_results", "gradient_table", "label_points", "records_at_epoch",
+    "seed_summary", "seed_table",
     "show_committed", "summary_markdown", "write_experiment",
     "agent_similarity",
 ]

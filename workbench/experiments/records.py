@@ -47,10 +47,12 @@ class Experiment:
     note: str = ""
     same_budget: bool = False  # also compare the rows at the baseline's training wall clock (stats.at_budget)
     paper_table: str | None = None  # a PAPER_RESULTS table shown whole in the README (Table 4's methods)
+    at_epoch: int | None = None  # rows and parameter curves read at this epoch of each run (records_at_epoch)
 
 
 _FULL = dict(LOSS_ABLATION["full"])
 _DEFAULTS = dict(init="imagenet", stage1=True, lr=2e-4, weight_decay=5e-4, stages="layer4")
+_PAPER_SCHEDULE = dict(_DEFAULTS, weight_decay=0.025, milestones="12x17")
 
 EXPERIMENTS: dict[str, Experiment] = {
     "loss_ablation": Experiment(
@@ -97,6 +99,32 @@ EXPERIMENTS: dict[str, Experiment] = {
         note="One parameter varies, the others keep the preset's values; the epochs curve is the per-epoch "
              "evaluation of the full-L_MAR runs (epoch 0: the stage-1 model). The point at the default "
              "value carries the spread over seeds as an error bar."),
+    # the paper's stage-2 schedule (issue 19): lr 2e-4, weight decay 0.025, ×0.1 from epochs 12 and 17
+    "paper_schedule_epochs": Experiment(
+        "paper_schedule_epochs", "Fig. 6's epochs axis at the paper's stage-2 schedule",
+        base={**_PAPER_SCHEDULE, **_FULL}, curves=("epochs",),
+        note="The full L_MAR for the paper's 20 epochs (lr 2e-4, ×0.1 from epochs 12 and 17, weight decay "
+             "0.025), evaluated after every epoch; epoch 0 is the stage-1 model every run starts from."),
+    "paper_schedule_loss_ablation": Experiment(
+        "paper_schedule_loss_ablation", "Table 3 at the paper's stage-2 schedule (epoch 10)",
+        base=_PAPER_SCHEDULE, rows={label: dict(switches) for label, switches in LOSS_ABLATION.items()},
+        baseline="full", paper=PAPER_RESULTS["loss_ablation"], at_epoch=10,
+        note="Every row is read at epoch 10 of the paper's schedule (lr 2e-4, weight decay 0.025; the lr decays "
+             "only from epoch 12, so the full row's 20-epoch runs are the same computation up to epoch 10). "
+             "L_RAL = L_AL + β·L_RJ. Every row starts from the same stage-1 checkpoint; the seeds are the same "
+             "in every row, so differences to the full row are paired by seed."),
+    "paper_schedule_terms": Experiment(
+        "paper_schedule_terms", "Why stage 2 moves little: λ2, the mining ratio and each term's share of the update",
+        base=_PAPER_SCHEDULE,
+        rows={"λ2 = 50, mining 0.005 (official)": dict(_FULL, lambda_ref=50.0, mining_ratio=0.005),
+              "λ2 = 5": dict(_FULL, lambda_ref=5.0, mining_ratio=0.005),
+              "λ2 = 0": dict(_FULL, lambda_ref=0.0, mining_ratio=0.005),
+              "mining 0.02": dict(_FULL, lambda_ref=50.0, mining_ratio=0.02)},
+        baseline="λ2 = 50, mining 0.005 (official)", at_epoch=4,
+        note="One seed per row, the paper's stage-2 schedule read at epoch 4, every L_MAR term's gradient on the "
+             "shared weights (backbone, fusion, embedding) measured every 10 steps (grad_terms_every): its norm "
+             "and its share of the step's update, <g_term, g> / |g|² (the shares add up to 1; a negative share "
+             "pulls against the others)."),
 }
 
 
@@ -191,7 +219,9 @@ def run_records(sweeps: Sequence[str | os.PathLike]) -> "tuple[pd.DataFrame, pd.
             rec: dict[str, Any] = {
                 "run": folder.name, "sweep": sweep_dir.name, "seed": flat.get("seed"),
                 "commit": _commit_of(run.path, stage2), "finished": status.get("finished"),
-                "wall_seconds": status.get("seconds"),
+                "wall_seconds": status.get("seconds"),  # of the attempt that finished (a resumed run: its rest)
+                "train_seconds": float(pd.to_numeric(hist["seconds"], errors="coerce").sum())
+                if "seconds" in hist else None,  # every epoch's training, whichever attempt ran it
                 "init": _init_of(flat.get("pretrained")), **_start_of(record.start_checkpoint),
                 **{m: stage2.get(m) for m in MAIN_METRICS},
                 **{f"start_{m}": (stage2.get("initial") or {}).get(m) for m in MAIN_METRICS},
@@ -217,11 +247,44 @@ def run_records(sweeps: Sequence[str | os.PathLike]) -> "tuple[pd.DataFrame, pd.
                 h.insert(0, "run", rec["run"])
                 histories.append(h)
     df = pd.DataFrame(records)
-    first = ["run", "sweep", "seed", "commit", "finished", "wall_seconds", "init", "stage1", "stage1_commit",
+    first = ["run", "sweep", "seed", "commit", "finished", "wall_seconds", "train_seconds", "init", "stage1", "stage1_commit",
              "stage1_seed", "stage1_epochs", "stage1_init", "stage1_rank1", "stage1_mAP"]
     df = df[[c for c in first if c in df] + [c for c in df if c not in first]]  # the same order whatever came first
     hist_df = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
     return df, hist_df
+
+
+def records_at_epoch(records: "pd.DataFrame", histories: "pd.DataFrame", epoch: int
+                     ) -> "tuple[pd.DataFrame, pd.DataFrame]":
+    """The runs as they stood after ``epoch`` stage-2 epochs: a table of runs that trained longer, read
+    from their per-epoch evaluations (the paper's schedule is the same computation up to its first lr
+    decay, however many epochs a run went on for).
+
+    Each record that was evaluated at ``epoch`` gets that evaluation's metrics, the epoch's threshold,
+    mined pairs and their precision, ``epochs = epoch`` and ``trained_epochs`` (what it ran); its
+    history is cut after ``epoch``. Runs that were not evaluated there are left out.
+    """
+    import pandas as pd
+
+    if not len(records) or not len(histories) or "mAP" not in histories:
+        return records.iloc[0:0], histories.iloc[0:0]
+    at = histories[(histories["epoch"] == epoch) & pd.to_numeric(histories["mAP"], errors="coerce").notna()]
+    at = at.drop_duplicates("run").set_index("run")
+    out = records[records["run"].isin(at.index)].copy()
+    if "trained_epochs" not in out:  # (a results folder's runs.csv already has it)
+        out.insert(out.columns.get_loc("epochs") if "epochs" in out else len(out.columns), "trained_epochs",
+                   out.get("epochs"))
+    out["epochs"] = epoch
+    row = at.reindex(out["run"])
+    for m in MAIN_METRICS:
+        if m in row:
+            out[m] = row[m].to_numpy()
+    for column, source in (("final_threshold", "threshold"), ("final_n_pos", "n_pos"), ("final_n_neg", "n_neg"),
+                           ("final_pos_precision", "pos_precision")):
+        if source in row:
+            out[column] = row[source].to_numpy()
+    cut = histories[histories["run"].isin(out["run"]) & (histories["epoch"] <= epoch)]
+    return out.reset_index(drop=True), cut.reset_index(drop=True)
 
 
 def label_rows(records: "pd.DataFrame", experiment: Experiment, *, epochs: int | None = None) -> "pd.DataFrame":

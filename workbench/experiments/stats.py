@@ -142,6 +142,46 @@ def diagnostics(rows: "pd.DataFrame", histories: "pd.DataFrame") -> "pd.DataFram
     return frame.dropna(axis=1, how="all")
 
 
+def gradient_table(rows: "pd.DataFrame", histories: "pd.DataFrame") -> "pd.DataFrame":
+    """Per row, :func:`gradient_shares` of its runs; empty when no run measured them."""
+    import pandas as pd
+
+    out = {label: gradient_shares(histories[histories["run"].isin(group["run"])]) if len(histories) else {}
+           for label, group in rows.groupby("row", sort=False)}
+    out = {label: entry for label, entry in out.items() if entry}
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+#: the L_MAR terms as ``grad_terms_every`` names them, and as the tables write them
+GRADIENT_TERMS = {"mdl": "L_MDL", "cml": "λ1·L_CML", "al": "λ2·L_AL", "rj": "λ2·β·L_RJ"}
+
+
+def gradient_shares(histories: "pd.DataFrame") -> dict[str, float]:
+    """Each L_MAR term's share of the update of the shared weights and its gradient norm, averaged over
+    the epochs (> 0) of these runs' histories that measured them (``grad_terms_every``); ``{}`` when none did.
+
+    Keys: ``"share <term> (%)"`` (``100·<g_term, g>/|g|²``: the shares add up to 100), ``"|g <term>|"`` and
+    ``"|g|"`` (the step's whole gradient).
+    """
+    import pandas as pd
+
+    if not len(histories) or "grad_total" not in histories:
+        return {}
+    h = histories[(histories["epoch"] > 0) & pd.to_numeric(histories["grad_total"], errors="coerce").notna()]
+    if not len(h):
+        return {}
+    per_run = h.groupby("run").mean(numeric_only=True)  # each run's epochs alike, then the runs alike
+    out: dict[str, float] = {}
+    for key, title in GRADIENT_TERMS.items():
+        if f"share_{key}" in per_run:
+            out[f"share {title} (%)"] = float(100 * per_run[f"share_{key}"].mean())
+    for key, title in GRADIENT_TERMS.items():
+        if f"grad_{key}" in per_run:
+            out[f"|g {title}|"] = float(per_run[f"grad_{key}"].mean())
+    out["|g|"] = float(per_run["grad_total"].mean())
+    return out
+
+
 def per_epoch(rows: "pd.DataFrame", histories: "pd.DataFrame") -> "pd.DataFrame":
     """Per row and epoch, the mean over the row's runs of the cumulative training minutes, rank-1 and
     mAP (fractions), the precision of what supervised the target that epoch (MAR's true mined

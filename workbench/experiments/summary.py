@@ -34,13 +34,14 @@ if TYPE_CHECKING:  # pandas is imported inside the functions that need it
     import pandas as pd
 
 from workbench.errors import ConfigError, MissingFileError
-from workbench.experiments.records import EXPERIMENTS, Experiment, label_rows, read_records
+from workbench.experiments.records import EXPERIMENTS, Experiment, label_rows, read_records, records_at_epoch
 from workbench.experiments.paper import PAPER_RESULTS
 from workbench.experiments.results import MAIN_METRICS, select
 from workbench.experiments.stats import (
     at_budget,
     diagnostics,
     experiment_curves,
+    gradient_table,
     label_points,
     per_epoch,
     seed_summary,
@@ -211,6 +212,9 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records, histories = read_records(sweeps)
+    all_histories = histories  # what histories.csv keeps, whatever epoch the table reads
+    if exp.at_epoch:
+        records, histories = records_at_epoch(records, histories, exp.at_epoch)
     written: dict[str, Path] = {}
     refs = _reference_rows(reference)
     body: list[str] = [f"# {exp.title}", "",
@@ -260,18 +264,26 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
                      "`per_epoch.csv`: the curves' numbers (mean over each row's runs per epoch: cumulative training "
                      "minutes, rank-1, mAP, the precision of the pairs that supervised the target, clusters, "
                      "outliers, purity).", ""]
-        diag = diagnostics(rows, histories)
-        if len(diag):
-            atomic_write_text(out / "diagnostics.csv", diag.rename_axis("row").to_csv(float_format="%.5g"))
-            written["diagnostics"] = out / "diagnostics.csv"
-            body += ["## What stage 2 did (last epoch, mean over the row's runs)", "", _frame_markdown(diag), "",
-                     "The loss terms as they enter L_MAR (λ1 = lambda_cml, λ2 = lambda_ref); T: the agreement "
-                     "threshold of L_MDL at the start of stage 2 and after the last epoch; mined +/−: the pairs "
-                     "L_MDL used in the last epoch; true among mined +: the share of mined positives that are "
-                     "the same identity (the trainer checks them against the labels the loss never sees).", ""]
+        sections = (
+            ("diagnostics", diagnostics(rows, histories), "What stage 2 did (last epoch, mean over the row's runs)",
+             "The loss terms as they enter L_MAR (λ1 = lambda_cml, λ2 = lambda_ref); T: the agreement "
+             "threshold of L_MDL at the start of stage 2 and after the last epoch; mined +/−: the pairs "
+             "L_MDL used in the last epoch; true among mined +: the share of mined positives that are "
+             "the same identity (the trainer checks them against the labels the loss never sees)."),
+            ("gradient_shares", gradient_table(rows, histories), "Each term's part in the update of the shared weights",
+             "Measured every `grad_terms_every` steps on the weights every term trains (backbone, fusion, "
+             "embedding; not the agents): share = 100·<g_term, g>/|g|², the part of the step's update "
+             "along g that the term makes (the shares add up to 100; a negative share pulls against the "
+             "others), and the gradient norms |g_term| and |g|; mean over the measured steps of each "
+             "epoch, then over the epochs and the row's runs."))
+        for key, frame, heading, text in sections:
+            if len(frame):
+                atomic_write_text(out / f"{key}.csv", frame.rename_axis("row").to_csv(float_format="%.5g"))
+                written[key] = out / f"{key}.csv"
+                body += [f"## {heading}", "", _frame_markdown(frame), "", text, ""]
     else:
         used = select(records, **{k: v for k, v in exp.base.items() if k not in exp.curves})
-        curves = experiment_curves(records, histories, exp)
+        curves = experiment_curves(records, all_histories, exp)
         for p, c in curves.items():
             if len(c):
                 atomic_write_text(out / f"curve_{p}.csv", c.to_csv(float_format="%.4f"))
@@ -288,8 +300,8 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
         written["runs"] = out / "runs.csv"
         atomic_write_text(written["runs"], used[cols + [c for c in used.columns if c not in cols]]
                           .to_csv(index=False, float_format="%.6g"))
-        if len(histories):
-            h = histories[histories["run"].isin(used["run"])]
+        if len(all_histories):
+            h = all_histories[all_histories["run"].isin(used["run"])]
             written["histories"] = out / "histories.csv"
             atomic_write_text(written["histories"], h.to_csv(index=False, float_format="%.6g"))
         wall_hours = pd.to_numeric(used["wall_seconds"], errors="coerce").sum() / 3600
@@ -297,9 +309,11 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
                  f"{len(used)} run(s) ({', '.join(f'{k}: {v}' for k, v in _settings(used).items())}), code at "
                  f"commit {_commit_list(used['commit'])}, stage 1 at commit "
                  f"{_commit_list(used.get('stage1_commit', []))}; seeds {sorted(set(int(s) for s in used['seed']))}. "
-                 f"Wall time {wall_hours:.2f} h in all, {_num(pd.to_numeric(used['wall_seconds']).median() / 60)} "
+                 f"Wall time{' of the attempts that finished' if _training_time(used) else ''} "
+                 f"{wall_hours:.2f} h in all, {_num(pd.to_numeric(used['wall_seconds']).median() / 60)} "
                  f"min median per run (training at {_num(pd.to_numeric(used['images_per_s']).median(), 0)} "
                  "images/s, median over runs). "
+                 f"{_training_time(used)}"
                  "`runs.csv`: one row per run; `histories.csv`: their per-epoch history (epoch 0: the start).", ""]
     if notes is not None and Path(notes).is_file():
         body += [fill_numbers(Path(notes).read_text().strip(), out), ""]
@@ -357,6 +371,19 @@ def fill_numbers(text: str, folder: str | os.PathLike) -> str:
         return f"{number:.1f}" if abs(number) >= 1 or number == 0 else f"{number:.2g}"  # small: 2 significant
 
     return _PLACEHOLDER.sub(value, text)
+
+
+def _training_time(runs: "pd.DataFrame") -> str:
+    """The runs' training time from their per-epoch timings (a sentence; '' for records without them).
+
+    The wall time above is the finishing attempt's; a run interrupted and resumed trained longer."""
+    import pandas as pd
+
+    seconds = pd.to_numeric(runs.get("train_seconds", pd.Series(dtype=float)), errors="coerce").dropna()
+    if not len(seconds):
+        return ""
+    return (f"Training {seconds.sum() / 3600:.2f} h in all, {_num(seconds.median() / 60)} min median per run "
+            "(every epoch's own timing, whichever attempt ran it; evaluations excluded). ")
 
 
 def _queries(runs: "pd.DataFrame") -> str:
