@@ -349,3 +349,12 @@ def test_a_table_at_an_epoch_from_sweeps(tmp_path: Path) -> None:
     ex.write_experiment("paper_schedule_loss_ablation", [out], tmp_path / "again")  # regenerated from the folder
     again = pd.read_csv(tmp_path / "again" / "summary.csv", index_col="row")
     assert again.loc["full", "mAP_mean"] == pytest.approx(30.0)
+    # the folder says which experiment it holds (its name need not): README blocks and `report` read it
+    from workbench.errors import ConfigError
+    from workbench.experiments.report import report
+
+    assert json.loads((out / "experiment.json").read_text()) == {"experiment": "paper_schedule_loss_ablation"}
+    assert "| w/o RAL | 2 |" in report(out) and "+2.5 [" in report(out)
+    (out / "experiment.json").write_text('{"experiment": "table9"}')
+    with pytest.raises(ConfigError, match="unknown experiment 'table9'"):
+        report(out)

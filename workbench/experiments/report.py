@@ -165,8 +165,7 @@ def report(path: str | Path, *, footnote: bool = True) -> str:
     (:func:`workbench.experiments.summary.folder_table`); a ``.txt`` file (a benchmark's committed
     output, ``results/benchmarks/*.txt``) is quoted as it is, in a fenced block.
     """
-    from workbench.experiments.records import EXPERIMENTS
-    from workbench.experiments.summary import folder_table
+    from workbench.experiments.summary import experiment_of, folder_table
 
     path = Path(path)
     if path.suffix == ".txt":
@@ -175,7 +174,7 @@ def report(path: str | Path, *, footnote: bool = True) -> str:
         return collected_cases(path)
     if path.name.endswith("history.csv"):
         return history_cost(path)
-    if path.is_dir() and path.name in EXPERIMENTS and (path / "runs.csv").is_file():
+    if path.is_dir() and (path / "runs.csv").is_file() and experiment_of(path):
         return folder_table(path) + (f"\n\n({FOOTNOTE}; mean ± std over seeds, Δ: paired difference with its "
                                      "95 % interval)" if footnote else "")
     text = markdown_table(results_rows(path))

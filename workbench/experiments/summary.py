@@ -22,6 +22,7 @@ Command line: ``python -m workbench results EXPERIMENT SWEEP [SWEEP ...] --out r
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -145,13 +146,34 @@ def curves_markdown(curves: Mapping[str, "pd.DataFrame"]) -> str:
     return "\n".join(lines)
 
 
+#: written by :func:`write_experiment` into every results folder: which experiment's rows it holds
+EXPERIMENT_FILE = "experiment.json"
+
+
+def experiment_of(folder: str | os.PathLike) -> str | None:
+    """The experiment a results folder holds: its ``experiment.json``, else its name when that is an
+    experiment's (the folders written before the file existed); None for any other folder."""
+    folder = Path(folder)
+    marker = folder / EXPERIMENT_FILE
+    if marker.is_file():
+        try:
+            name = json.loads(marker.read_text()).get("experiment")
+        except (OSError, ValueError, AttributeError):
+            raise ConfigError(f"{marker}: not a JSON object with an \"experiment\" name") from None
+        if name not in EXPERIMENTS:
+            raise ConfigError(f"{marker}: unknown experiment {name!r}; experiments: {', '.join(EXPERIMENTS)}")
+        return name
+    return folder.name if folder.name in EXPERIMENTS else None
+
+
 def folder_table(folder: str | os.PathLike) -> str:
     """The headline table of a committed ``results/<experiment>/`` (what README shows and
     ``python -m workbench report results/<experiment>`` prints), recomputed from its files."""
     folder = Path(folder)
-    name = folder.name
-    if name not in EXPERIMENTS:
-        raise ConfigError(f"{folder}: not an experiment folder ({', '.join(EXPERIMENTS)})")
+    name = experiment_of(folder)
+    if name is None:
+        raise ConfigError(f"{folder}: not an experiment folder (no {EXPERIMENT_FILE}, and its name is none of "
+                          f"{', '.join(EXPERIMENTS)})")
     exp = EXPERIMENTS[name]
     shown = committed_results(folder.resolve())
     if shown is None:
@@ -317,6 +339,8 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
                  "`runs.csv`: one row per run; `histories.csv`: their per-epoch history (epoch 0: the start).", ""]
     if notes is not None and Path(notes).is_file():
         body += [fill_numbers(Path(notes).read_text().strip(), out), ""]
+    written["experiment"] = out / EXPERIMENT_FILE
+    atomic_write_text(written["experiment"], json.dumps({"experiment": name}) + "\n")
     written["readme"] = out / "README.md"
     atomic_write_text(written["readme"], "\n".join(body).rstrip() + "\n")
     return written
