@@ -43,7 +43,7 @@ VARIANTS = {"fp32": (False, False), "bf16": (True, False), "bf16+cl": (True, Tru
 #: name → (backbone, image size, kind, batch, engine steps or images per round)
 WORKLOADS = {
     "mobilenet_v2 128x64 stage-2 step": ("mobilenet_v2", (128, 64), "mar", 32, 6),
-    "mobilenet_v2 128x64 inference": ("mobilenet_v2", (128, 64), "infer", 128, 512),
+    "mobilenet_v2 128x64 inference": ("mobilenet_v2", (128, 64), "infer", 128, 1024),  # rounds of ~10 s
     "resnet50 128x64 train": ("resnet50", (128, 64), "pretrain", 16, 4),
     "resnet50 384x128 train": ("resnet50", (384, 128), "pretrain", 8, 2),
     "resnet50 128x64 inference": ("resnet50", (128, 64), "infer", 128, 256),

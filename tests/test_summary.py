@@ -313,17 +313,19 @@ def test_runs_are_read_at_an_epoch_of_their_history_by_hand() -> None:
 def test_gradient_shares_per_row_by_hand() -> None:
     from workbench.experiments.stats import gradient_table
 
-    rows = pd.DataFrame({"row": ["a", "a", "b"], "run": ["a0", "a1", "b0"]})
-    histories = pd.DataFrame({"run": ["a0", "a0", "a0", "a1", "a1", "b0", "b0"], "epoch": [0, 1, 2, 0, 1, 0, 1],
-                              "grad_total": [math.nan, 2.0, 4.0, math.nan, 6.0, math.nan, math.nan],
-                              "share_mdl": [math.nan, 0.2, 0.4, math.nan, 0.5, math.nan, math.nan],
-                              "share_rj": [math.nan, 0.8, 0.6, math.nan, 0.5, math.nan, math.nan],
-                              "grad_mdl": [math.nan, 1.0, 1.0, math.nan, 2.0, math.nan, math.nan]})
+    rows = pd.DataFrame({"row": ["a", "a", "b"], "run": ["a0", "a1", "b0"], "mdl_warmup_epochs": [0, 1, 0]})
+    histories = pd.DataFrame({"run": ["a0", "a0", "a0", "a1", "a1", "a1", "b0", "b0"],
+                              "epoch": [0, 1, 2, 0, 1, 2, 0, 1],
+                              "grad_total": [math.nan, 2.0, 4.0, math.nan, 9.0, 6.0, math.nan, math.nan],
+                              "share_mdl": [math.nan, 0.2, 0.4, math.nan, 0.0, 0.5, math.nan, math.nan],
+                              "share_rj": [math.nan, 0.8, 0.6, math.nan, 1.0, 0.5, math.nan, math.nan],
+                              "grad_mdl": [math.nan, 1.0, 1.0, math.nan, 0.0, 2.0, math.nan, math.nan]})
     got = gradient_table(rows, histories)
-    # run a0: epochs 1 and 2 → share_mdl 0.3, |g| 3; run a1: 0.5, 6; row a: the runs' mean; b measured nothing
+    # run a0 (no warm-up): epochs 1 and 2 → share_mdl 0.3, ‖g‖ 3; run a1: epoch 1 is its L_MDL warm-up, left
+    # out → 0.5, 6; row a: the runs' mean; b measured nothing
     assert list(got.index) == ["a"]
     assert got.loc["a", "share L_MDL (%)"] == pytest.approx(40.0) and got.loc["a", "share λ2·β·L_RJ (%)"] == pytest.approx(60.0)
-    assert got.loc["a", "|g|"] == pytest.approx(4.5) and got.loc["a", "|g L_MDL|"] == pytest.approx(1.5)
+    assert got.loc["a", "‖g‖"] == pytest.approx(4.5) and got.loc["a", "‖g L_MDL‖"] == pytest.approx(1.5)
 
 
 def test_a_table_at_an_epoch_from_sweeps(tmp_path: Path) -> None:

@@ -143,10 +143,16 @@ def diagnostics(rows: "pd.DataFrame", histories: "pd.DataFrame") -> "pd.DataFram
 
 
 def gradient_table(rows: "pd.DataFrame", histories: "pd.DataFrame") -> "pd.DataFrame":
-    """Per row, :func:`gradient_shares` of its runs; empty when no run measured them."""
+    """Per row, :func:`gradient_shares` of its runs over the epochs after L_MDL's warm-up (the records'
+    ``mdl_warmup_epochs``; in those first epochs L_MDL is off by design); empty when no run measured them."""
     import pandas as pd
 
-    out = {label: gradient_shares(histories[histories["run"].isin(group["run"])]) if len(histories) else {}
+    if not len(histories):
+        return pd.DataFrame()
+    warmup = (rows.set_index("run")["mdl_warmup_epochs"] if "mdl_warmup_epochs" in rows
+              else pd.Series(0, index=rows["run"]))
+    after = histories["epoch"] > histories["run"].map(pd.to_numeric(warmup, errors="coerce")).fillna(0)
+    out = {label: gradient_shares(histories[after & histories["run"].isin(group["run"])])
            for label, group in rows.groupby("row", sort=False)}
     out = {label: entry for label, entry in out.items() if entry}
     return pd.DataFrame.from_dict(out, orient="index")
@@ -160,8 +166,8 @@ def gradient_shares(histories: "pd.DataFrame") -> dict[str, float]:
     """Each L_MAR term's share of the update of the shared weights and its gradient norm, averaged over
     the epochs (> 0) of these runs' histories that measured them (``grad_terms_every``); ``{}`` when none did.
 
-    Keys: ``"share <term> (%)"`` (``100·<g_term, g>/|g|²``: the shares add up to 100), ``"|g <term>|"`` and
-    ``"|g|"`` (the step's whole gradient).
+    Keys: ``"share <term> (%)"`` (``100·<g_term, g>/‖g‖²``: the shares add up to 100), ``"‖g <term>‖"`` and
+    ``"‖g‖"`` (the step's whole gradient).
     """
     import pandas as pd
 
@@ -177,8 +183,8 @@ def gradient_shares(histories: "pd.DataFrame") -> dict[str, float]:
             out[f"share {title} (%)"] = float(100 * per_run[f"share_{key}"].mean())
     for key, title in GRADIENT_TERMS.items():
         if f"grad_{key}" in per_run:
-            out[f"|g {title}|"] = float(per_run[f"grad_{key}"].mean())
-    out["|g|"] = float(per_run["grad_total"].mean())
+            out[f"‖g {title}‖"] = float(per_run[f"grad_{key}"].mean())
+    out["‖g‖"] = float(per_run["grad_total"].mean())
     return out
 
 

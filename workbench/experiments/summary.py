@@ -294,10 +294,10 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
              "the same identity (the trainer checks them against the labels the loss never sees)."),
             ("gradient_shares", gradient_table(rows, histories), "Each term's part in the update of the shared weights",
              "Measured every `grad_terms_every` steps on the weights every term trains (backbone, fusion, "
-             "embedding; not the agents): share = 100·<g_term, g>/|g|², the part of the step's update "
+             "embedding; not the agents): share = 100·<g_term, g>/‖g‖², the part of the step's update "
              "along g that the term makes (the shares add up to 100; a negative share pulls against the "
-             "others), and the gradient norms |g_term| and |g|; mean over the measured steps of each "
-             "epoch, then over the epochs and the row's runs."))
+             "others), and the gradient norms ‖g_term‖ and ‖g‖; mean over the measured steps of each "
+             "epoch, then over the epochs after L_MDL's warm-up and over the row's runs."))
         for key, frame, heading, text in sections:
             if len(frame):
                 atomic_write_text(out / f"{key}.csv", frame.rename_axis("row").to_csv(float_format="%.5g"))
