@@ -357,6 +357,9 @@ def test_a_table_at_an_epoch_from_sweeps(tmp_path: Path) -> None:
 
     assert json.loads((out / "experiment.json").read_text()) == {"experiment": "paper_schedule_loss_ablation"}
     assert "| w/o RAL | 2 |" in report(out) and "+2.5 [" in report(out)
+    assert "share of the update" not in report(out)  # no run measured the terms' gradients
+    (out / "gradient_shares.csv").write_text("row,share L_MDL (%),‖g L_MDL‖,‖g‖\nfull,1.04,2.7,31.1\n")
+    assert "| full | 1.040 | 31.1 |" in report(out)  # the shares and the step's norm; not the term norms
     (out / "experiment.json").write_text('{"experiment": "table9"}')
     with pytest.raises(ConfigError, match="unknown experiment 'table9'"):
         report(out)

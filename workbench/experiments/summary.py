@@ -188,6 +188,13 @@ def folder_table(folder: str | os.PathLike) -> str:
                 table += (f"\n\nAt the {exp.baseline} row's training wall clock "
                           f"({_num(float(budget['budget_s'].iloc[0]) / 60)} min):\n\n"
                           + budget_markdown(budget, exp.baseline))
+        if (folder / "gradient_shares.csv").is_file():  # grad_terms_every runs: where each row's update came from
+            import pandas as pd
+
+            shares = pd.read_csv(folder / "gradient_shares.csv", index_col="row")
+            shares = shares[[c for c in shares if c.startswith("share") or c == "‖g‖"]]
+            table += ("\n\nEach term's share of the update of the shared weights (%, after L_MDL's warm-up) and "
+                      "the step's gradient norm:\n\n" + _frame_markdown(shares))
         return table
     return curves_markdown(committed_curves(shown, exp.curves))
 
