@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import workbench  # before torch, as the CLI and the engine load it: OpenMP threads wait passively
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -162,7 +164,7 @@ def main() -> None:
     distmat, dist_s, dist_mb, _ = measure(lambda: pairwise_distance(qf, gf))
     num_q, num_g = distmat.shape
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
-          f"threads, torch {torch.__version__}")
+          f"threads, torch {torch.__version__}, OpenMP waits passively: {workbench.OPENMP_PASSIVE}")
     print(f"problem: {num_q} queries x {num_g} gallery ({(gp == 0).sum()} distractors, "
           f"{(gp == -1).sum()} junk), 6 cameras, {args.dim}-d features, float32 distmat "
           f"({distmat.nbytes / 2**20:.0f} MB)")

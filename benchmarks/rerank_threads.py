@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import workbench  # noqa: E402  (before torch, as the CLI loads it: OpenMP threads wait passively)
+import torch  # noqa: E402
 from evaluation import gemm_strips, market_problem  # noqa: E402
 
 from workbench.evaluation.rerank import re_ranking  # noqa: E402
@@ -21,6 +21,7 @@ from workbench.evaluation.rerank import re_ranking  # noqa: E402
 torch.set_num_threads(2)
 q, g, *_ = market_problem(0, 2048, 1.0)
 x = torch.cat([q, g])
+print("OpenMP waits passively:", workbench.OPENMP_PASSIVE, "(re_ranking's default sparse_threads='auto' then uses both threads)")
 res = {"gemm": [], "rr sparse=1": [], "rr sparse=2": []}
 for r in range(2):
     t = time.perf_counter(); gemm_strips(x); res["gemm"].append(time.perf_counter() - t)  # noqa: E702
