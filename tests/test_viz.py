@@ -479,3 +479,19 @@ def test_fusion_stage_report_splits_the_fused_vector_by_stage(setup) -> None:
     assert table.loc["fused", "rank1"] == pytest.approx(own["rank1"], abs=1e-6)
     # a stage alone is its own slice: layer1 alone differs from the fused retrieval
     assert 0.0 <= table.loc["layer1", "mAP"] <= 1.0
+
+
+def test_gradient_shares_stack_each_rows_terms_and_show_the_step_norm() -> None:
+    from workbench.viz import plot_gradient_shares
+
+    shares = pd.DataFrame({"share L_MDL (%)": [1.0, 99.5], "share λ2·L_AL (%)": [85.5, 0.0],
+                           "share λ2·β·L_RJ (%)": [13.5, -0.5], "‖g L_MDL‖": [2.7, 2.7], "‖g‖": [31.1, 2.7]},
+                          index=["λ2 = 50", "λ2 = 0"])
+    fig = plot_gradient_shares(shares, title="t")
+    ax_share, ax_norm = fig.axes[:2]
+    at = {t.get_text(): y for t, y in zip(ax_share.get_yticklabels(), ax_share.get_yticks())}
+    assert at["λ2 = 50"] > at["λ2 = 0"]  # the table's first row on top
+    widths = sorted(round(p.get_width(), 3) for p in ax_share.patches)
+    assert widths == [0.0, 0.0, 1.0, 13.5, 85.5, 99.5]  # the negative share drawn at 0, the norms not stacked
+    assert sorted(round(p.get_width(), 1) for p in ax_norm.patches) == [2.7, 31.1]
+    assert [t.get_text() for t in ax_share.get_legend().get_texts()] == ["L_MDL", "λ2·L_AL", "λ2·β·L_RJ"]

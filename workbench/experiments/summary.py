@@ -231,6 +231,7 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
     from workbench.runs import atomic_write_text
     from workbench.viz.tables import (
         plot_epoch_and_parameter_curves,
+        plot_gradient_shares,
         plot_rows_beside_paper,
         plot_rows_over_training_time,
     )
@@ -310,6 +311,11 @@ def write_experiment(name: str, sweeps: Sequence[str | os.PathLike], out: str | 
                 atomic_write_text(out / f"{key}.csv", frame.rename_axis("row").to_csv(float_format="%.5g"))
                 written[key] = out / f"{key}.csv"
                 body += [f"## {heading}", "", _frame_markdown(frame), "", text, ""]
+                if key == "gradient_shares":
+                    fig = plot_gradient_shares(frame, title=f"{exp.title}: where the update came from")
+                    fig.savefig(out / f"{name}_gradients.png", dpi=110, bbox_inches="tight")
+                    written["gradients_figure"] = out / f"{name}_gradients.png"
+                    body += [f"![gradient shares]({name}_gradients.png)", ""]
     else:
         used = select(records, **{k: v for k, v in exp.base.items() if k not in exp.curves})
         curves = experiment_curves(records, all_histories, exp)

@@ -20,12 +20,17 @@ from workbench.viz.soft_labels import (
     plot_camera_profile,
     plot_soft_label,
 )
-from workbench.viz.tables import plot_beside_paper, plot_epoch_and_parameter_curves, plot_rows_beside_paper
+from workbench.viz.tables import (
+    plot_beside_paper,
+    plot_epoch_and_parameter_curves,
+    plot_gradient_shares,
+    plot_rows_beside_paper,
+)
 from workbench.viz.widgets import CameraExplorer, ImageExplorer, RunExplorer, ThresholdExplorer, explore
 
 __all__ = [
     "plot_training_curves", "plot_camera_grid", "plot_cmc", "plot_embedding", "plot_soft_label", "plot_camera_heatmap",
     "plot_camera_profile", "plot_agreement_distribution", "plot_retrieval", "plot_beside_paper", "plot_rows_beside_paper",
-    "plot_epoch_and_parameter_curves", "save_figure",
+    "plot_epoch_and_parameter_curves", "plot_gradient_shares", "save_figure",
     "ImageExplorer", "CameraExplorer", "RunExplorer", "ThresholdExplorer", "explore",
 ]

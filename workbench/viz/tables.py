@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from workbench.experiments.results import METRIC_TITLES
 from workbench.viz.plots import QUERY, PathLike, _grid, _whole_number_ticks, save_figure
 
-__all__ = ["plot_beside_paper", "plot_rows_beside_paper", "plot_epoch_and_parameter_curves"]
+__all__ = ["plot_beside_paper", "plot_rows_beside_paper", "plot_epoch_and_parameter_curves", "plot_gradient_shares"]
 
 
 def _bars_beside_paper(ax, rows: Sequence[str], ours: np.ndarray, paper: np.ndarray, std: np.ndarray | None = None,
@@ -187,6 +187,36 @@ def plot_rows_over_training_time(curves: pd.DataFrame, *, budget_s: float | None
     for ax in (ax_metric, ax_prec):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_gradient_shares(shares: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Where each row's update of the shared weights came from: every L_MAR term's share (stacked, %)
+    and the step's gradient norm beside it.
+
+    Args:
+        shares: :func:`~workbench.experiments.stats.gradient_table` (index: the rows; columns
+            ``"share <term> (%)"`` and ``"‖g‖"``).
+    """
+    fig = Figure(figsize=(10.5, 0.6 * len(shares) + 1.6), layout="constrained")
+    ax_share, ax_norm = fig.subplots(1, 2, width_ratios=(3, 1), sharey=True)
+    y = np.arange(len(shares))[::-1]
+    left = np.zeros(len(shares))
+    for column in (c for c in shares if c.startswith("share ")):
+        values = shares[column].fillna(0.0).to_numpy(dtype=float)
+        positive = np.clip(values, 0.0, None)  # a negative share (pulling against the step) is drawn at 0
+        ax_share.barh(y, positive, left=left, label=column[len("share "):-len(" (%)")])
+        left += positive
+    ax_share.set(yticks=y, yticklabels=list(shares.index), xlim=(0, 100), xlabel="share of the update (%)",
+                 title="each term's part in the step (<g_term, g> / ‖g‖²)")
+    ax_share.legend(fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.08))
+    if "‖g‖" in shares:
+        ax_norm.barh(y, shares["‖g‖"].to_numpy(dtype=float), color="0.5")
+        ax_norm.set(xlabel="‖g‖", title="the step's gradient norm")
+    for ax in (ax_share, ax_norm):
+        ax.grid(axis="x", alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
