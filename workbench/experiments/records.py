@@ -123,7 +123,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         baseline="λ2 = 50, mining 0.005 (official)", at_epoch=4,
         note="One seed per row, the paper's stage-2 schedule read at epoch 4, every L_MAR term's gradient on the "
              "shared weights (backbone, fusion, embedding) measured every 10 steps (grad_terms_every): its norm "
-             "and its share of the step's update, <g_term, g> / |g|² (the shares add up to 1; a negative share "
+             "and its share of the step's update, 100·<g_term, g>/‖g‖² (the shares add up to 100 %; a negative share "
              "pulls against the others)."),
 }
 
