@@ -357,15 +357,18 @@ def test_07_pretraining_ablation_runs_table_1_rows(nb_env, tmp_path: Path, monke
 @pytest.mark.parametrize("name,experiment", [("04_loss_ablation", "loss_ablation"),
                                              ("05_hyperparameter_curves", "hyperparameters"),
                                              ("06_feature_fusion", "feature_fusion"),
-                                             ("07_pretraining_ablation", "pretraining")])
+                                             ("07_pretraining_ablation", "pretraining"),
+                                             ("04_loss_ablation", "paper_schedule/loss_ablation"),
+                                             ("05_hyperparameter_curves", "paper_schedule/epochs")])
 def test_opened_from_the_repository_the_notebook_shows_the_committed_results(name: str, experiment: str,
                                                                            nb_env, tmp_path: Path) -> None:
-    # the defaults, as JupyterLab opens it: results/<experiment>/ is shown and nothing trains
+    # the defaults, as JupyterLab opens it: results/<experiment>/ is shown and nothing trains (the
+    # paper-schedule folders of issue 19: the same notebooks with results_dir pointed at them)
     folder = REPO / "results" / experiment
     assert (folder / "runs.csv").is_file(), f"{folder} is committed with the repository"
     runs_root = Path(os.environ["WORKBENCH_RUNS"])
     before = sorted(runs_root.iterdir())
-    nb = execute(name, {}, tmp_path)
+    nb = execute(name, {} if "/" not in experiment else {"results_dir": f"results/{experiment}"}, tmp_path)
     assert sorted(runs_root.iterdir()) == before  # no new run folder
     assert not any((tmp_path / d).exists() for d in ("points", "pretrain", "stage1"))
     markdown = "".join(o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.outputs

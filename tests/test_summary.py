@@ -167,6 +167,7 @@ def test_results_command_writes_the_folder_and_notebooks_read_it(sweep: Path, tm
     assert shown is not None and len(shown.runs) == 4 and (shown.runs["state"] == "done").all()
     assert "data:image/png;base64," in shown._repr_markdown_()  # figures inline in a notebook
     assert ex.seed_table(shown.runs, "loss_ablation").loc["w/o CML", "delta_mAP"] == pytest.approx(-1.5)
+    assert shown.experiment == "loss_ablation"  # from experiment.json: what notebooks 04-05 tabulate it as
     assert ex.committed_results(tmp_path / "nothing") is None and ex.committed_results(None) is None
 
     hp = tmp_path / "results" / "hyperparameters"

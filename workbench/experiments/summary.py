@@ -464,6 +464,7 @@ class CommittedResults:
     folder: Path
     runs: "pd.DataFrame"
     readme: str
+    experiment: str | None = None  # the EXPERIMENTS key the folder holds (:func:`experiment_of`)
 
     def _repr_markdown_(self) -> str:
         # figures are relative links in the README: show them inline from this folder
@@ -497,7 +498,7 @@ def committed_results(results_dir: str | os.PathLike | None) -> CommittedResults
     runs = pd.read_csv(folder / "runs.csv")
     runs["state"] = "done"
     readme = (folder / "README.md").read_text() if (folder / "README.md").is_file() else ""
-    return CommittedResults(folder, runs, readme)
+    return CommittedResults(folder, runs, readme, experiment_of(folder))
 
 
 def committed_curves(committed: CommittedResults, names: Sequence[str] = ("epochs", "lr", "weight_decay")
@@ -542,7 +543,7 @@ def show_committed(results_dir: str | os.PathLike | None) -> CommittedResults | 
     """
     from IPython.display import Markdown, display
 
-    from workbench.experiments.execute import NotebookParameterError, repo_path
+    from workbench.experiments.execute import NotebookParameterError, repo_path, repo_root
 
     if repo_path(results_dir) is None:
         display(Markdown("`results_dir = None`: the sweep below runs with this notebook's parameters."))
@@ -552,7 +553,12 @@ def show_committed(results_dir: str | os.PathLike | None) -> CommittedResults | 
         raise NotebookParameterError(f"results_dir = {str(results_dir)!r}: no committed results there "
                                      f"({repo_path(results_dir)} has no runs.csv); set results_dir = None to "
                                      "run the sweep yourself")
-    display(Markdown(f"**What is shown** (committed in `{results_dir}`, nothing trains): "
+    shown = committed.folder  # as the repository names it, however the parameter was given
+    try:
+        shown = committed.folder.resolve().relative_to(repo_root().resolve())
+    except ValueError:
+        pass
+    display(Markdown(f"**What is shown** (committed in `{shown}`, nothing trains): "
                      f"{results_setting(committed.runs)}. The parameters cell's `preset`, `backbone` and data "
                      "apply only to a sweep of your own (`results_dir = None`)."))
     display(committed)
