@@ -21,10 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _point(sweep: Path, name: str, *, seed: int, mAP: float, stage1: Path | None, epochs: int = 2,
            lr: float = 2e-4, weight_decay: float = 5e-4, pretrained: str | None = "imagenet.pth",
-           precision: float = 0.25, **switches: bool) -> Path:
+           precision: float = 0.25, model: dict | None = None, **switches: bool) -> Path:
     """One finished point of a 03_train_mar sweep, as the notebook leaves it (fractions in the files)."""
     cfg = get_preset("cpu")
-    cfg = replace(cfg, model=replace(cfg.model, pretrained=pretrained),
+    cfg = replace(cfg, model=replace(cfg.model, pretrained=pretrained, **(model or {})),
                   loss=replace(cfg.loss, **switches),
                   train=replace(cfg.train, seed=seed, epochs=epochs, lr=lr, weight_decay=weight_decay))
     folder = sweep / name
@@ -309,6 +309,29 @@ def test_runs_are_read_at_an_epoch_of_their_history_by_hand() -> None:
     assert cut["epoch"].max() == 10 and set(cut["run"]) == {"long", "short"}
     again, _ = records_at_epoch(got, histories, 10)  # a results folder's runs.csv read back: the same
     assert again["trained_epochs"].tolist() == [20, 10] and again["mAP"].tolist() == pytest.approx([0.271, 0.29])
+
+
+def test_fusion_at_the_paper_schedule_keeps_only_runs_with_the_embedding(tmp_path: Path) -> None:
+    """Issue 19, run 3: Table 2 with the 2048-d embedding after fusion; runs of the same combinations
+    without it (the committed short-schedule rows) are not rows of it."""
+    ckpt, s = _stage1(tmp_path), tmp_path / "sweep"
+    full = dict(use_mdl=True, use_cml=True, use_al=True, use_rj=True)
+    for seed in (0, 1):
+        for stages, m in (("layer4", 0.30), ("layer1+layer3+layer4", 0.31 + 0.01 * seed)):
+            for embed, shift in ((2048, 0.0), (None, -0.1)):
+                _point(s, f"{stages}-{embed}-{seed}", seed=seed, mAP=m + shift, stage1=ckpt, epochs=10,
+                       weight_decay=0.025, model=dict(stages=tuple(stages.split("+")), embed_dim=embed), **full)
+    for folder in s.iterdir():
+        cfg = json.loads((folder / "mar" / "config.json").read_text())
+        cfg["train"]["milestones"] = [12, 17]
+        (folder / "mar" / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "results"
+    ex.write_experiment("paper_schedule_feature_fusion", [s], out)
+    summary = pd.read_csv(out / "summary.csv", index_col="row")
+    assert summary.loc["layer4", "runs"] == 2 and summary.loc["layer1+layer3+layer4", "mAP_mean"] == pytest.approx(31.5)
+    assert summary.loc["layer1+layer3+layer4", "delta_mAP"] == pytest.approx(1.5)
+    assert set(pd.read_csv(out / "runs.csv")["embed_dim"]) == {2048}
+    assert summary.loc["layer1+layer3+layer4", "paper_mAP"] == pytest.approx(41.188)  # Table 2 (PAPER.md)
 
 
 def test_gradient_shares_per_row_by_hand() -> None:

@@ -113,6 +113,18 @@ EXPERIMENTS: dict[str, Experiment] = {
              "only from epoch 12, so the full row's 20-epoch runs are the same computation up to epoch 10). "
              "L_RAL = L_AL + β·L_RJ. Every row starts from the same stage-1 checkpoint; the seeds are the same "
              "in every row, so differences to the full row are paired by seed."),
+    "paper_schedule_feature_fusion": Experiment(
+        "paper_schedule_feature_fusion",
+        "Table 2 with the paper's 2048-d embedding after fusion, at the paper's stage-2 schedule (epoch 10)",
+        base={**_PAPER_SCHEDULE, **_FULL, "embed_dim": 2048},
+        rows={c: dict(stages=c) for c in FUSION_COMBINATIONS}, baseline="layer4",
+        paper=PAPER_RESULTS["feature_fusion"], at_epoch=10,
+        note="As the paper builds it: the fused vector (the stages' pooled outputs, concatenated) goes through "
+             "a 2048-d embedding (linear + batch norm) before the agents, so every combination's feature has "
+             "the same size. Each combination has its own stage 1 (the committed recipe with the embedding); "
+             "stage 2 follows the paper's schedule (lr 2e-4, weight decay 0.025) and is read at epoch 10, as "
+             "Table 3 at this schedule is. The seeds are the same in every row: differences to layer4 are "
+             "paired by seed."),
     "paper_schedule_terms": Experiment(
         "paper_schedule_terms", "Why stage 2 moves little: λ2, the mining ratio and each term's share of the update",
         base=_PAPER_SCHEDULE,
