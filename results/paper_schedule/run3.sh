@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Issue 19 run 3: Table 2 with the paper's 2048-d embedding after fusion, at run 2's schedule (10 epochs of
 # lr 2e-4, weight decay 0.025, milestones 12/17, evaluated every 2 epochs), 2 seeds of stage 2 per combination.
-# Code pinned in the worktree /work/evidence-emb (4fd151e: notebooks 02/06 take embed_dim); two points at a
-# time, one thread each. Re-running this script resumes: finished points are skipped and an interrupted
+# Code pinned in the worktree /work/evidence-emb (e55812e; notebooks 02/06 take embed_dim since 4fd151e); two
+# points at a time, one thread each. `run3.sh [STAGES_YAML]` runs the combinations of STAGES_YAML (default
+# fusion_stages.yaml: all seven); a session that cannot finish all seven runs one whole combination (its stage 1,
+# then both seeds), because a stage-1 checkpoint does not outlive the machine and a re-run differs in its floats. Re-running this script resumes: finished points are skipped and an interrupted
 # point resumes from its last epoch checkpoint.
 #   1. one stage 1 per combination (the committed recipe: cpu preset, 12 epochs of L_AL, seed 0, + embed_dim)
 #   2. run3_grid.yaml, written from the finished stage 1s: every combination x seeds 0, 1 from its own stage 1
@@ -12,7 +14,7 @@ cd /work/evidence-emb
 export PYTHONPATH=/work/evidence-emb OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=/work/main/.venv/bin/python
 RUNS=/work/evidence-runs
-$PY -m workbench sweep notebooks/02_pretrain_reference.ipynb --grid $RUNS/fusion_stages.yaml \
+$PY -m workbench sweep notebooks/02_pretrain_reference.ipynb --grid "${1:-$RUNS/fusion_stages.yaml}" \
     --jobs 2 --cpus-per-point 1 --set preset=cpu --set 'extra={embed_dim: 2048}' --out $RUNS/stage1_emb
 $PY - "$RUNS" <<'PYEOF' || exit 1
 import json, sys
