@@ -359,7 +359,8 @@ def test_07_pretraining_ablation_runs_table_1_rows(nb_env, tmp_path: Path, monke
                                              ("06_feature_fusion", "feature_fusion"),
                                              ("07_pretraining_ablation", "pretraining"),
                                              ("04_loss_ablation", "paper_schedule/loss_ablation"),
-                                             ("05_hyperparameter_curves", "paper_schedule/epochs")])
+                                             ("05_hyperparameter_curves", "paper_schedule/epochs"),
+                                             ("06_feature_fusion", "paper_schedule/feature_fusion")])
 def test_opened_from_the_repository_the_notebook_shows_the_committed_results(name: str, experiment: str,
                                                                            nb_env, tmp_path: Path) -> None:
     # the defaults, as JupyterLab opens it: results/<experiment>/ is shown and nothing trains (the
