@@ -333,6 +333,27 @@ def test_fusion_at_the_paper_schedule_keeps_only_runs_with_the_embedding(tmp_pat
     assert summary.loc["layer1+layer3+layer4", "paper_mAP"] == pytest.approx(41.188)  # Table 2 (PAPER.md)
 
 
+def test_loss_ablation_with_the_embedding_reads_only_embedding_runs(tmp_path: Path) -> None:
+    """Issue 19: Table 3 on run 3's layer4 model with the embedding; the no-embedding ablation runs of
+    the same schedule are not rows of it, and its full row pairs with the ablations by seed."""
+    ckpt, s = _stage1(tmp_path), tmp_path / "sweep"
+    rows = {"full": (dict(use_mdl=True, use_cml=True, use_al=True, use_rj=True), 0.36),
+            "w/o CML": (dict(use_mdl=True, use_cml=False, use_al=True, use_rj=True), 0.35),
+            "w/o RAL": (dict(use_mdl=True, use_cml=True, use_al=False, use_rj=False), 0.38)}
+    for label, (switches, m) in rows.items():
+        for embed, shift in ((2048, 0.0), (None, -0.1)):
+            _point(s, f"{label}-{embed}".replace("/", "_"), seed=0, mAP=m + shift, stage1=ckpt, epochs=10,
+                   weight_decay=0.025, milestones=(12, 17), model=dict(embed_dim=embed), **switches)
+    out = tmp_path / "results"
+    ex.write_experiment("paper_schedule_loss_ablation_embedding", [s], out)
+    summary = pd.read_csv(out / "summary.csv", index_col="row")
+    assert summary.loc["full", "runs"] == 1 and summary.loc["full", "mAP_mean"] == pytest.approx(36.0)
+    assert summary.loc["w/o CML", "delta_mAP"] == pytest.approx(-1.0)
+    assert summary.loc["w/o RAL", "delta_mAP"] == pytest.approx(2.0)
+    assert summary.loc["w/o both", "runs"] == 0
+    assert set(pd.read_csv(out / "runs.csv")["embed_dim"]) == {2048}
+
+
 def test_gradient_shares_per_row_by_hand() -> None:
     from workbench.experiments.stats import gradient_table
 

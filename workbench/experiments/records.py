@@ -125,6 +125,16 @@ EXPERIMENTS: dict[str, Experiment] = {
              "stage 2 follows the paper's schedule (lr 2e-4, weight decay 0.025) and is read at epoch 10, as "
              "Table 3 at this schedule is. The seeds are the same in every row: differences to layer4 are "
              "paired by seed."),
+    "paper_schedule_loss_ablation_embedding": Experiment(
+        "paper_schedule_loss_ablation_embedding",
+        "Table 3 at the paper's stage-2 schedule (epoch 10), on layer4 with the 2048-d embedding",
+        base={**_PAPER_SCHEDULE, "embed_dim": 2048},
+        rows={label: dict(switches) for label, switches in LOSS_ABLATION.items()},
+        baseline="full", paper=PAPER_RESULTS["loss_ablation"], at_epoch=10,
+        note="Table 3 on the model of Table 2's layer4 row at the paper's schedule (`../feature_fusion/`): layer4 "
+             "with the paper's 2048-d embedding after it, from that row's stage 1, read at epoch 10 of the "
+             "schedule (lr 2e-4, weight decay 0.025). Its full row is that row's runs. L_RAL = L_AL + β·L_RJ. "
+             "The seeds are the same in every row, so differences to the full row are paired by seed."),
     "paper_schedule_terms": Experiment(
         "paper_schedule_terms", "Why stage 2 moves little: λ2, the mining ratio and each term's share of the update",
         base=_PAPER_SCHEDULE,
