@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Issue 19: Table 3's w/o L_CML and w/o L_RAL rows from run 3's layer4 stage 1 with the 2048-d embedding, seed 0, at
+# run 3's stage-2 settings (10 epochs of the paper's schedule, evaluated every 2), so they pair with run 3's layer4
+# runs (the full row) on the same machine. Code e55812e in /work/evidence-emb; two points at once, one thread each.
+cd /work/evidence-emb
+export PYTHONPATH=/work/evidence-emb OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+exec /work/main/.venv/bin/python -m workbench sweep notebooks/03_train_mar.ipynb --grid /work/evidence-runs/run3_ablation.yaml \
+    --jobs 2 --cpus-per-point 1 --set preset=cpu --set epochs=10 --set lr=2e-4 --set weight_decay=0.025 \
+    --set 'extra={embed_dim: 2048, milestones: [12, 17], eval_every: 2}' --out /work/evidence-runs/run3_ablation
