@@ -3,9 +3,10 @@
 # lr 2e-4, weight decay 0.025, milestones 12/17, evaluated every 2 epochs), 2 seeds of stage 2 per combination.
 # Code pinned in the worktree /work/evidence-emb (e55812e; notebooks 02/06 take embed_dim since 4fd151e); two
 # points at a time, one thread each. `run3.sh [STAGES_YAML]` runs the combinations of STAGES_YAML (default
-# fusion_stages.yaml: all seven); a session that cannot finish all seven runs one whole combination (its stage 1,
-# then both seeds), because a stage-1 checkpoint does not outlive the machine and a re-run differs in its floats. Re-running this script resumes: finished points are skipped and an interrupted
-# point resumes from its last epoch checkpoint.
+# fusion_stages.yaml: all seven); a session that cannot finish all seven runs one whole combination (its
+# stage 1, then both seeds), because a stage-1 checkpoint does not outlive the machine and a re-run differs in
+# its floats. Re-running this script resumes: finished points are skipped and an interrupted point resumes
+# from its last epoch checkpoint.
 #   1. one stage 1 per combination (the committed recipe: cpu preset, 12 epochs of L_AL, seed 0, + embed_dim)
 #   2. run3_grid.yaml, written from the finished stage 1s: every combination x seeds 0, 1 from its own stage 1
 #   3. stage 2
