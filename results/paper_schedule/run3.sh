@@ -6,7 +6,8 @@
 # fusion_stages.yaml: all seven); a session that cannot finish all seven runs one whole combination (its
 # stage 1, then both seeds), because a stage-1 checkpoint does not outlive the machine and a re-run differs in
 # its floats. Re-running this script resumes: finished points are skipped and an interrupted point resumes
-# from its last epoch checkpoint.
+# from its last epoch checkpoint. JOBS (default 2) is how many stage-2 points run at once: JOBS=1 runs the
+# seeds one after the other on one core while another block uses the other core.
 #   1. one stage 1 per combination (the committed recipe: cpu preset, 12 epochs of L_AL, seed 0, + embed_dim)
 #   2. run3_grid.yaml, written from the finished stage 1s: every combination x seeds 0, 1 from its own stage 1
 #   3. stage 2
@@ -34,5 +35,5 @@ for status in sorted((runs / "stage1_emb").glob("*/status.json")):
 print(f"run3: {len(lines) - 1} stage-2 points", file=sys.stderr)
 PYEOF
 exec $PY -m workbench sweep notebooks/03_train_mar.ipynb --grid $RUNS/run3_grid.yaml \
-    --jobs 2 --cpus-per-point 1 --set preset=cpu --set epochs=10 --set lr=2e-4 --set weight_decay=0.025 \
+    --jobs "${JOBS:-2}" --cpus-per-point 1 --set preset=cpu --set epochs=10 --set lr=2e-4 --set weight_decay=0.025 \
     --set 'extra={embed_dim: 2048, milestones: [12, 17], eval_every: 2}' --out $RUNS/run3
