@@ -405,3 +405,32 @@ def test_a_table_at_an_epoch_from_sweeps(tmp_path: Path) -> None:
     (out / "experiment.json").write_text('{"experiment": "table9"}')
     with pytest.raises(ConfigError, match="unknown experiment 'table9'"):
         report(out)
+
+
+def test_a_committed_folder_read_with_the_sweep_that_grows_it_counts_each_run_once(sweep: Path, tmp_path: Path) -> None:
+    """Regenerating a committed folder together with its sweep, which has gained points since (issue 19's
+    run 3 adds one fusion combination a session): the runs in both are one run each, not a crash or two."""
+    from workbench.errors import ConfigError
+    from workbench.experiments.records import read_records
+
+    out = tmp_path / "results"
+    ex.write_experiment("loss_ablation", [sweep], out)
+    first = pd.read_csv(out / "summary.csv", index_col="row")
+    ckpt = tmp_path / "stage1" / "pretrain" / "checkpoint.pt"
+    _point(sweep, "nocml-2", seed=2, mAP=0.27, stage1=ckpt, use_cml=False)  # the sweep grows
+    _point(sweep, "full-2", seed=2, mAP=0.33, stage1=ckpt)
+    records, histories = read_records([out, sweep])
+    assert sorted(records["run"]) == sorted(p.name for p in sweep.iterdir() if (p / "mar").is_dir())
+    assert not histories.duplicated(["run", "epoch"]).any()
+    ex.write_experiment("loss_ablation", [out, sweep], tmp_path / "grown")
+    grown = pd.read_csv(tmp_path / "grown" / "summary.csv", index_col="row")
+    assert grown.loc["full", "runs"] == first.loc["full", "runs"] + 1 == 3
+    assert grown.loc["w/o CML", "runs"] == 3
+    assert grown.loc["w/o CML", "delta_mAP"] == pytest.approx(-3.0)  # (-1, -2, -6) / 3, paired by seed
+    # a different run under a name the folder already holds is refused, naming both places
+    other = tmp_path / "other"
+    _point(other, "full-0", seed=0, mAP=0.5, stage1=ckpt)
+    (other / "full-0" / "status.json").write_text(json.dumps({"state": "done", "name": "full-0", "params": {},
+                                                              "finished": "2026-12-02T09:00:00+00:00"}))
+    with pytest.raises(ConfigError, match="two different runs are named 'full-0'"):
+        read_records([out, other])

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pandas is imported inside the functions that need it
     import pandas as pd
 
-from workbench.errors import MissingFileError
+from workbench.errors import ConfigError, MissingFileError
 from workbench.experiments.paper import FUSION_COMBINATIONS, LOSS_ABLATION, METHOD_COMPARISON, PAPER_RESULTS
 from workbench.experiments.results import MAIN_METRICS, collect, select
 from workbench.runs import PointFolder, RunFolder
@@ -343,23 +343,53 @@ def read_records(sources: Sequence[str | os.PathLike]) -> "tuple[pd.DataFrame, p
     """Records and histories (as :func:`run_records` returns them) from sweep folders, or from results
     folders' ``runs.csv`` + ``histories.csv``: one pipeline for fresh sweeps and committed results.
 
+    A run read from more than one source (a committed results folder together with the sweep that grows
+    it) is one run: the first source that holds it gives its record and history.
+
     Raises:
         MissingFileError: a source that does not exist.
+        ConfigError: two different runs under one name (histories are keyed by run name).
     """
     import pandas as pd
 
     records, histories = [], []
+    seen: dict[tuple, str] = {}  # execution key -> the source that gave it
+    named: dict[str, tuple[tuple, str]] = {}  # run name -> (its execution key, source)
     for source in map(Path, sources):
         if (source / "runs.csv").is_file():
-            runs = pd.read_csv(source / "runs.csv")
-            records.append(runs.drop(columns=["row"], errors="ignore"))
-            if (source / "histories.csv").is_file():
-                histories.append(pd.read_csv(source / "histories.csv"))
+            r = pd.read_csv(source / "runs.csv").drop(columns=["row"], errors="ignore")
+            h = pd.read_csv(source / "histories.csv") if (source / "histories.csv").is_file() else pd.DataFrame()
         else:
             r, h = run_records([source])
-            records.append(r)
-            histories.append(h)
+        if not len(r):
+            continue
+        keys = [_execution_key(rec) for rec in r.to_dict("records")]
+        fresh = [key not in seen for key in keys]
+        for key, name in zip(keys, r["run"].astype(str)):
+            if name in named and named[name][0] != key:
+                raise ConfigError(f"two different runs are named {name!r}: one in {named[name][1]}, one in "
+                                  f"{source} (a results table keys each run's history by its name); read "
+                                  f"them into separate tables")
+            named.setdefault(name, (key, str(source)))
+            seen.setdefault(key, str(source))
+        r = r[fresh]
+        records.append(r)
+        if len(h):
+            histories.append(h[h["run"].astype(str).isin(set(r["run"].astype(str)))])
     records = [r for r in records if len(r)]
     histories = [h for h in histories if len(h)]
     return (pd.concat(records, ignore_index=True) if records else pd.DataFrame(),
             pd.concat(histories, ignore_index=True).drop_duplicates() if histories else pd.DataFrame())
+
+
+def _execution_key(record: Mapping[str, Any]) -> tuple:
+    """What makes a run record one execution: its sweep, point name, seed and when it finished (a committed
+    runs.csv and the sweep folder it was made from give the same key)."""
+    def plain(value: Any) -> str:
+        if value is None or (isinstance(value, float) and value != value):
+            return ""
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    return tuple(plain(record.get(k)) for k in ("sweep", "run", "seed", "finished"))
