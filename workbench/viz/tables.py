@@ -5,6 +5,7 @@ Example:
 """
 from __future__ import annotations
 
+import textwrap
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -86,7 +87,9 @@ def plot_rows_beside_paper(summary: pd.DataFrame, metrics: Sequence[str] = ("ran
         paper = pd.to_numeric(summary.get(f"paper_{m}"), errors="coerce").to_numpy(dtype=float)
         _bars_beside_paper(ax, rows, ours, paper, std, labels=ax is axes[0], xlabel=f"{METRIC_TITLES.get(m, m)} (%)",
                            names=("paper (ResNet-50, Market)", "ours (mean ± std)"), missing="no run")
-    axes[0].legend(fontsize=7, loc="lower right")
+    for ax in axes[:len(metrics)]:
+        ax.set_ylim(len(rows) - 0.5, -1.4)  # as the Δ panel: room above the first row for the legend
+    axes[0].legend(fontsize=7, loc="upper center", ncols=2)  # not over a row's bars or their values
     ax = axes[-1]
     mean = pd.to_numeric(summary.get(f"delta_{delta}"), errors="coerce").to_numpy(dtype=float)
     low = pd.to_numeric(summary.get(f"delta_{delta}_low"), errors="coerce").to_numpy(dtype=float)
@@ -104,8 +107,8 @@ def plot_rows_beside_paper(summary: pd.DataFrame, metrics: Sequence[str] = ("ran
     ax.set_xlabel(f"Δ {METRIC_TITLES.get(delta, delta)} vs baseline (points)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", ncols=2)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    if title:  # wrapped to the figure's width: a long experiment title is not cut at the edge
+        fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 14)), fontsize=10)
     save_figure(fig, save_to, "rows_beside_paper")
     return fig
 
