@@ -353,8 +353,7 @@ def read_records(sources: Sequence[str | os.PathLike]) -> "tuple[pd.DataFrame, p
     import pandas as pd
 
     records, histories = [], []
-    seen: dict[tuple, str] = {}  # execution key -> the source that gave it
-    named: dict[str, tuple[tuple, str]] = {}  # run name -> (its execution key, source)
+    named: dict[str, tuple[tuple, str]] = {}  # run name -> (its execution key, the source that gave it)
     for source in map(Path, sources):
         if (source / "runs.csv").is_file():
             r = pd.read_csv(source / "runs.csv").drop(columns=["row"], errors="ignore")
@@ -363,15 +362,15 @@ def read_records(sources: Sequence[str | os.PathLike]) -> "tuple[pd.DataFrame, p
             r, h = run_records([source])
         if not len(r):
             continue
-        keys = [_execution_key(rec) for rec in r.to_dict("records")]
-        fresh = [key not in seen for key in keys]
-        for key, name in zip(keys, r["run"].astype(str)):
+        fresh = []
+        for record in r.to_dict("records"):
+            key, name = _execution_key(record), str(record["run"])
             if name in named and named[name][0] != key:
                 raise ConfigError(f"two different runs are named {name!r}: one in {named[name][1]}, one in "
                                   f"{source} (a results table keys each run's history by its name); read "
                                   f"them into separate tables")
+            fresh.append(name not in named)
             named.setdefault(name, (key, str(source)))
-            seen.setdefault(key, str(source))
         r = r[fresh]
         records.append(r)
         if len(h):

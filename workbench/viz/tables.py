@@ -58,10 +58,15 @@ def plot_beside_paper(table: pd.DataFrame, metrics: Sequence[str] = ("rank-1", "
         paper = pd.to_numeric(table.get(f"{m} (paper)"), errors="coerce").to_numpy(dtype=float)
         _bars_beside_paper(ax, rows, ours, paper, labels=ax is axes[0], xlabel=f"{m} (%)")
     axes[-1].legend(fontsize=7, loc="lower right")
-    if title:
-        fig.suptitle(title, fontsize=10)
+    _suptitle(fig, title)
     save_figure(fig, save_to, "beside_paper")
     return fig
+
+
+def _suptitle(fig: Figure, title: str | None) -> None:
+    """The figure's title, wrapped to its width: a long experiment title is not cut at the edge."""
+    if title:
+        fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 14)), fontsize=10)
 
 
 def plot_rows_beside_paper(summary: pd.DataFrame, metrics: Sequence[str] = ("rank1", "mAP"), *,
@@ -107,8 +112,7 @@ def plot_rows_beside_paper(summary: pd.DataFrame, metrics: Sequence[str] = ("ran
     ax.set_xlabel(f"Δ {METRIC_TITLES.get(delta, delta)} vs baseline (points)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", ncols=2)
-    if title:  # wrapped to the figure's width: a long experiment title is not cut at the edge
-        fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 14)), fontsize=10)
+    _suptitle(fig, title)
     save_figure(fig, save_to, "rows_beside_paper")
     return fig
 
@@ -156,8 +160,7 @@ def plot_epoch_and_parameter_curves(curves: Mapping[str, pd.DataFrame], metrics:
         ax.set_ylabel("%")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    _suptitle(fig, title)
     save_figure(fig, save_to, "curves")
     return fig
 
@@ -190,8 +193,7 @@ def plot_rows_over_training_time(curves: pd.DataFrame, *, budget_s: float | None
     for ax in (ax_metric, ax_prec):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    _suptitle(fig, title)
     return fig
 
 
@@ -220,6 +222,5 @@ def plot_gradient_shares(shares: pd.DataFrame, *, title: str | None = None) -> F
         ax_norm.set(xlabel="‖g‖", title="the step's gradient norm")
     for ax in (ax_share, ax_norm):
         ax.grid(axis="x", alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    _suptitle(fig, title)
     return fig
