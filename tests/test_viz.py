@@ -479,6 +479,40 @@ def test_fusion_stage_report_splits_the_fused_vector_by_stage(setup) -> None:
     assert table.loc["fused", "rank1"] == pytest.approx(own["rank1"], abs=1e-6)
     # a stage alone is its own slice: layer1 alone differs from the fused retrieval
     assert 0.0 <= table.loc["layer1", "mAP"] <= 1.0
+    assert "embed_share" not in table.columns  # no embedding: the fused vector is the feature
+
+
+def test_fusion_stage_report_measures_each_stages_share_of_the_embedding(setup) -> None:
+    from dataclasses import replace
+
+    from workbench.analysis.views import fusion_stage_report
+
+    cfg, target = setup["cfg"], setup["target"]
+    torch.manual_seed(0)
+    net = build_model(replace(cfg.model, stages=("layer1", "layer4"), embed_dim=16), 5, pretrained=False).eval()
+    emb = net.embedding
+    with torch.no_grad():
+        emb.bn.running_var.uniform_(0.5, 2.0)
+        emb.bn.weight.uniform_(0.5, 1.5)
+    table = fusion_stage_report(net, target, image_size=cfg.data.image_size)
+    assert table.loc["fused", "embed_share"] == pytest.approx(1.0)
+    assert all(0.0 <= table.loc[s, "embed_share"] for s in ("layer1", "layer4"))
+    # zero the embedding's columns of layer1: layer1 no longer moves the feature, layer4 moves all of it
+    width = net.fusion.channels["layer1"]
+    with torch.no_grad():
+        emb.fc.weight[:, :width] = 0
+    table = fusion_stage_report(net, target, image_size=cfg.data.image_size)
+    assert table.loc["layer1", "embed_share"] == 0.0
+    assert table.loc["layer4", "embed_share"] == pytest.approx(1.0)
+    # the share sees the batch norm's scale: damping layer4's outputs hands the feature to layer1
+    with torch.no_grad():
+        emb.fc.weight.normal_(0, 0.01)
+        baseline = fusion_stage_report(net, target, image_size=cfg.data.image_size)
+        emb.fc.weight[: emb.out_dim // 2, width:] = 0  # half the outputs see layer1 alone
+        emb.bn.weight[emb.out_dim // 2:] = 1e-3  # and the other half (where layer4 is) are damped
+    table = fusion_stage_report(net, target, image_size=cfg.data.image_size)
+    assert table.loc["layer1", "embed_share"] > baseline.loc["layer1", "embed_share"]
+    assert table.loc["layer1", "embed_share"] > 0.9
 
 
 def test_gradient_shares_stack_each_rows_terms_and_show_the_step_norm() -> None:

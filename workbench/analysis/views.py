@@ -27,6 +27,7 @@ import torch
 from workbench.data import Sample, Split, build_test_loader
 from workbench.evaluation import evaluate_features, extract_features
 from workbench.losses import soft_multilabel
+from workbench.models.fusion import Embedding
 
 PARTS = ("train", "query", "gallery")
 
@@ -321,11 +322,17 @@ def fusion_stage_report(model: torch.nn.Module, split: Split, *, image_size: tup
     Per stage of ``model.fusion`` (global-average-pooled, as fused): its width, its mean share of the
     fused vector's squared norm (how much of the cosine it decides when the fused vector is
     L2-normalized without an embedding), and the retrieval accuracy of that stage alone (cosine on its
-    L2-normalized slice); the row ``fused`` is the whole fused vector. Uses the test split's labels: a
-    diagnosis, not a training signal.
+    L2-normalized slice); the row ``fused`` is the whole fused vector. With an embedding after fusion
+    (``embed_dim``), also ``embed_share``: the stage's share of how the embedding's output varies from
+    image to image, Σ_i ‖s ⊙ W_stage (x_i,stage − x̄_stage)‖² / Σ_i ‖s ⊙ W (x_i − x̄)‖² over the query and
+    gallery images, where W is the embedding's linear layer and s its batch norm's scale (γ / √(running
+    var + ε)): the part of the feature each stage moves, as the cosine sees it after the embedding. The
+    stages' shares need not add to 1 (their cross terms). Uses the test split's labels: a diagnosis, not
+    a training signal.
 
     Returns:
-        Index: stage names, then ``fused``. Columns: ``dims``, ``norm_share``, ``rank1``, ``mAP``.
+        Index: stage names, then ``fused``. Columns: ``dims``, ``norm_share``, ``rank1``, ``mAP``, and
+        ``embed_share`` where the model has an embedding.
     """
     import pandas as pd
 
@@ -351,6 +358,14 @@ def fusion_stage_report(model: torch.nn.Module, split: Split, *, image_size: tup
         share = every[:, cols].pow(2).sum(1) / total
         rows[stage] = {"dims": cols.stop - cols.start, "norm_share": float(share.nanmean()),
                        "rank1": float(metrics["rank1"]), "mAP": float(metrics["mAP"])}
+    if isinstance(model.embedding, Embedding):
+        bn = model.embedding.bn
+        scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().double().cpu()  # (D,)
+        weight = model.embedding.fc.weight.detach().double().cpu() * scale[:, None]  # (D, fused_dim)
+        centered = every - every.mean(0)
+        whole = (centered @ weight.T).pow(2).sum()
+        for stage, cols in slices.items():
+            rows[stage]["embed_share"] = float((centered[:, cols] @ weight[:, cols].T).pow(2).sum() / whole)
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("stage")
 
 

@@ -185,7 +185,8 @@ def add_diagnose(sub: argparse._SubParsersAction) -> None:
     dg.add_argument("run", metavar="RUN_DIR", help="a finished stage-2 run folder")
     dg.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
     dg.add_argument("--stages", action="store_true",
-                    help="instead: each fused stage's share of the fused vector and its retrieval accuracy alone, "
+                    help="instead: each fused stage's share of the fused vector (and, with an embedding after "
+                         "fusion, of the embedding's image-to-image variation) and its retrieval accuracy alone, "
                          "stage-1 and stage-2 model")
     dg.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     dg.set_defaults(func=_cmd_diagnose)
