@@ -485,6 +485,8 @@ def test_fusion_stage_report_splits_the_fused_vector_by_stage(setup) -> None:
 def test_fusion_stage_report_measures_each_stages_share_of_the_embedding(setup) -> None:
     from dataclasses import replace
 
+    from workbench.data import build_test_loader
+    from workbench.evaluation import evaluate_features, extract_features
     from workbench.analysis.views import fusion_stage_report
 
     cfg, target = setup["cfg"], setup["target"]
@@ -495,7 +497,15 @@ def test_fusion_stage_report_measures_each_stages_share_of_the_embedding(setup) 
         emb.bn.running_var.uniform_(0.5, 2.0)
         emb.bn.weight.uniform_(0.5, 1.5)
     table = fusion_stage_report(net, target, image_size=cfg.data.image_size)
+    assert table.index.tolist() == ["layer1", "layer4", "fused", "embedding"]
     assert table.loc["fused", "embed_share"] == pytest.approx(1.0)
+    # the last row is the model's own feature: its retrieval, as evaluate would measure it
+    feats = {p: extract_features(net, build_test_loader(list(getattr(target, p)), image_size=cfg.data.image_size))
+             for p in ("query", "gallery")}
+    own = evaluate_features(feats["query"][0], feats["gallery"][0], feats["query"][1], feats["gallery"][1],
+                            feats["query"][2], feats["gallery"][2], max_rank=min(50, len(target.gallery)))
+    assert table.loc["embedding", "dims"] == 16
+    assert table.loc["embedding", "mAP"] == pytest.approx(own["mAP"], abs=1e-6)
     assert all(0.0 <= table.loc[s, "embed_share"] for s in ("layer1", "layer4"))
     # zero the embedding's columns of layer1: layer1 no longer moves the feature, layer4 moves all of it
     width = net.fusion.channels["layer1"]

@@ -327,12 +327,13 @@ def fusion_stage_report(model: torch.nn.Module, split: Split, *, image_size: tup
     image to image, Σ_i ‖s ⊙ W_stage (x_i,stage − x̄_stage)‖² / Σ_i ‖s ⊙ W (x_i − x̄)‖² over the query and
     gallery images, where W is the embedding's linear layer and s its batch norm's scale (γ / √(running
     var + ε)): the part of the feature each stage moves, as the cosine sees it after the embedding. The
-    stages' shares need not add to 1 (their cross terms). Uses the test split's labels: a diagnosis, not
-    a training signal.
+    stages' shares need not add to 1 (their cross terms). The last row, ``embedding``, is then the
+    model's own feature (the embedding's L2-normalized output) and its retrieval, next to the fused
+    vector's. Uses the test split's labels: a diagnosis, not a training signal.
 
     Returns:
-        Index: stage names, then ``fused``. Columns: ``dims``, ``norm_share``, ``rank1``, ``mAP``, and
-        ``embed_share`` where the model has an embedding.
+        Index: stage names, then ``fused`` (and ``embedding`` where the model has one). Columns:
+        ``dims``, ``norm_share``, ``rank1``, ``mAP``, and ``embed_share`` where the model has an embedding.
     """
     import pandas as pd
 
@@ -366,6 +367,14 @@ def fusion_stage_report(model: torch.nn.Module, split: Split, *, image_size: tup
         whole = (centered @ weight.T).pow(2).sum()
         for stage, cols in slices.items():
             rows[stage]["embed_share"] = float((centered[:, cols] @ weight[:, cols].T).pow(2).sum() / whole)
+        own = {}
+        for part in ("query", "gallery"):
+            loader = build_test_loader(list(getattr(split, part)), image_size=tuple(image_size), batch_size=batch_size)
+            own[part] = extract_features(model, loader, device=device)[0]  # (N, D) the model's feature
+        metrics = evaluate_features(own["query"], own["gallery"], pids["query"], pids["gallery"], cams["query"],
+                                    cams["gallery"], max_rank=min(50, own["gallery"].shape[0]))
+        rows["embedding"] = {"dims": model.embedding.out_dim, "norm_share": float("nan"),
+                             "rank1": float(metrics["rank1"]), "mAP": float(metrics["mAP"]), "embed_share": float("nan")}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("stage")
 
 
