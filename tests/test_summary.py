@@ -354,6 +354,31 @@ def test_loss_ablation_with_the_embedding_reads_only_embedding_runs(tmp_path: Pa
     assert set(pd.read_csv(out / "runs.csv")["embed_dim"]) == {2048}
 
 
+def test_lambda_curve_with_the_embedding_takes_its_ends_from_tables_2_and_3(tmp_path: Path) -> None:
+    """Issue 19 run 4 at 10 epochs: λ2 = 50 is Table 2's layer4 row, the λ2 = 0 end is Table 3's w/o L_RAL;
+    runs without the embedding, or with another mining ratio, are not rows, and the rows pair by seed."""
+    ckpt, s = _stage1(tmp_path), tmp_path / "sweep"
+    full = dict(use_mdl=True, use_cml=True, use_al=True, use_rj=True)
+    points = {"l50": (dict(full, lambda_ref=50.0), 0.36), "l5": (dict(full, lambda_ref=5.0), 0.37),
+              "noral": (dict(full, use_al=False, use_rj=False), 0.38),
+              "mining": (dict(full, mining_ratio=0.02), 0.20)}
+    for seed in (0, 1):
+        for name, (switches, m) in points.items():
+            for embed, shift in ((2048, 0.01 * seed), (None, -0.1)):
+                _point(s, f"{name}-{embed}-{seed}", seed=seed, mAP=m + shift, stage1=ckpt, epochs=10,
+                       weight_decay=0.025, milestones=(12, 17), model=dict(embed_dim=embed), **switches)
+    out = tmp_path / "results"
+    ex.write_experiment("paper_schedule_terms_embedding", [s], out)
+    summary = pd.read_csv(out / "summary.csv", index_col="row")
+    assert list(summary.index) == ["λ2 = 50 (official)", "λ2 = 5", "w/o L_RAL (λ2 = 0)"]
+    assert (summary["runs"] == 2).all()
+    assert summary.loc["λ2 = 50 (official)", "mAP_mean"] == pytest.approx(36.5)
+    assert summary.loc["λ2 = 5", "delta_mAP"] == pytest.approx(1.0)
+    assert summary.loc["w/o L_RAL (λ2 = 0)", "delta_mAP"] == pytest.approx(2.0)
+    runs = pd.read_csv(out / "runs.csv")
+    assert set(runs["embed_dim"]) == {2048} and set(runs["mining_ratio"]) == {0.005}
+
+
 def test_gradient_shares_per_row_by_hand() -> None:
     from workbench.experiments.stats import gradient_table
 

@@ -147,6 +147,21 @@ EXPERIMENTS: dict[str, Experiment] = {
              "shared weights (backbone, fusion, embedding) measured every 10 steps (grad_terms_every): its norm "
              "and its share of the step's update, 100·<g_term, g>/‖g‖² (the shares add up to 100 %; a negative share "
              "pulls against the others)."),
+    "paper_schedule_terms_embedding": Experiment(
+        "paper_schedule_terms_embedding",
+        "λ2 at the paper's stage-2 schedule (epoch 10), on layer4 with the 2048-d embedding",
+        base={**_PAPER_SCHEDULE, "embed_dim": 2048, "mining_ratio": 0.005},
+        rows={"λ2 = 50 (official)": dict(_FULL, lambda_ref=50.0),
+              "λ2 = 5": dict(_FULL, lambda_ref=5.0),
+              "w/o L_RAL (λ2 = 0)": dict(LOSS_ABLATION["w/o RAL"], lambda_ref=50.0)},
+        baseline="λ2 = 50 (official)", at_epoch=10,
+        note="Run 4's λ2 curve at Table 3's length of the schedule (10 epochs, lr 2e-4, weight decay 0.025) on "
+             "Table 2's layer4 model with the embedding, every row from that model's stage 1 on one machine, the "
+             "same seeds in every row (differences paired by seed). λ2 = 50 is Table 2's layer4 row; the λ2 = 0 "
+             "end of the curve is Table 3's w/o L_RAL row of `../loss_ablation_embedding/` (L_AL and L_RJ off: "
+             "λ2 = 0 but for the agents, which then also stop being trained by L_AL). The λ2 = 5 runs also "
+             "measured every L_MAR term's gradient on the shared weights every 25 steps (grad_terms_every): its "
+             "norm and its share of the step's update, 100·<g_term, g>/‖g‖²."),
 }
 
 
