@@ -538,4 +538,19 @@ def test_gradient_shares_stack_each_rows_terms_and_show_the_step_norm() -> None:
     widths = sorted(round(p.get_width(), 3) for p in ax_share.patches)
     assert widths == [0.0, 0.0, 1.0, 13.5, 85.5, 99.5]  # the negative share drawn at 0, the norms not stacked
     assert sorted(round(p.get_width(), 1) for p in ax_norm.patches) == [2.7, 31.1]
-    assert [t.get_text() for t in ax_share.get_legend().get_texts()] == ["L_MDL", "λ2·L_AL", "λ2·β·L_RJ"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["L_MDL", "λ2·L_AL", "λ2·β·L_RJ"]
+
+
+def test_gradient_shares_legend_clears_the_titles_with_one_row() -> None:
+    """A one-row table (one λ2 measured) once drew the legend over the panel's title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from workbench.viz import plot_gradient_shares
+
+    shares = pd.DataFrame({"share L_MDL (%)": [77.7], "share λ2·L_AL (%)": [17.0], "‖g‖": [4.5]}, index=["λ2 = 5"])
+    fig = plot_gradient_shares(shares, title="a long experiment title: where the update came from")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    legend = (fig.legends or [fig.axes[0].get_legend()])[0].get_window_extent(renderer)
+    for text in (fig.axes[0].title, fig.axes[1].title, fig._suptitle):
+        assert not legend.overlaps(text.get_window_extent(renderer)), text.get_text()

@@ -216,7 +216,8 @@ def plot_gradient_shares(shares: pd.DataFrame, *, title: str | None = None) -> F
         left += positive
     ax_share.set(yticks=y, yticklabels=list(shares.index), xlim=(0, 100), xlabel="share of the update (%)",
                  title="each term's part in the step (<g_term, g> / ‖g‖²)")
-    ax_share.legend(fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.08))
+    # below the axes, clear of the titles whatever the number of rows (an axes-relative offset above overlaps the title of one row)
+    fig.legend(*ax_share.get_legend_handles_labels(), fontsize=8, ncol=4, loc="outside lower center")
     if "‖g‖" in shares:
         ax_norm.barh(y, shares["‖g‖"].to_numpy(dtype=float), color="0.5")
         ax_norm.set(xlabel="‖g‖", title="the step's gradient norm")
