@@ -159,7 +159,7 @@ EXPERIMENTS: dict[str, Experiment] = {
              "Table 2's layer4 model with the embedding, every row from that model's stage 1 on one machine, the "
              "same seeds in every row (differences paired by seed). λ2 = 50 is Table 2's layer4 row; the λ2 = 0 "
              "end of the curve is Table 3's w/o L_RAL row of `../loss_ablation_embedding/` (L_AL and L_RJ off: "
-             "λ2 = 0 but for the agents, which then also stop being trained by L_AL). The λ2 = 5 runs also "
+             "λ2 = 0 but for the agents' weight decay, which a run with lambda_ref=0 still applies). The λ2 = 5 runs also "
              "measured every L_MAR term's gradient on the shared weights every 25 steps (grad_terms_every): its "
              "norm and its share of the step's update, 100·<g_term, g>/‖g‖²."),
 }
