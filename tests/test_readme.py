@@ -11,7 +11,7 @@ from workbench.experiments.report import readme_blocks, report, update_readme
 REPO = Path(__file__).resolve().parents[1]
 
 
-MARKDOWN = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+MARKDOWN = [REPO / "README.md", REPO / "results" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 @pytest.mark.parametrize("page", MARKDOWN, ids=[p.relative_to(REPO).as_posix() for p in MARKDOWN])

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -202,9 +204,10 @@ def _coerce(value: Any, current: Any, name: str) -> Any:
 
 def _coerce_group(group, values: dict, group_name: str):
     known = {f.name for f in fields(group)}
-    unknown = set(values) - known
+    unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown {group_name} fields {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(f"unknown {group_name} field {unknown[0]!r}{did_you_mean(unknown[0], known)}"
+                          + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
     coerced = {}
     for k, v in values.items():
         try:
@@ -214,6 +217,58 @@ def _coerce_group(group, values: dict, group_name: str):
                 raise
             raise ConfigError(f"{k} = {v!r}: {err}") from None
     return replace(group, **coerced)
+
+
+# ----------------------------------------------------------------------------- values and names
+
+
+def did_you_mean(name: str, known: "Sequence[str]") -> str:
+    """``"; did you mean 'x'?"`` when a known name is close to ``name``, else the list of known names (the
+    one suggestion every unknown field, parameter or key gets: --set, grids, recipes, notebooks)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(map(str, known))}"
+
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def fix_yaml_scalar(value: Any) -> Any:
+    """PyYAML reads ``1e-3`` as a string (YAML 1.1); turn such strings into floats."""
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)
+    if isinstance(value, list):
+        return [fix_yaml_scalar(v) for v in value]
+    if isinstance(value, dict):
+        return {k: fix_yaml_scalar(v) for k, v in value.items()}
+    return value
+
+
+def parse_value(text: str) -> Any:
+    """A parameter value from the command line, read as YAML: ``0.01``, ``1e-3``, ``true``, ``[1, 2]``;
+    anything else stays a string.
+
+    ``none`` stays the string ``"none"``, as in a grid file: it means an explicit None, which the
+    notebook's config (:func:`workbench.config.from_params`, the one parser of config values) and its
+    paths (:func:`workbench.experiments.repo_path`) read as None; ``null`` (or leaving the parameter
+    out) means the preset's value.
+
+    Example:
+        >>> parse_value("1e-3"), parse_value("false"), parse_value("none"), parse_value("layer1+layer4")
+        (0.001, False, 'none', 'layer1+layer4')
+    """
+    import yaml
+
+    if text.strip().lower() == "none":
+        return "none"
+    if text.strip().lower() in ("null", "~"):
+        return None
+    try:
+        return fix_yaml_scalar(yaml.safe_load(text))
+    except yaml.YAMLError:
+        return text
+
 
 
 # ----------------------------------------------------------------------------- presets
@@ -329,7 +384,7 @@ def from_params(params: dict[str, Any], base: str | Config | None = None) -> Con
         group, _, name = key.rpartition(".")
         group = group or FIELD_GROUP.get(name, "")
         if group not in _GROUPS or name not in FIELD_GROUP or FIELD_GROUP[name] != group:
-            raise ConfigError(f"unknown config field {key!r}; known: {sorted(FIELD_GROUP)}")
+            raise ConfigError(f"unknown config field {key!r}{did_you_mean(name, [*FIELD_GROUP, 'preset'])}")
         per_group[group][name] = value
     return check_ranges(Config(
         data=_coerce_group(cfg.data, per_group["data"], "data"),
@@ -420,3 +475,30 @@ def config_differences(saved: Config, cfg: Config, stage: str = "mar") -> list[s
     ignore = RUN_ONLY_FIELDS | (STAGE2_FIELDS if stage == "pretrain" else frozenset())
     a, b = saved.flat(), cfg.flat()
     return [f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in b if k not in ignore and a.get(k) != b.get(k)]
+
+
+#: the version of each stage's computation: bump it when a change of the code makes a run of the same
+#: config compute something else (a stage 1 found by :func:`computation_key` must be the same model)
+COMPUTE_VERSION = {"pretrain": 1, "mar": 1}
+
+
+def computation_key(cfg: Config, stage: str = "pretrain") -> str:
+    """A short hash of what a run of ``stage`` with ``cfg`` computes: every field that changes the result
+    (the stage-2 fields are left out of a stage 1's key, the run-only fields of both) and
+    :data:`COMPUTE_VERSION`. Paths are hashed as written (``${WORKBENCH_SHARED}/...``), so the key is
+    the same on every machine.
+
+    Two recipes that need the same stage 1 find it under the same key (``workbench reproduce``), and a
+    zoo entry made from a run carries the key of that run's config.
+
+    Example:
+        >>> computation_key(get_preset("cpu")) == computation_key(from_params({"preset": "cpu", "epochs": 20}))
+        True
+    """
+    import hashlib
+
+    ignore = RUN_ONLY_FIELDS | (STAGE2_FIELDS if stage == "pretrain" else frozenset())
+    flat = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.flat().items() if k not in ignore}
+    text = json.dumps({"stage": stage, "version": COMPUTE_VERSION[stage], "config": flat}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -14,7 +14,7 @@ import sys
 import traceback
 
 from workbench.cli.common import CLIError
-from workbench.cli.experiments import add_diagnose, add_report, add_results, add_sweep
+from workbench.cli.experiments import add_diagnose, add_report, add_reproduce, add_results, add_sweep, add_zoo
 from workbench.cli.training import add_data, add_demo, add_eval, add_training
 from workbench.errors import WorkbenchError
 
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_report(sub)
     add_results(sub)
     add_diagnose(sub)
+    add_reproduce(sub)
+    add_zoo(sub)
     return parser
 
 

@@ -192,3 +192,79 @@ def add_diagnose(sub: argparse._SubParsersAction) -> None:
     dg.set_defaults(func=_cmd_diagnose)
 
 
+
+
+# ----------------------------------------------------------------------------- reproduce, zoo
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from workbench.experiments.reproduce import reproduce
+
+    if not args.verbose:
+        logging.getLogger("papermill").setLevel(logging.WARNING)
+    folders = args.folders
+    failed = 0
+    for folder in folders:
+        try:
+            result = reproduce(folder, runs=args.runs, out=args.out if len(folders) == 1 else None, jobs=args.jobs,
+                               threads=args.threads, dry_run=args.dry_run, smoke=args.smoke)
+        except KeyboardInterrupt:
+            print("interrupted; run the same command to resume (finished runs are kept, the others continue "
+                  "from their last epoch checkpoint)", file=sys.stderr)
+            return 130
+        failed += len(result.failed)
+    return 1 if failed else 0
+
+
+def add_reproduce(sub: argparse._SubParsersAction) -> None:
+    rp = sub.add_parser("reproduce", help="regenerate a results folder from its recipe.yaml: stage 1s (zoo or "
+                                          "trained), every point, the folder, and its rows beside the committed ones")
+    rp.add_argument("folders", nargs="+", metavar="RESULTS_FOLDER", help="e.g. results/method_comparison")
+    rp.add_argument("--runs", default=None, metavar="DIR",
+                    help="where the runs go and are found again (default: $WORKBENCH_RUNS/reproduce)")
+    rp.add_argument("--out", default=None, metavar="DIR",
+                    help="where the folder is written (default: DIR/<folder>/results; name the committed folder "
+                         "to replace it)")
+    rp.add_argument("--jobs", type=positive_int, default=1, help="runs at once, each in its own process")
+    rp.add_argument("--threads", type=positive_int, default=1, help="torch threads per run (default 1)")
+    rp.add_argument("--dry-run", action="store_true",
+                    help="print the plan: every stage 1 and point, which exist under --runs, the expected CPU time")
+    rp.add_argument("--smoke", action="store_true",
+                    help="the same plan at smoke scale: synthetic data, 1 seed, 1 epoch (about a minute)")
+    rp.set_defaults(func=_cmd_reproduce)
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from workbench.runs.zoo import Zoo, describe
+
+    zoo = Zoo(args.root)
+    if args.action == "list":
+        entries = zoo.entries()
+        if not entries:
+            print(f"no entries in {zoo.manifest_path}")
+        for entry in entries.values():
+            print("  ".join(f"{k} {v}" for k, v in describe(entry).items()))
+        return 0
+    if args.action == "verify":
+        bad = 0
+        for name, state in zoo.verify():
+            print(f"{name}: {state}")
+            bad += state != "ok"
+        return 1 if bad else 0
+    if not args.run or not args.name:
+        raise CLIError("zoo add needs RUN_DIR and --name")
+    entry = zoo.add(args.run, args.name, recipe=args.recipe or "", note=args.note or "", replace=args.replace)
+    print(f"added {entry.name}: {zoo.root / entry.file} ({entry.bytes / 1e6:.1f} MB, sha256 {entry.sha256[:16]}…, "
+          f"key {entry.key})")
+    return 0
+
+
+def add_zoo(sub: argparse._SubParsersAction) -> None:
+    zp = sub.add_parser("zoo", help="the stage-1 checkpoints the committed tables start from (zoo/manifest.json)")
+    zp.add_argument("action", choices=("list", "verify", "add"))
+    zp.add_argument("run", nargs="?", metavar="RUN_DIR", help="add: a finished stage-1 run folder")
+    zp.add_argument("--name", default=None, help="add: the entry's name")
+    zp.add_argument("--recipe", default=None, help="add: what made it (a command or a recipe)")
+    zp.add_argument("--note", default=None, help="add: a note")
+    zp.add_argument("--replace", action="store_true", help="add: replace an entry of that name")
+    zp.add_argument("--root", default=None, help="the zoo folder (default: zoo/ in the checkout, or WORKBENCH_ZOO)")
+    zp.set_defaults(func=_cmd_zoo)

@@ -94,9 +94,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if (folder := _resumable(args)) is not None:
         result = _resume(args, folder)
     else:
+        cfg = config_from_args(args)  # a bad --set is reported before anything else
         if args.init is None and not args.no_pretraining:
             raise CLIError("train needs --init STAGE1_CHECKPOINT (or --no-pretraining for the ablation)")
-        result = train_mar(config_from_args(args), args.run_dir, init_checkpoint=args.init, resume=args.resume)
+        result = train_mar(cfg, args.run_dir, init_checkpoint=args.init, resume=args.resume)
     if "initial" in result.metrics:
         print_metrics("before joint training", result.metrics["initial"])
     print_metrics("after joint training", result.metrics)

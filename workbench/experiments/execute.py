@@ -35,12 +35,10 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
 
 def unknown_parameter(path: Path, name: str, declared: Mapping[str, Any]) -> str:
     """The message for a parameter ``path`` does not declare, with the closest declared name when one is close."""
-    import difflib
+    from workbench.config import did_you_mean
 
-    close = difflib.get_close_matches(name, list(declared), n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else (
-        f"; its parameters: {', '.join(declared) or '(none: no cell tagged parameters)'}")
-    return f"{path.name} declares no parameter {name!r}{hint}"
+    hint = did_you_mean(name, list(declared)) if declared else "; (none: it has no cell tagged parameters)"
+    return f"{path.name} declares no parameter {name!r}{hint.replace('; known:', '; its parameters:')}"
 
 
 def check_params(path: Path, params: Mapping[str, Any], declared: Mapping[str, Any]) -> None:

@@ -17,43 +17,7 @@ log = logging.getLogger("workbench.experiments")
 
 # ----------------------------------------------------------------------------- grids and point names
 
-_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def _fix_yaml_scalar(value: Any) -> Any:
-    """PyYAML reads ``1e-3`` as a string (YAML 1.1); turn such strings into floats."""
-    if isinstance(value, str) and _FLOAT.match(value.strip()):
-        return float(value)
-    if isinstance(value, list):
-        return [_fix_yaml_scalar(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _fix_yaml_scalar(v) for k, v in value.items()}
-    return value
-
-
-def parse_value(text: str) -> Any:
-    """A parameter value from the command line, read as YAML: ``0.01``, ``1e-3``, ``true``, ``[1, 2]``;
-    anything else stays a string.
-
-    ``none`` stays the string ``"none"``, as in a grid file: it means an explicit None, which the
-    notebook's config (:func:`workbench.config.from_params`, the one parser of config values) and its
-    paths (:func:`workbench.experiments.repo_path`) read as None; ``null`` (or leaving the parameter
-    out) means the preset's value.
-
-    Example:
-        >>> parse_value("1e-3"), parse_value("false"), parse_value("none"), parse_value("layer1+layer4")
-        (0.001, False, 'none', 'layer1+layer4')
-    """
-    import yaml
-
-    if text.strip().lower() == "none":
-        return "none"
-    if text.strip().lower() in ("null", "~"):
-        return None
-    try:
-        return _fix_yaml_scalar(yaml.safe_load(text))
-    except yaml.YAMLError:
-        return text
+from workbench.config import fix_yaml_scalar, parse_value  # noqa: F401  (the one parser of values, re-exported)
 
 
 def _read_grid_file(path: Path) -> tuple[Any, dict[tuple, str]]:
@@ -90,7 +54,7 @@ def _read_grid_file(path: Path) -> tuple[Any, dict[tuple, str]]:
             if isinstance(point_node, yaml.MappingNode):
                 for key_node, value_node in point_node.value:
                     positions[(i, key_node.value)] = at(value_node)
-    return _fix_yaml_scalar(data), positions
+    return fix_yaml_scalar(data), positions
 
 
 def _grid_points(grid: Any, positions: Mapping[tuple, str] | None = None

@@ -11,7 +11,8 @@ run it describes instead of being typed in. ``PATH`` may be
 - a ``metrics.json`` file;
 - a results CSV (what ``--csv`` writes): a ``run`` column and the metric columns as fractions;
 - a committed experiment folder (``results/loss_ablation`` ...): its table over seeds;
-- a run's per-epoch history (``history.csv`` or a committed ``*_history.csv``): what the run cost.
+- a run's per-epoch history (``history.csv`` or a committed ``*_history.csv``): what the run cost;
+- a folder of results folders (``results/``): every recipe below it with its ``reproduce`` command.
 
 Example:
     >>> print(markdown_table([("stage 2", {"rank1": 0.5, "mAP": 0.25})]))
@@ -165,6 +166,7 @@ def report(path: str | Path, *, footnote: bool = True) -> str:
     (:func:`workbench.experiments.summary.folder_table`); a ``.txt`` file (a benchmark's committed
     output, ``results/benchmarks/*.txt``) is quoted as it is, in a fenced block.
     """
+    from workbench.experiments.recipes import find_recipes, recipes_markdown
     from workbench.experiments.summary import experiment_of, folder_table
 
     path = Path(path)
@@ -174,6 +176,8 @@ def report(path: str | Path, *, footnote: bool = True) -> str:
         return collected_cases(path)
     if path.name.endswith("history.csv"):
         return history_cost(path)
+    if path.is_dir() and not (path / "runs.csv").is_file() and any(p.parent != path for p in find_recipes(path)):
+        return recipes_markdown(path)
     if path.is_dir() and (path / "runs.csv").is_file() and experiment_of(path):
         return folder_table(path) + (f"\n\n({FOOTNOTE}; mean ± std over seeds, Δ: paired difference with its "
                                      "95 % interval)" if footnote else "")

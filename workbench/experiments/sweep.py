@@ -170,7 +170,8 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mappi
           progress: bool = True, kernel_name: str = "python3", timeout: float | None = None,
           jobs: int | None = None, devices: str | Sequence[int | str] | None = None,
           gpus_per_point: int | None = None, cpus_per_point: float | None = None,
-          executor: "str | Executor" = "local", address: str | None = None) -> "pd.DataFrame":
+          executor: "str | Executor" = "local", address: str | None = None,
+          names: Sequence[str] | None = None) -> "pd.DataFrame":
     """Run a notebook once per grid point, one folder per point; skip points already done.
 
     Args:
@@ -192,6 +193,8 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mappi
         executor: ``"local"``, ``"ray"`` or a :class:`workbench.experiments.executors.Executor`.
         address: the Ray cluster (``"auto"``, ``"HOST:PORT"``); None: the runtime already started in
             this process, else Ray's default (``RAY_ADDRESS``, or a new local runtime).
+        names: the points' folder names, one per point (default: :func:`point_name` of each point);
+            ``workbench reproduce`` names them by row, seed and a hash of what they compute.
 
     Returns:
         :func:`collect` of this grid's points (one row each, in grid order), the same whatever the
@@ -215,11 +218,14 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mappi
                            cpus_per_point=cpus_per_point, address=address)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    names: list[str] = []
+    given = list(names) if names is not None else None
+    if given is not None and len(given) != len(points):
+        raise ConfigError(f"names: {len(given)} names for {len(points)} (distinct) points")
+    names = []
     todo: list[tuple[Attempt, dict | None]] = []
-    for point in points:
+    for i, point in enumerate(points):
         params = {**base, **point}
-        name = point_name(point, params)
+        name = given[i] if given is not None else point_name(point, params)
         names.append(name)
         status = read_status(out_dir / name)
         if status is None or status.get("state") != "done":

@@ -1,0 +1,384 @@
+"""``workbench reproduce``: a results folder's recipe turned back into the folder.
+
+For a table's recipe (:mod:`.recipes`): the stage 1s first (a zoo entry installed as a finished run, a
+finished one under ``--runs`` reused, the others trained through ``02_pretrain_reference.ipynb``), then
+every point through ``03_train_mar.ipynb`` by the sweep machinery (``jobs`` worker processes of
+``threads`` threads each; a point that stopped resumes from its last epoch checkpoint when the command
+runs again), then the folder written by :func:`~workbench.experiments.summary.write_experiment` into
+``out`` and the regenerated rows printed beside the committed ones. For a recipe of commands: the
+commands, with ``{out}`` the folder to write.
+
+Where things go under ``--runs`` (default ``$WORKBENCH_RUNS/reproduce``)::
+
+    stage1/<preset>-<backbone>-seed<k>-<key>/pretrain/   one per stage-1 config, shared by every recipe
+    <folder>/points/<row>-seed<k>-<hash>/mar/            the folder's stage-2 runs
+    <folder>/results/                                    the regenerated folder (default --out)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from workbench.errors import ConfigError
+from workbench.experiments.execute import repo_root
+from workbench.experiments.recipes import (
+    STAGE1_NOTEBOOK,
+    Recipe,
+    Step,
+    format_plan,
+    load_recipe,
+    plan,
+    runs_layout,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger("workbench.experiments")
+
+#: the metrics the comparison prints
+COMPARED = ("rank1", "mAP")
+
+
+@dataclass
+class Reproduced:
+    """What :func:`reproduce` did: the plan, where the folder went, and the comparison with the committed one."""
+
+    recipe: Recipe
+    steps: list[Step]
+    out: Path | None = None
+    comparison: "pd.DataFrame | None" = None
+    failed: list[str] = field(default_factory=list)
+
+
+def default_runs() -> Path:
+    from workbench.paths import runs_root
+
+    return runs_root() / "reproduce"
+
+
+def relative(path: Path) -> str:
+    """``path`` from the repository root where it lies under it (what a committed file may say)."""
+    try:
+        return Path(path).resolve().relative_to(repo_root().resolve()).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+              jobs: int = 1, threads: int = 1, dry_run: bool = False, smoke: bool = False,
+              echo: Callable[[str], None] = print) -> Reproduced:
+    """Regenerate a results folder from its recipe (see the module docstring).
+
+    Args:
+        folder: the results folder (or its ``recipe.yaml``).
+        runs: where the runs go (default ``$WORKBENCH_RUNS/reproduce``); what is there is reused.
+        out: where the folder is written (default ``<runs>/<folder>/results``: the committed folder is
+            overwritten only when named here).
+        jobs: runs at once, each in its own process.
+        threads: torch threads per run.
+        dry_run: print the plan (and the expected CPU time) and run nothing.
+        smoke: the same plan at smoke scale (synthetic data, 1 seed, 1 epoch): a minute, for tests.
+        echo: where the plan and the comparison are printed.
+
+    Raises:
+        ConfigError, MissingFileError: a bad recipe (one line naming the file and the key).
+    """
+    recipe = load_recipe(folder)
+    if smoke:
+        if recipe.kind != "table":
+            raise ConfigError(f"{recipe.path}: a recipe of commands has no smoke scale")
+        recipe = recipe.smoke()
+    runs = Path(runs) if runs is not None else default_runs()
+    if recipe.kind == "commands":
+        return _run_commands(recipe, runs, out, dry_run, echo)
+    steps = plan(recipe, runs)
+    echo(format_plan(recipe, steps, runs))
+    result = Reproduced(recipe, steps)
+    if dry_run:
+        return result
+    stage1_dir, points_dir = runs_layout(runs, recipe)
+    checkpoints = _stage1s(recipe, steps, stage1_dir, jobs, threads, result)
+    _points(recipe, checkpoints, points_dir, jobs, threads, result)
+    committed = _read_runs(recipe.folder)
+    result.out = Path(out) if out is not None else points_dir.parent / "results"
+    _write(recipe, points_dir, result.out, checkpoints)
+    result.comparison = compare(recipe, committed, _read_runs(result.out))
+    echo(format_comparison(result.comparison, recipe))
+    echo(f"regenerated folder: {result.out}" + ("" if result.out.resolve() == recipe.folder.resolve() else
+                                               f" (the committed one, {relative(recipe.folder)}, is untouched)"))
+    if result.failed:
+        echo(f"{len(result.failed)} run(s) failed: " + "; ".join(result.failed))
+    return result
+
+
+# ----------------------------------------------------------------------------- the steps
+
+
+def _executor(jobs: int, threads: int):
+    from workbench.experiments.executors import LocalProcesses
+
+    return LocalProcesses(jobs, threads=threads)
+
+
+def _stage1s(recipe: Recipe, steps: list[Step], stage1_dir: Path, jobs: int, threads: int,
+             result: Reproduced) -> dict[str, Path]:
+    """Every stage 1 the rows use, as a checkpoint: installed from the zoo, reused, or trained."""
+    from workbench.experiments.sweep import sweep
+    from workbench.runs import PointFolder
+    from workbench.runs.zoo import Zoo
+
+    out: dict[str, Path] = {}
+    todo = []
+    for step in (s for s in steps if s.kind == "stage1"):
+        spec = recipe.stage1[step.name]
+        run = PointFolder(step.folder).run("pretrain")
+        if step.state == "zoo":
+            out[step.name] = Zoo().install(spec.zoo, run.path)
+            log.info("stage 1 %r: zoo entry %s installed in %s", step.name, spec.zoo, run.path)
+        elif step.state == "done":
+            out[step.name] = run.checkpoint_path
+        else:
+            todo.append((step, spec))
+    if todo:
+        points = [{"preset": s.config.get("preset", "demo"),
+                   "extra": {k: v for k, v in s.config.items() if k != "preset"} | {"threads": threads}}
+                  for _, s in todo]
+        df = sweep(repo_root() / STAGE1_NOTEBOOK, points, stage1_dir, names=[st.folder.name for st, _ in todo],
+                   executor=_executor(jobs, threads), progress=False)
+        for (step, _), state, error in zip(todo, df["state"], df.get("error", [None] * len(df))):
+            run = PointFolder(step.folder).run("pretrain")
+            if state == "done" and run.is_finished:
+                out[step.name] = run.checkpoint_path
+            else:
+                result.failed.append(f"stage 1 {step.name!r}: {error}")
+    missing = [r.label for r in recipe.rows if r.stage1 and r.stage1 not in out]
+    if missing:
+        raise ConfigError(f"{recipe.path}: no stage 1 for the rows {missing} ({'; '.join(result.failed)})")
+    return out
+
+
+def _point_params(point, checkpoint: Path | None, threads: int) -> dict:
+    fields = dict(point.fields)
+    preset = fields.pop("preset", "demo")
+    seed = fields.pop("seed")
+    params = {"preset": preset, "seed": seed, "extra": fields | {"threads": threads}}
+    if checkpoint is not None:
+        params["init_checkpoint"] = str(checkpoint)
+    else:
+        params["reference_pretraining"] = False
+    return params
+
+
+def _points(recipe: Recipe, checkpoints: dict[str, Path], points_dir: Path, jobs: int, threads: int,
+            result: Reproduced) -> None:
+    from workbench.experiments.sweep import sweep
+
+    points = recipe.points()
+    params = [_point_params(p, checkpoints.get(p.stage1) if p.stage1 else None, threads) for p in points]
+    df = sweep(repo_root() / recipe.notebook, params, points_dir, names=[p.name for p in points],
+               executor=_executor(jobs, threads), progress=sys.stderr.isatty())
+    for p, state, error in zip(points, df["state"], df.get("error", [None] * len(df))):
+        if state != "done":
+            result.failed.append(f"{p.row} seed {p.seed}: {error}")
+
+
+def _write(recipe: Recipe, points_dir: Path, out: Path, checkpoints: dict[str, Path]) -> None:
+    """The folder: tables, figures and README by ``write_experiment``, the recipe and notes beside them,
+    then the recipe's ``after`` commands."""
+    from workbench.experiments.records import EXPERIMENTS
+    from workbench.experiments.summary import write_experiment
+
+    exp = EXPERIMENTS[recipe.experiment]
+    if recipe.smoke_scale:  # synthetic data, random init, one epoch: every run is its row's
+        exp = replace(exp, base={}, at_epoch=1 if exp.at_epoch else None)
+    out.mkdir(parents=True, exist_ok=True)
+    same = out.resolve() == recipe.folder.resolve()
+    if not same:
+        shutil.copyfile(recipe.path, out / recipe.path.name)
+    # at smoke scale the notes (written about the real runs) and the extra files are left out
+    notes = recipe.folder / recipe.notes if recipe.notes and not recipe.smoke_scale else None
+    if notes is not None and not same:
+        shutil.copyfile(notes, out / notes.name)
+    for line in recipe.after:  # the folder's other files first: the notes may read numbers from them
+        _shell(line, recipe, out, {n: checkpoints[n].parent for n in checkpoints}, points_dir, points_dir.parent.parent)
+    reference = None
+    if recipe.reference == "stage1":
+        reference = stage1_reference({n: checkpoints[n].parent for n in checkpoints}, out / "stage1.csv")
+    elif recipe.reference:
+        reference = recipe.folder / recipe.reference
+    labels = {p.name: p.row for p in recipe.points()} if exp.rows else None
+    command = f"python -m workbench reproduce {relative(recipe.folder)}" + (" --smoke" if recipe.smoke_scale else "")
+    write_experiment(exp, [points_dir], out, reference=reference, notes=notes, labels=labels,
+                     command=f"{command}` from its `recipe.yaml")
+
+
+def stage1_reference(stage1: dict[str, Path], path: Path) -> Path:
+    """The stage-1 runs' direct-transfer rows as a results CSV (a table's reference rows)."""
+    from workbench.experiments.report import results_csv, results_rows
+    from workbench.runs import atomic_write_text
+
+    rows = [(f"stage 1 ({name}): {title}" if len(stage1) > 1 else title, metrics)
+            for name, run in stage1.items() for title, metrics in results_rows(run)]
+    atomic_write_text(path, results_csv(rows))
+    return path
+
+
+def _substitute(line: str, recipe: Recipe, out: Path, stage1: dict[str, Path], points_dir: Path | None,
+                runs: Path) -> str:
+    """A recipe's command line with its placeholders filled: ``{python}``, ``{out}`` (the folder being
+    written), ``{folder}`` (the committed folder), ``{runs}`` (this recipe's runs), ``{stage1:NAME}`` (a
+    stage-1 run folder), ``{point:ROW:SEED}`` (a point's stage-2 run folder), ``{zoo:NAME}`` (a zoo entry,
+    installed as a finished stage-1 run folder), ``{runs_root}`` (the ``--runs`` folder itself)."""
+    import re
+    import shlex
+
+    from workbench.config import Config
+    from workbench.experiments.recipes import folder_tag, stage1_folder_name
+    from workbench.runs.zoo import Zoo
+
+    def stage1_of(match: "re.Match[str]") -> str:
+        name = match.group(1)
+        if name not in stage1:
+            raise ConfigError(f"{recipe.path}: {line!r}: no stage 1 {name!r}")
+        return shlex.quote(str(stage1[name]))
+
+    def point_of(match: "re.Match[str]") -> str:
+        row, seed = match.group(1), int(match.group(2))
+        found = [p for p in recipe.points() if p.row == row and p.seed == seed]
+        if not found or points_dir is None:
+            raise ConfigError(f"{recipe.path}: {line!r}: no point of row {row!r} at seed {seed}")
+        return shlex.quote(str(points_dir / found[0].name / "mar"))
+
+    def zoo_of(match: "re.Match[str]") -> str:
+        entry = Zoo().entry(match.group(1))
+        folder = runs / "stage1" / stage1_folder_name(Config.from_dict(entry.config)) / "pretrain"
+        return shlex.quote(str(Zoo().install(entry.name, folder).parent))
+
+    line = re.sub(r"\{stage1:([^}]+)\}", stage1_of, line)
+    line = re.sub(r"\{point:([^}]+):(\d+)\}", point_of, line)
+    line = re.sub(r"\{zoo:([^}]+)\}", zoo_of, line)
+    return (line.replace("{python}", shlex.quote(sys.executable)).replace("{out}", shlex.quote(str(out)))
+            .replace("{folder}", shlex.quote(str(recipe.folder)))
+            .replace("{runs_root}", shlex.quote(str(runs)))
+            .replace("{runs}", shlex.quote(str(runs / folder_tag(recipe))))
+            .replace("{points}", shlex.quote(str(points_dir or ""))))
+
+
+def _shell(line: str, recipe: Recipe, out: Path, stage1: dict[str, Path], points_dir: Path | None,
+           runs: Path) -> None:
+    from workbench.paths import shared_root
+
+    command = _substitute(line, recipe, out, stage1, points_dir, runs)
+    env = dict(os.environ)
+    shared = shared_root()
+    if shared is not None:
+        env.setdefault("WORKBENCH_SHARED", str(shared))
+    log.info("running %s", command)
+    done = subprocess.run(command, shell=True, cwd=repo_root(), env=env)
+    if done.returncode != 0:
+        raise ConfigError(f"{recipe.path}: {line!r} exited with {done.returncode}")
+
+
+def _run_commands(recipe: Recipe, runs: Path, out: str | os.PathLike | None, dry_run: bool,
+                  echo: Callable[[str], None]) -> Reproduced:
+    from workbench.experiments.recipes import folder_tag
+
+    target = Path(out) if out is not None else runs / folder_tag(recipe) / "results"
+    echo(f"{recipe.folder}: {recipe.description or 'commands'}")
+    for line in recipe.commands:
+        echo(f"  $ {line}")
+    echo(f"writes {', '.join(recipe.outputs) or 'the folder'} into {target}")
+    result = Reproduced(recipe, [], out=target)
+    if dry_run:
+        return result
+    target.mkdir(parents=True, exist_ok=True)
+    if target.resolve() != recipe.folder.resolve():
+        shutil.copyfile(recipe.path, target / recipe.path.name)
+    for line in recipe.commands:
+        _shell(line, recipe, target, {}, None, runs)
+    echo(f"regenerated folder: {target}")
+    return result
+
+
+# ----------------------------------------------------------------------------- the comparison
+
+
+def _read_runs(folder: Path) -> "pd.DataFrame":
+    import pandas as pd
+
+    path = Path(folder) / "runs.csv"
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
+def _row_labels(runs: "pd.DataFrame", recipe: Recipe) -> "pd.Series":
+    """Each run's row: the ``row`` column of a table, else the varied parameters of a curve."""
+    import pandas as pd
+
+    if "row" in runs:
+        return runs["row"].astype(str)
+    from workbench.experiments.records import EXPERIMENTS
+
+    keys = [k for k in EXPERIMENTS[recipe.experiment].curves if k in runs]
+    if not keys:
+        return pd.Series(["all"] * len(runs), index=runs.index)
+    return runs[keys].astype(str).apply(lambda r: ", ".join(f"{k}={v}" for k, v in r.items()), axis=1)
+
+
+def compare(recipe: Recipe, committed: "pd.DataFrame", regenerated: "pd.DataFrame") -> "pd.DataFrame":
+    """Row by row (percent): the committed mean, std, seed range and runs, the regenerated mean and runs, Δ,
+    and whether the regenerated mean lies inside the committed seeds' range."""
+    import pandas as pd
+
+    out = []
+    labels_new = _row_labels(regenerated, recipe) if len(regenerated) else pd.Series(dtype=str)
+    labels_old = _row_labels(committed, recipe) if len(committed) else pd.Series(dtype=str)
+    order = list(dict.fromkeys([*labels_new, *labels_old]))
+    for label in order:
+        old = committed[labels_old == label] if len(committed) else committed
+        new = regenerated[labels_new == label] if len(regenerated) else regenerated
+        entry = {"row": label, "runs": len(old), "runs now": len(new)}
+        for m in COMPARED:
+            o = 100 * pd.to_numeric(old[m], errors="coerce") if m in old else pd.Series(dtype=float)
+            n = 100 * pd.to_numeric(new[m], errors="coerce") if m in new else pd.Series(dtype=float)
+            entry |= {f"{m}": o.mean() if len(o) else float("nan"), f"{m} std": o.std() if len(o) > 1 else float("nan"),
+                      f"{m} now": n.mean() if len(n) else float("nan")}
+            entry[f"Δ {m}"] = entry[f"{m} now"] - entry[m]
+            if len(o) > 1 and len(n):
+                entry[f"{m} inside"] = "yes" if o.min() - 1e-9 <= n.mean() <= o.max() + 1e-9 else "no"
+            else:
+                entry[f"{m} inside"] = "–"
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def format_comparison(table: "pd.DataFrame", recipe: Recipe) -> str:
+    """The comparison as a markdown table."""
+    if not len(table):
+        return "nothing to compare (no runs)"
+
+    def num(v) -> str:
+        return "–" if v != v else f"{v:+.1f}" if isinstance(v, float) and v < 0 else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+    lines = ["", f"{relative(recipe.folder)}: regenerated beside committed (percent; inside: the regenerated mean "
+                 "lies within the committed seeds' range)", ""]
+    cols = ["row", "runs", "runs now"] + [c for m in COMPARED for c in (m, f"{m} std", f"{m} now", f"Δ {m}", f"{m} inside")]
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("| " + " | ".join("---" for _ in cols) + " |")
+    for _, r in table.iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            if c.startswith("Δ") and v == v:
+                cells.append(f"{v:+.1f}")
+            else:
+                cells.append(num(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
