@@ -94,7 +94,8 @@ class Engine:
                                             cache=ImageCache(samples, cfg.data.image_size))
             self.amp = amp
             return
-        from workbench.engine.stages import MARTrainer, PretrainTrainer
+        from workbench.engine import PretrainTrainer
+        from workbench.methods import MARTrainer
 
         trainer = (MARTrainer if kind == "mar" else PretrainTrainer)(cfg, run_dir)
         if kind == "mar":  # the state before_training leaves, without its evaluation

@@ -87,7 +87,7 @@ def test_pseudo_identity_sampler_draws_p_labels_times_k_images_and_never_an_outl
 
 def test_method_is_a_config_field_checked_when_the_config_is_made() -> None:
     cfg = from_params({"preset": "smoke", "method": "cluster_contrast", "cc_eps": 0.5})
-    assert (cfg.train.method, cfg.loss.cc_eps) == ("cluster_contrast", 0.5)
+    assert (cfg.train.method, cfg.settings.cc_eps) == ("cluster_contrast", 0.5)
     with pytest.raises(ConfigError, match="method = 'kmeans'"):
         from_params({"preset": "smoke", "method": "kmeans"})
     with pytest.raises(ConfigError, match="multiple of cc_instances"):
@@ -171,7 +171,7 @@ def test_the_hybrid_is_a_method_of_stage2(tmp_path, monkeypatch) -> None:
     result = train_mar(cfg, tmp_path / "hybrid", init_checkpoint=stage1.checkpoint)
     assert result.history[0]["n_clusters"] >= 1 and "mAP" in result.metrics
     saved = RunFolder(result.run_dir).config()
-    assert saved.loss.cc_label_weight == 0.5 and saved.train.optimizer == "adam"
+    assert saved.settings.cc_label_weight == 0.5 and saved.train.optimizer == "adam"
     from workbench.runs import load_checkpoint
 
     state = load_checkpoint(result.checkpoint)["optimizer"]["state"]  # Adam's moments, not SGD's momentum

@@ -15,7 +15,8 @@ import torch
 
 from workbench.config import from_params
 from workbench.builders import load_domains, load_model
-from workbench.engine import MARTrainer, TrainingDiverged, pretrain, train_mar
+from workbench.engine import TrainingDiverged, pretrain, train_mar
+from workbench.methods import MARTrainer
 from workbench.runs import RunFolder, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,7 +163,7 @@ def test_nan_guard_names_epoch_step_term_and_keeps_checkpoint(stage1, tmp_path, 
 
 
 def test_bf16_autocast_on_cpu(stage1, tmp_path) -> None:
-    from workbench.engine.stages import MARTrainer
+    from workbench.methods import MARTrainer
     from workbench.evaluation import extract_features
 
     cfg = from_params({"preset": "smoke", "epochs": 2, "amp": True, "eval_every": 0})

@@ -371,7 +371,7 @@ def test_metrics_helpers() -> None:
 
 def test_notebook_config_and_ensure_run_guard(tmp_path: Path) -> None:
     cfg = ex.notebook_config("smoke", {"backbone": None, "epochs": 3, "pretrained": "none"}, {"mining_ratio": 0.1})
-    assert (cfg.model.backbone, cfg.train.epochs, cfg.model.pretrained, cfg.loss.mining_ratio) == \
+    assert (cfg.model.backbone, cfg.train.epochs, cfg.model.pretrained, cfg.settings.mining_ratio) == \
         ("mobilenet_v2", 3, None, 0.1)
     run = tmp_path / "mar"
     run.mkdir()
@@ -425,7 +425,7 @@ def no_kernel(monkeypatch):
 @pytest.mark.parametrize("grid_text, extra, expected", [
     ("use_cml: [true, false]\n", ["--set", "preset=smok"], r"^error: shared parameters .*unknown preset 'smok'"),
     ("use_cml: [ture, false]\n", ["--set", "preset=smoke"],
-     r"^error: .*grid\.yaml, line 1, column 11: point use_cml=ture: use_cml must be true or false, got 'ture'$"),
+     r"^error: .*grid\.yaml, line 1, column 11: point use_cml=ture: use_cml must be a boolean, got 'ture'$"),
     ("- {lr: 0.01}\n- {backbone: resnet5}\n", [], r"^error: .*grid\.yaml, line 2, column 14: point backbone=resnet5: .*unknown backbone"),
     ("use_cml: [true, false\nlr: 1\n", [], r"^error: .*grid\.yaml: line 2, column 3: malformed grid YAML"),
     ("- {lr: 0.01\n", [], r"^error: .*grid\.yaml: line 2, column 1: malformed grid YAML"),

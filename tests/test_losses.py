@@ -428,7 +428,7 @@ def test_marloss_gradients_and_blind_mined_pairs():
     trainer's diagnostic turns them into a precision with the hidden labels."""
     import inspect
 
-    from workbench.engine import mined_pair_precision
+    from workbench.methods import mined_pair_precision
 
     assert "pid" not in " ".join(inspect.signature(MARLoss.forward).parameters)
     feats, agents, cams = _setup()

@@ -138,7 +138,7 @@ def test_set_values_read_as_yaml_with_the_same_suggestion() -> None:
     assert parse_value("1e-3") == 0.001 and parse_value("false") is False and parse_value("12,17") == "12,17"
     cfg = from_params({"preset": "smoke", "lr": parse_value("1e-3"), "milestones": parse_value("[3, 4]"),
                        "use_cml": parse_value("no")})
-    assert cfg.train.lr == 0.001 and cfg.train.milestones == (3, 4) and cfg.loss.use_cml is False
+    assert cfg.train.lr == 0.001 and cfg.train.milestones == (3, 4) and cfg.settings.use_cml is False
     with pytest.raises(ConfigError, match="unknown config field 'lamda_cml'; did you mean 'lambda_cml'"):
         from_params({"lamda_cml": 0})
 
@@ -170,7 +170,7 @@ def test_two_recipes_run_end_to_end_at_smoke_scale_and_share_their_stage_1(smoke
     stage1 = [p for p in (smoke_runs / "stage1").iterdir() if p.is_dir()]
     assert len(stage1) == 1  # both recipes need stage 1 {preset: cpu, seed: 0}: at smoke scale one folder
     assert RunFolder(stage1[0] / "pretrain").is_finished
-    for tag, rows, experiment in (("results_method_comparison-smoke", 3, "method_comparison"),
+    for tag, rows, experiment in (("results_method_comparison-smoke", 4, "method_comparison"),
                                   ("results_paper_schedule_loss_ablation-smoke", 4, "paper_schedule_loss_ablation")):
         out = smoke_runs / tag / "results"
         runs = pd.read_csv(out / "runs.csv")
@@ -186,7 +186,7 @@ def test_reproduce_again_reuses_every_run_and_compares_with_the_committed_rows(s
     lines: list[str] = []
     result = reproduce(REPO / "results/method_comparison", runs=smoke_runs, smoke=True, echo=lines.append)
     assert all(s.state == "done" for s in result.steps)
-    assert "0 of 4 runs to do" in "\n".join(lines)
+    assert "0 of 5 runs to do" in "\n".join(lines)
     table = result.comparison.set_index("row")
     committed = pd.read_csv(REPO / "results/method_comparison/runs.csv")
     mar = committed[committed["row"] == "MAR (soft multilabels)"]

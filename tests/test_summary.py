@@ -26,7 +26,7 @@ def _point(sweep: Path, name: str, *, seed: int, mAP: float, stage1: Path | None
     """One finished point of a 03_train_mar sweep, as the notebook leaves it (fractions in the files)."""
     cfg = get_preset("cpu")
     cfg = replace(cfg, model=replace(cfg.model, pretrained=pretrained, **(model or {})),
-                  loss=replace(cfg.loss, **switches),
+                  settings=replace(cfg.settings, **switches),
                   train=replace(cfg.train, seed=seed, epochs=epochs, lr=lr, weight_decay=weight_decay,
                                 **({} if milestones is None else {"milestones": milestones})))
     folder = sweep / name

@@ -9,11 +9,11 @@ import inspect
 import logging
 from dataclasses import fields
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
-from workbench.config import SYNTHETIC_SIZES, DataConfig, LossConfig, ModelConfig
+from workbench.config import SYNTHETIC_SIZES, DataConfig, ModelConfig
 from workbench.data import Sample, Split, load_dataset
 from workbench.errors import ConfigError
 from workbench.losses import MARLoss
@@ -82,12 +82,14 @@ def init_from_checkpoint(net: MARNet, checkpoint: str | Path) -> list[str]:
     return missing
 
 
-def build_loss(loss: LossConfig, num_targets: int, num_agents: int) -> MARLoss:
-    """:class:`MARLoss` from the loss config: every ``LossConfig`` field that ``MARLoss`` takes is passed by
-    name, so a new loss field is one line in ``LossConfig`` plus its use in the loss (fields the trainer
-    reads itself, such as ``init_images``, are not arguments of the loss)."""
+def build_loss(settings: Any, scale: float, num_targets: int, num_agents: int) -> MARLoss:
+    """:class:`MARLoss` from MAR's settings (``workbench.methods.mar.MARSettings``) and the agents' logit
+    scale: every settings field that ``MARLoss`` takes is passed by name, so a new loss field is one line in
+    the settings plus its use in the loss (fields the trainer reads itself, such as ``init_images``, are
+    not arguments of the loss)."""
     takes = inspect.signature(MARLoss).parameters
-    return MARLoss(num_targets, num_agents, **{f.name: getattr(loss, f.name) for f in fields(loss) if f.name in takes})
+    kwargs = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name in takes}
+    return MARLoss(num_targets, num_agents, scale=scale, **kwargs)
 
 
 def build_optimizer(net: MARNet, lr: float, weight_decay: float, momentum: float,

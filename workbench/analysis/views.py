@@ -293,7 +293,7 @@ def load_views(run_dir: str | Path, *, checkpoint: str | Path | None = None, nam
     target, reference = load_domains(cfg.data)
     model = load_model(checkpoint if checkpoint is not None else folder.checkpoint_path, device)
     views = compute_views(model, target, reference, image_size=cfg.data.image_size, batch_size=batch_size,
-                          device=device, scale=cfg.loss.scale, name=name or folder.path.name)
+                          device=device, scale=cfg.model.scale, name=name or folder.path.name)
     if checkpoint is None or Path(checkpoint).resolve() == folder.checkpoint_path.resolve():
         views.threshold = folder.record().final_threshold
     return views

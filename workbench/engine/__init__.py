@@ -1,6 +1,7 @@
-"""Training: the epoch loop (:mod:`.trainer`), the two stages (:mod:`.stages`; stage 2 by clustering in
-:mod:`.cluster_contrast`, ``method="cluster_contrast"``) and a run's life —
-start, resume, reload — (:mod:`.lifecycle`). :func:`pretrain` and :func:`train_mar` are the entry points.
+"""Training: the epoch loop (:mod:`.trainer`), stage 1 (:mod:`.pretrain`) and a run's life — start,
+resume, reload — (:mod:`.lifecycle`). Stage 2 is a method of :mod:`workbench.methods`, which the engine
+finds through the config's registry and knows by no name. :func:`pretrain` and :func:`train_mar` are the
+entry points.
 
 Example:
     >>> from workbench.config import get_preset
@@ -15,9 +16,8 @@ from workbench.engine.lifecycle import (
            run_stage,
            train_mar,
 )
-from workbench.engine.cluster_contrast import ClusterContrastTrainer
-from workbench.engine.stages import MARTrainer, PretrainTrainer, mined_pair_precision
+from workbench.engine.pretrain import PretrainTrainer
 from workbench.engine.trainer import RunResult, Trainer, TrainingDiverged
 
-__all__ = ["ClusterContrastTrainer", "MARTrainer", "PretrainTrainer", "RunResult", "Trainer", "TrainingDiverged", "check_run_folder",
-           "load_result", "mined_pair_precision", "pretrain", "resume_run", "run_stage", "train_mar"]
+__all__ = ["PretrainTrainer", "RunResult", "Trainer", "TrainingDiverged", "check_run_folder", "load_result",
+           "pretrain", "resume_run", "run_stage", "train_mar"]

@@ -12,16 +12,15 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-from workbench.config import Config, config_differences
-from workbench.engine.cluster_contrast import ClusterContrastTrainer
-from workbench.engine.stages import MARTrainer, PretrainTrainer
+from workbench.config import Config, config_differences, method_of
+from workbench.engine.pretrain import PretrainTrainer
 from workbench.engine.trainer import RunResult
 from workbench.errors import CheckpointError, ConfigError, RunFolderError
 from workbench.runs import RunFolder
 
-STAGES = {"pretrain": PretrainTrainer, "mar": MARTrainer}
-#: stage 2's trainer by ``TrainConfig.method``
-STAGE2_TRAINERS = {"mar": MARTrainer, "cluster_contrast": ClusterContrastTrainer, "soft_cluster": ClusterContrastTrainer}
+#: the two stages of a run: stage 1 is one trainer, stage 2 (``"mar"``, the folder's historical name) is
+#: the trainer of the config's method (workbench.methods, found through workbench.config.methods)
+STAGES = ("pretrain", "mar")
 
 
 def check_run_folder(stage: str, cfg: Config, run_dir: str | Path | RunFolder, *, resume: bool) -> None:
@@ -91,9 +90,8 @@ def run_stage(stage: str, cfg: Config, run_dir: str | Path | None = None, *,
 def _make(stage, cfg, folder, init_checkpoint, resume, callbacks):
     kwargs = dict(resume=resume, callbacks=callbacks)
     if stage == "mar":
-        kwargs["init_checkpoint"] = init_checkpoint
-        return STAGE2_TRAINERS[cfg.train.method](cfg, folder, **kwargs)
-    return STAGES[stage](cfg, folder, **kwargs)
+        return method_of(cfg.train.method).trainer(cfg, folder, init_checkpoint=init_checkpoint, **kwargs)
+    return PretrainTrainer(cfg, folder, **kwargs)
 
 
 class _main_rank_lock:

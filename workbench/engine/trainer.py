@@ -93,6 +93,13 @@ class Trainer:
     """
 
     stage = "train"
+    #: the stage-2 method (set by workbench.config.register_method); None for stage 1
+    method: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How logs, bars and the record name this run: the stage-2 method, else the stage."""
+        return self.method or self.stage
 
     def __init__(self, cfg: Config, run_dir: str | Path | RunFolder | None = None, *, resume: bool = False,
                  callbacks: Sequence[Callable] = ()) -> None:
@@ -109,7 +116,7 @@ class Trainer:
         self.folder = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
         self.run_dir = self.folder.path
         if self.ctx.is_main:
-            log.info("%s: preparing %s (device %s, %d process%s)", self.stage, self.run_dir, self.ctx.device,
+            log.info("%s: preparing %s (device %s, %d process%s)", self.label, self.run_dir, self.ctx.device,
                      self.ctx.world_size, "es" if self.ctx.world_size > 1 else "")
         self.resume = resume
         # weights come from the checkpoint: skip downloads and stage-1 loading
@@ -132,7 +139,7 @@ class Trainer:
         self.start_epoch = 0
         self.good_epoch = 0  # the epoch (1-based) the folder's checkpoint holds; 0: none written
         self.extra_metrics: dict = {}
-        self.record = RunRecord(stage=self.stage, seed=cfg.train.seed, threads=self.threads.threads)
+        self.record = RunRecord(stage=self.stage, method=self.method, seed=cfg.train.seed, threads=self.threads.threads)
         self.tb: TensorBoardLog | None = None
 
     # -- to implement
@@ -175,12 +182,12 @@ class Trainer:
         """Rank metrics of the current network on the target query/gallery (rank 0 only)."""
         t = self.cfg.train
         started = time.perf_counter()
-        log.info("%s: evaluating on %d query / %d gallery images", self.stage, len(self.target.query),
+        log.info("%s: evaluating on %d query / %d gallery images", self.label, len(self.target.query),
                  len(self.target.gallery))
         metrics = evaluate(self.net, self.target, image_size=self.cfg.data.image_size, batch_size=t.eval_batch_size,
                            workers=self.cfg.data.workers, device=self.device, amp=self.use_amp,
                            channels_last=self.channels_last, flip=t.flip_test)
-        log.info("%s: evaluated in %.0f s: %s (%%)", self.stage, time.perf_counter() - started,
+        log.info("%s: evaluated in %.0f s: %s (%%)", self.label, time.perf_counter() - started,
                  format_metrics(metrics))
         return metrics
 
@@ -257,7 +264,7 @@ class Trainer:
         for name in LOSS_TERMS:
             if name in losses and not torch.isfinite(losses[name]).all():
                 raise TrainingDiverged(
-                    f"non-finite loss in {self.stage} at epoch {epoch + 1}/{self.num_epochs}, step "
+                    f"non-finite loss in {self.label} at epoch {epoch + 1}/{self.num_epochs}, step "
                     f"{step + 1}/{self.steps_per_epoch}: term {name!r} = {float(losses[name].detach())}; {self._last_good()}"
                 )
 
@@ -268,7 +275,7 @@ class Trainer:
         bad = nonfinite_tensors(state["model"]) + nonfinite_tensors(state.get("criterion", {}))
         if bad:
             raise TrainingDiverged(
-                f"non-finite weights in {self.stage} after epoch {epoch + 1}/{self.num_epochs} ({len(bad)} "
+                f"non-finite weights in {self.label} after epoch {epoch + 1}/{self.num_epochs} ({len(bad)} "
                 f"tensor(s), e.g. {', '.join(bad[:3])}); not saved; {self._last_good()}")
         if self.ctx.is_main:
             save_checkpoint(self.folder.checkpoint_path, state)
@@ -305,11 +312,11 @@ class Trainer:
         show = (self.cfg.train.progress and self.ctx.is_main and (sys.stderr.isatty() or notebook)
                 and not os.environ.get("CI"))
         # in a notebook one bar per epoch stays (a widget in JupyterLab): the run's history at a glance
-        bar = tqdm(total=self.steps_per_epoch, desc=f"{STAGE_TITLES.get(self.stage, self.stage)} epoch "
+        bar = tqdm(total=self.steps_per_epoch, desc=f"{STAGE_TITLES.get(self.stage, self.stage)}{f' ({self.method})' if self.method else ''} epoch "
                    f"{epoch + 1}/{self.num_epochs}", disable=not show, leave=notebook, dynamic_ncols=True,
                    unit="step")
         start = time.perf_counter()
-        progress = ProgressLog(self.stage, epoch, self.num_epochs, self.steps_per_epoch,
+        progress = ProgressLog(self.label, epoch, self.num_epochs, self.steps_per_epoch,
                                 self.cfg.train.log_every_s, enabled=self.ctx.is_main and not show)
         last = start
         for step, batch in enumerate(self.batches(epoch)):
@@ -446,7 +453,7 @@ class Trainer:
                         self.tb.evaluation((epoch + 1) * self.steps_per_epoch, metrics)
                 barrier(self.ctx)
             self.history.append(row)
-            log.info("%s epoch %d/%d: %s", self.stage, epoch + 1, self.num_epochs,
+            log.info("%s epoch %d/%d: %s", self.label, epoch + 1, self.num_epochs,
                      ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
             faults.point("epoch-end")
             # rows first, then the checkpoint that marks the epoch done: a crash in between leaves rows
@@ -487,7 +494,7 @@ class Trainer:
         """All epochs are checkpointed: reload ``metrics.json``, or evaluate and finish if it is missing."""
         if self.folder.is_finished:
             return self.folder.metrics()
-        log.info("%s: every epoch is done but %s is missing: evaluating the final checkpoint", self.stage,
+        log.info("%s: every epoch is done but %s is missing: evaluating the final checkpoint", self.label,
                  self.folder.metrics_path)
         evaluation = self.evaluate_target() if self.ctx.is_main else {}
         return self._finish(evaluation, self.num_epochs)
@@ -498,5 +505,6 @@ class Trainer:
     def final_metrics(self, metrics: dict) -> dict:
         """What ``metrics.json`` holds: the last evaluation plus the stage's extra figures."""
         out = {k: v for k, v in metrics.items() if k not in ("distmat", "qf", "gf")}
-        return out | {"stage": self.stage, "epochs": self.num_epochs, "seed": self.cfg.train.seed,
+        return out | {"stage": self.stage, **({"method": self.method} if self.method else {}), "epochs": self.num_epochs,
+                      "seed": self.cfg.train.seed,
                       "commit": source_commit(), **self.extra_metrics}

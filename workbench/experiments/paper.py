@@ -140,6 +140,9 @@ METHOD_COMPARISON: dict[str, dict[str, str]] = {
     "MAR (soft multilabels)": {"method": "mar"},
     "Cluster-Contrast": {"method": "cluster_contrast"},
     "soft-label clustering (hybrid)": {"method": "soft_cluster"},
+    # not unsupervised: Cluster-Contrast's loss on the target's true identities (how far each method is from
+    # what this backbone, data and budget allow)
+    "supervised upper bound (true identities)": {"method": "oracle"},
 }
 
 #: Zhang et al. 2020 Table 2: layer4 alone and the six fused combinations (tests/test_models.py FUSIONS).

@@ -184,13 +184,14 @@ class Recipe:
 
 def _config_fields(fields: Mapping[str, Any], where: str) -> dict[str, Any]:
     """``fields`` with every key a config field (or ``group.field``); values as read from YAML."""
-    from workbench.config import FIELD_GROUP
+    from workbench.config import all_field_names
 
+    names = all_field_names()
     out = {}
     for key, value in fields.items():
         name = str(key).rpartition(".")[2]
-        if key != "preset" and name not in FIELD_GROUP:
-            known = [*FIELD_GROUP, "preset", *(_ROW_KEYS if "rows." in where else ())]
+        if key != "preset" and name not in names:
+            known = [*names, "preset", *(_ROW_KEYS if "rows." in where else ())]
             raise ConfigError(f"{where}: unknown config field {key!r}{did_you_mean(name, known)}")
         out[str(key)] = value
     return out
@@ -398,6 +399,8 @@ def plan(recipe: Recipe, runs: str | os.PathLike) -> list[Step]:
     zoo = Zoo()
     for s in recipe.used_stage1():
         folder = stage1_dir / s.folder_name
+        if not folder.is_dir():  # made under another name (an older code's key): the same computation is reused
+            folder = _same_run(stage1_dir, "pretrain", s.cfg()) or folder
         run = PointFolder(folder).run("pretrain")
         epochs = s.cfg().train.pretrain_epochs
         if run.is_finished:
@@ -417,8 +420,11 @@ def plan(recipe: Recipe, runs: str | os.PathLike) -> list[Step]:
         steps.append(Step("stage1", s.name, folder, state, len(run.history()), epochs, cost, source=s.zoo or "train"))
     per_epoch = {} if recipe.smoke_scale else _committed_costs(recipe)
     fallback = per_epoch.get("*")
+    stage1_cfg = {s.name: s.cfg() for s in recipe.used_stage1()}
     for p in recipe.points():
         folder = points_dir / p.name
+        if not folder.is_dir():
+            folder = _same_run(points_dir, "mar", p.cfg(), stage1_cfg.get(p.stage1) if p.stage1 else None) or folder
         run = PointFolder(folder).run("mar")
         done = (PointFolder(folder).status() or {}).get("state") == "done"
         state = "done" if done else ("partial" if run.history() else "todo")
@@ -427,6 +433,38 @@ def plan(recipe: Recipe, runs: str | os.PathLike) -> list[Step]:
         cost = None if done or rate is None else rate * max(remaining, 0)
         steps.append(Step("point", p.row, folder, state, len(run.history()), p.epochs, cost, p.seed))
     return steps
+
+
+def _same_run(root: Path, stage: str, cfg, start=None) -> Path | None:
+    """A finished point under ``root`` that computed what ``cfg`` computes (its ``config.json`` differs in no
+    field that changes the result) from a stage 1 of config ``start`` (stage 2; None: no stage 1): a run
+    named by an older version of the naming, or by another recipe's spelling of the same settings."""
+    from workbench.config import config_differences
+    from workbench.errors import WorkbenchError
+    from workbench.runs import PointFolder, RunFolder
+
+    if not root.is_dir():
+        return None
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        point = PointFolder(folder)
+        run = point.run(stage)
+        status = point.status()  # (a zoo stage 1 installed by reproduce has none)
+        if (status is not None and status.get("state") != "done") or not run.is_finished:
+            continue
+        try:
+            if config_differences(run.config(), cfg, stage):
+                continue
+            if stage == "mar":
+                started = run.record().start_checkpoint
+                if (started is None) != (start is None):
+                    continue
+                if started is not None and config_differences(RunFolder(Path(started).parent).config(), start,
+                                                              "pretrain"):
+                    continue
+        except (WorkbenchError, OSError, ValueError):
+            continue
+        return folder
+    return None
 
 
 def format_plan(recipe: Recipe, steps: Sequence[Step], runs: Path) -> str:

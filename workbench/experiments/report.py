@@ -43,7 +43,7 @@ FOOTNOTE = ("percent; mAP = standard non-interpolated AP (torchreid/fast-reid), 
 RUN_TITLES = {"pretrain": "stage 1: reference pretraining (direct transfer)", "mar": "stage 2: joint MAR training"}
 
 #: what a results CSV keeps besides the metrics, when the run recorded it (metrics.json)
-EXTRA_COLUMNS = ("stage", "epochs", "seed", "commit", "init_threshold")
+EXTRA_COLUMNS = ("stage", "method", "epochs", "seed", "commit", "init_threshold")
 
 Row = tuple[str, Mapping[str, Any]]
 
@@ -58,7 +58,15 @@ def _is_run(folder: Path) -> bool:
 
 
 def _run_rows(run: Path, title: str | None = None, *, initial: bool = True) -> list[Row]:
-    metrics = RunFolder(run).metrics()
+    folder = RunFolder(run)
+    metrics = folder.metrics()
+    method = metrics.get("method") or (folder.config().train.method if metrics.get("stage") == "mar" else None)
+    if method and method != "mar":  # a stage 2 by another method says which (title and CSV column)
+        from workbench.config import methods
+
+        name = methods()[method].title if method in methods() else method
+        title = f"{title or run.name} ({name})"
+        metrics = {**metrics, "method": method}
     rows: list[Row] = []
     if initial and isinstance(metrics.get("initial"), Mapping):
         rows.append((f"{title or run.name}: before joint training", metrics["initial"]))

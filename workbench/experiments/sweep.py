@@ -93,7 +93,7 @@ def check_points(notebook: str | os.PathLike, points: Sequence[Mapping[str, Any]
         ValueError: one line naming the grid file, the position, the point and what is wrong (and
             how many other points are wrong).
     """
-    from workbench.config import FIELD_GROUP, from_params
+    from workbench.config import all_field_names, from_params
 
     path = Path(notebook)
     declared = notebook_parameters(path)
@@ -114,7 +114,8 @@ def check_points(notebook: str | os.PathLike, points: Sequence[Mapping[str, Any]
         if "preset" not in declared:
             return None
         preset = params.get("preset", defaults.get("preset"))
-        fields = {k: v for k, v in params.items() if k in FIELD_GROUP and v is not None}
+        known = set(all_field_names())
+        fields = {k: v for k, v in params.items() if k in known and v is not None}
         if isinstance(params.get("extra"), Mapping):
             fields |= dict(params["extra"])
         try:

@@ -51,7 +51,8 @@ class RunRecord:
     ``experiments`` read runs through this record.
     """
 
-    stage: str = ""                          # pretrain | mar
+    stage: str = ""                          # pretrain | mar (stage 2, whatever its method)
+    method: str | None = None                # stage 2: the method that trained it (workbench.methods)
     state: str = "running"                   # running | failed | finished (interrupted: a dead lock holder)
     seed: int | None = None
     commit: str | None = None                # source commit of the code that trained (None: not a checkout)

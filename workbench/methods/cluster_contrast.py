@@ -1,7 +1,7 @@
-"""Stage 2 by clustering (``method="cluster_contrast"``): the baseline soft multilabel learning is
-measured against, on the same data, backbone, stage-1 checkpoint, schedule and evaluation; and the
-workbench's hybrid (``method="soft_cluster"``), which clusters on the features' Jaccard distance mixed
-with the disagreement of the images' soft multilabels over the (frozen) stage-1 agents.
+"""Stage 2 by clustering (``method="cluster_contrast"``, Dai et al. 2021): the baseline soft multilabel
+learning is measured against, on the same data, backbone, stage-1 checkpoint, schedule and evaluation.
+Its subclasses change only where an epoch's labels come from: :mod:`.soft_cluster` (the hybrid: the
+soft multilabels join the distance) and :mod:`.oracle` (the true identities: the supervised upper bound).
 
 At the start of every epoch the target training set is clustered (:mod:`workbench.clustering`:
 DBSCAN on the k-reciprocal Jaccard distance of eval-mode features); the epoch then draws P×K
@@ -12,6 +12,7 @@ The run logs the clusters, the outliers and how well the pseudo labels match the
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +21,46 @@ import torch.distributed as dist
 
 from workbench.builders import build_model, init_from_checkpoint
 from workbench.clustering import ClusterMemory, cluster_centroids, cluster_pseudo_labels, cluster_quality
-from workbench.config import Config
+from workbench.config import AT_LEAST_1, POSITIVE, Config, register_method, setting
 from workbench.data import build_pseudo_label_loader, build_test_loader
 from workbench.engine.trainer import Trainer
 from workbench.errors import ConfigError
-from workbench.losses import soft_multilabel
 
-log = logging.getLogger("workbench.engine")
+log = logging.getLogger("workbench.methods")
 
-__all__ = ["ClusterContrastTrainer"]
+__all__ = ["ClusterContrastTrainer", "ClusterSettings", "MemorySettings"]
+
+
+@dataclass
+class MemorySettings:
+    """The cluster memory and its loss (every method that trains on a cluster memory)."""
+
+    cc_temperature: float = setting(0.05, range=POSITIVE, stage="stage2")  # τ of the InfoNCE over the memory
+    cc_momentum: float = setting(0.2, range=(0, 1, True, False), stage="stage2")  # μ of the update m ← μ·m + (1 − μ)·f
+    cc_instances: int = setting(4, range=AT_LEAST_1, stage="stage2")  # images per label in a batch (K of P×K;
+                                                                      # P = n_target // K)
+
+    def check(self, cfg: Config) -> None:
+        if cfg.train.n_target % self.cc_instances:
+            raise ConfigError(f"n_target = {cfg.train.n_target} must be a multiple of cc_instances = "
+                              f"{self.cc_instances} (P×K batches)")
+
+
+@dataclass
+class ClusterSettings(MemorySettings):
+    """Cluster-Contrast's clustering: DBSCAN on the k-reciprocal Jaccard distance, every epoch."""
+
+    cc_eps: float = setting(0.6, range=POSITIVE, stage="stage2")       # DBSCAN radius on the Jaccard distance
+    cc_min_samples: int = setting(4, range=AT_LEAST_1, stage="stage2")  # images within cc_eps that make a core
+                                                                        # image (itself included)
+    cc_k1: int = setting(30, range=AT_LEAST_1, stage="stage2")         # Jaccard distance: k-reciprocal neighbourhood
+    cc_k2: int = setting(6, range=AT_LEAST_1, stage="stage2")          # Jaccard distance: query expansion
 
 #: the per-epoch clustering diagnostics in history.csv (read from hidden labels, never used by the loss)
 CLUSTER_COLUMNS = ("n_clusters", "n_outliers", "purity", "nmi", "pair_precision", "pair_recall")
 
 
+@register_method("cluster_contrast", ClusterSettings, title="Cluster-Contrast")
 class ClusterContrastTrainer(Trainer):
     """Stage 2 with pseudo labels from clustering and a cluster-memory InfoNCE loss (Dai et al. 2021).
 
@@ -41,17 +68,20 @@ class ClusterContrastTrainer(Trainer):
     ``milestones``), the epoch length (``epoch_length``: steps of a MAR epoch), evaluation, run
     folder, resume and TensorBoard with :class:`~workbench.engine.stages.MARTrainer`. A batch holds
     ``n_target`` target images (P = n_target // cc_instances pseudo labels × K = cc_instances). The
-    agents of the stage-1 model are kept, frozen (no loss here uses them).
+    agents of the stage-1 model are kept, frozen (no loss here uses them). A subclass changes where an
+    epoch's labels come from (:meth:`epoch_labels`).
 
     Args:
         init_checkpoint: the stage-1 checkpoint to start from (None: the config's backbone weights).
     """
 
     stage = "mar"  # stage 2 of the pipeline, whatever its method (config.json's method says which)
+    #: how the log names an epoch's labels
+    labels_are = "clusters"
 
     def __init__(self, cfg: Config, run_dir=None, *, init_checkpoint: str | Path | None = None, **kw) -> None:
         super().__init__(cfg, run_dir, **kw)
-        t = cfg.train
+        t, st = cfg.train, cfg.settings
         self.init_checkpoint = init_checkpoint
         self.record.start_checkpoint = str(init_checkpoint) if init_checkpoint is not None else None
         self.net = build_model(cfg.model, self.num_agents, pretrained=init_checkpoint is None and not self.resuming)
@@ -62,12 +92,12 @@ class ClusterContrastTrainer(Trainer):
         self.model = self._wrap(self.net)
         self.target_cache = self._image_cache(self.target.train)
         self.batch_size = t.n_target // self.ctx.world_size
-        if self.batch_size % t.cc_instances:
+        if self.batch_size % st.cc_instances:
             raise ConfigError(f"n_target per process ({self.batch_size}) must be a multiple of cc_instances "
-                              f"({t.cc_instances})")
+                              f"({st.cc_instances})")
         self._steps = (len(self.reference) // t.n_reference if t.epoch_length == "reference"
                        else len(self.target.train) // t.n_target)
-        self.memory = ClusterMemory(self.net.feature_dim, cfg.loss.cc_temperature, cfg.loss.cc_momentum).to(self.device)
+        self.memory = ClusterMemory(self.net.feature_dim, st.cc_temperature, st.cc_momentum).to(self.device)
         self.pseudo_labels = torch.full((len(self.target.train),), -1, dtype=torch.int64, device=self.device)
         self._pids = np.array([s.pid for s in self.target.train])  # hidden identities: diagnostics only
         self.cluster_stats: dict[str, float] = {}
@@ -87,38 +117,43 @@ class ClusterContrastTrainer(Trainer):
     def before_training(self) -> None:
         self.evaluate_start()
 
+    def epoch_labels(self, feats: torch.Tensor) -> np.ndarray:
+        """The labels this epoch trains on, from the target training set's features (N, D), in dataset
+        order: DBSCAN's clusters (−1: outliers, left out of the epoch)."""
+        st = self.cfg.settings
+        return cluster_pseudo_labels(feats, eps=st.cc_eps, min_samples=st.cc_min_samples, k1=st.cc_k1, k2=st.cc_k2)
+
+    def no_labels_message(self, n: int) -> str:
+        st = self.cfg.settings
+        return (f"DBSCAN found no cluster among {n} target images (cc_eps = {st.cc_eps}, cc_min_samples = "
+                f"{st.cc_min_samples}): raise cc_eps or lower cc_min_samples")
+
     @torch.no_grad()
     def cluster(self) -> np.ndarray:
-        """Cluster the target training set with the current model; reset the memory to the centroids.
+        """This epoch's labels of the target training set (:meth:`epoch_labels`); the memory reset to their
+        centroids.
 
         Returns:
-            The pseudo labels (N,), −1 for outliers; identical on every DDP rank (rank 0's).
+            The labels (N,), −1 for outliers; identical on every DDP rank (rank 0's).
 
         Raises:
-            ConfigError: DBSCAN left every image an outlier (naming eps and min_samples).
+            ConfigError: every image an outlier (:meth:`no_labels_message`).
         """
-        lc = self.cfg.loss
         loader = build_test_loader(self.target.train, image_size=self.cfg.data.image_size,
                                    batch_size=self.cfg.train.eval_batch_size, workers=self.cfg.data.workers,
                                    cache=self.target_cache, labeled=False)
-        feats, _, _ = self.target_features(loader)  # dataset order, L2-normalized
-        hybrid = self.cfg.train.method == "soft_cluster"  # the stage-1 agents' soft multilabels join the distance
-        multilabels = soft_multilabel(feats, self.net.agents.detach(), lc.scale).cpu() if hybrid else None
-        labels = torch.as_tensor(cluster_pseudo_labels(feats.cpu(), eps=lc.cc_eps, min_samples=lc.cc_min_samples,
-                                                       k1=lc.cc_k1, k2=lc.cc_k2, multilabels=multilabels,
-                                                       label_weight=lc.cc_label_weight if hybrid else 0.0),
-                                 device=self.device)
+        feats, _, _ = self.target_features(loader)  # dataset order, L2-normalized, on the training device
+        labels = torch.as_tensor(self.epoch_labels(feats), device=self.device)
         if self.ctx.distributed:
             dist.broadcast(labels, 0)
         labels_np = labels.cpu().numpy()
         if not (labels_np >= 0).any():
-            raise ConfigError(f"DBSCAN found no cluster among {len(labels_np)} target images (cc_eps = {lc.cc_eps}, "
-                              f"cc_min_samples = {lc.cc_min_samples}): raise cc_eps or lower cc_min_samples")
+            raise ConfigError(self.no_labels_message(len(labels_np)))
         self.pseudo_labels = labels
         self.memory.reset(cluster_centroids(feats, labels_np))
         self.cluster_stats = cluster_quality(labels_np, self._pids)
-        log.info("clustered %d target images: %d clusters, %d outliers, purity %.3f, pair precision %.3f",
-                 len(labels_np), self.cluster_stats["n_clusters"], self.cluster_stats["n_outliers"],
+        log.info("%s: %d target images in %d %s, %d left out, purity %.3f, pair precision %.3f", self.label,
+                 len(labels_np), self.cluster_stats["n_clusters"], self.labels_are, self.cluster_stats["n_outliers"],
                  self.cluster_stats["purity"], self.cluster_stats["pair_precision"])
         return labels_np
 
@@ -127,7 +162,7 @@ class ClusterContrastTrainer(Trainer):
         labels = self.cluster()
         loader = build_pseudo_label_loader(
             self.target.train, labels.tolist(), image_size=d.image_size, batch_size=self.batch_size,
-            instances=t.cc_instances, num_batches=self._steps, pad=d.pad, workers=d.workers, seed=t.seed,
+            instances=self.cfg.settings.cc_instances, num_batches=self._steps, pad=d.pad, workers=d.workers, seed=t.seed,
             rank=self.ctx.rank, world_size=self.ctx.world_size, cache=self.target_cache,
             pin_memory=self.device.type == "cuda")
         loader.sampler.set_epoch(epoch)

@@ -1,11 +1,13 @@
-"""The two training stages: stage 1 (reference pretraining with L_AL) and stage 2 (joint MAR training).
+"""Stage 2 by L_MAR (``method="mar"``, the paper): joint training on mixed batches of target and reference
+images with the four MAR losses (:class:`workbench.losses.MARLoss`: L_MDL, L_CML, L_AL, L_RJ).
 
-Each is a :class:`~workbench.engine.trainer.Trainer` that builds its model, loader and loss and
-computes one batch's losses; the loop, checkpoints and logs are the Trainer's.
+The method's settings (:class:`MARSettings`) are the losses' weights, switches and the official
+implementation's choices; the loop, checkpoints, evaluation and run folder are the engine's.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,61 +15,48 @@ import torch.distributed as dist
 from torch import nn
 
 from workbench.builders import build_loss, build_model, init_from_checkpoint
-from workbench.config import Config
+from workbench.config import NON_NEGATIVE, POSITIVE, Config, register_method, setting
 from workbench.data import MixedLoader, build_test_loader, build_train_loader
 from workbench.engine.trainer import Trainer
 from workbench.errors import ConfigError
-from workbench.losses import agent_loss, soft_multilabel
+from workbench.losses import soft_multilabel
 from workbench.models import MARNet
 
-log = logging.getLogger("workbench.engine")
+log = logging.getLogger("workbench.methods")
 
-__all__ = ["PretrainTrainer", "MARTrainer", "mined_pair_precision", "term_gradient_shares"]
-
-
-# ----------------------------------------------------------------------------- stage 1
-
-class PretrainTrainer(Trainer):
-    """Stage 1: backbone and agents on the labeled reference set with L_AL only."""
-
-    stage = "pretrain"
-
-    def __init__(self, cfg: Config, run_dir=None, **kw) -> None:
-        super().__init__(cfg, run_dir, **kw)
-        d, t = cfg.data, cfg.train
-        self.net = build_model(cfg.model, self.num_agents, pretrained=not self.resuming)
-        self.model = self._wrap(self.net)
-        self.loader = build_train_loader(
-            self.reference, image_size=d.image_size, batch_size=t.pretrain_batch_size // self.ctx.world_size,
-            pad=d.pad, workers=d.workers, seed=t.seed, rank=self.ctx.rank, world_size=self.ctx.world_size,
-            cache=self._image_cache(self.reference), pin_memory=self.device.type == "cuda")
-        self._set_optimizer(t.pretrain_lr, t.pretrain_weight_decay, t.pretrain_milestones)
-
-    @property
-    def num_epochs(self) -> int:
-        return self.cfg.train.pretrain_epochs
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.loader)
-
-    def batches(self, epoch: int):
-        self.loader.sampler.set_epoch(epoch)
-        return self.loader
-
-    def batch_images(self, batch) -> int:
-        return len(batch["img"])
-
-    def compute_losses(self, batch, epoch: int) -> dict[str, torch.Tensor]:
-        out = self.model(self.to_device(batch["img"]))
-        labels = batch["pid"].to(self.device, non_blocking=True)
-        loss = agent_loss(out.feature, self.net.agents, labels, self.cfg.loss.scale)
-        with torch.no_grad():
-            acc = (out.sim.argmax(1) == labels).float().mean()
-        return {"loss": loss, "al": loss.detach(), "train_acc": acc}
+__all__ = ["MARSettings", "MARTrainer", "mined_pair_precision", "term_gradient_shares"]
 
 
-# ----------------------------------------------------------------------------- stage 2
+@dataclass
+class MARSettings:
+    """L_MAR = L_MDL + λ1·L_CML + λ2·(L_AL + β·L_RJ), with the official code's choices by default."""
+
+    margin: float = setting(1.0, range=POSITIVE, stage="stage2")        # m: L_RJ margin (agents with cos > 1 - m/2
+                                                                        # are hard)
+    mining_ratio: float = setting(0.005, range=(0, 1, False, True), stage="stage2")  # fraction of batch pairs mined
+                                                                        # by L_MDL (and for T)
+    lambda_cml: float = setting(2e-4, range=NON_NEGATIVE, stage="stage2")  # λ1: weight of L_CML
+    lambda_ref: float = setting(50.0, range=NON_NEGATIVE, stage="stage2")  # λ2: weight of L_AL + β·L_RJ
+    beta: float = setting(0.2, range=NON_NEGATIVE, stage="stage2")      # β: weight of L_RJ inside the reference term
+    use_mdl: bool = setting(True, stage="stage2")                       # ablation switches (paper Table 3)
+    use_cml: bool = setting(True, stage="stage2")
+    use_al: bool = setting(True, stage="stage2")
+    use_rj: bool = setting(True, stage="stage2")
+    mdl_warmup_epochs: int = setting(1, range=NON_NEGATIVE, stage="stage2")  # L_MDL off (memory and T frozen) for
+                                                                        # these epochs
+    combine_reference_terms: bool = setting(False, stage="stage2")      # L_RJ: False = official (a reference image's
+                                                                        # pull and hinge are separate terms of one
+                                                                        # mean); True = one pull+hinge term each
+    init_images: str = setting("augmented", stage="stage2", choices=("augmented", "clean"))  # CML centres + T
+                                                                        # initialised from: "augmented" = official
+                                                                        # (one pass of the shuffled, augmented,
+                                                                        # drop_last target training loader);
+                                                                        # "clean" = every target image once, test
+                                                                        # transform
+    grad_terms_every: int = setting(0, range=NON_NEGATIVE, stage="stage2")  # diagnostic: every k steps, each term's
+                                                                        # share of the update of the shared weights
+                                                                        # (4 more backward passes; 0: off)
+
 
 class _TwoDomains(nn.Module):
     """One DDP forward for both halves: target and reference pass separately (own BN statistics)."""
@@ -80,6 +69,7 @@ class _TwoDomains(nn.Module):
         return self.net(target), self.net(reference)
 
 
+@register_method("mar", MARSettings, title="MAR (soft multilabels)")
 class MARTrainer(Trainer):
     """Stage 2: joint training on mixed batches with L_MAR.
 
@@ -92,11 +82,9 @@ class MARTrainer(Trainer):
 
     def __init__(self, cfg: Config, run_dir=None, *, init_checkpoint: str | Path | None = None, **kw) -> None:
         super().__init__(cfg, run_dir, **kw)
-        d, t, lc = cfg.data, cfg.train, cfg.loss
+        d, t, lc = cfg.data, cfg.train, cfg.settings
         self.init_checkpoint = init_checkpoint
         self.record.start_checkpoint = str(init_checkpoint) if init_checkpoint is not None else None
-        if lc.init_images not in ("augmented", "clean"):
-            raise ConfigError(f"init_images must be 'augmented' (official) or 'clean', got {lc.init_images!r}")
         self.net = build_model(cfg.model, self.num_agents, pretrained=init_checkpoint is None and not self.resuming)
         if init_checkpoint is not None and not self.resuming:
             kept = init_from_checkpoint(self.net, init_checkpoint)
@@ -113,11 +101,11 @@ class MARTrainer(Trainer):
             target_cache=self.target_cache,
             reference_cache=self._image_cache(self.reference),
             pin_memory=self.device.type == "cuda", epoch_length=t.epoch_length)
-        self.criterion = build_loss(lc, len(self.target.train), self.num_agents).to(self.device)
+        self.criterion = build_loss(lc, cfg.model.scale, len(self.target.train), self.num_agents).to(self.device)
         # hidden target identities: only for the mined-pair precision diagnostic, never seen by a loss
         self._target_pids = torch.tensor([s.pid for s in self.target.train], device=self.device)
         self._set_optimizer(t.lr, t.weight_decay, t.milestones, t.optimizer)
-        if t.grad_terms_every and self.ctx.distributed:
+        if lc.grad_terms_every and self.ctx.distributed:
             raise ConfigError("grad_terms_every is a single-process diagnostic (it takes autograd.grad per term)")
         self._diagnosed_steps = 0
         # the weights every term updates: backbone, fusion, embedding (not the agents, which only L_AL moves)
@@ -149,7 +137,7 @@ class MARTrainer(Trainer):
             info["threshold"] = float(self.criterion.threshold)
         self.extra_metrics["init_threshold"] = info["threshold"]
         log.info("initialized the CML centres and the threshold T = %.4f from %d %s target images",
-                 info["threshold"], len(index), self.cfg.loss.init_images)
+                 info["threshold"], len(index), self.cfg.settings.init_images)
 
     @torch.no_grad()
     def write_projector(self, global_step: int) -> None:
@@ -159,7 +147,7 @@ class MARTrainer(Trainer):
                                    batch_size=self.cfg.train.eval_batch_size, workers=self.cfg.data.workers,
                                    cache=self.target_cache, labeled=False)
         feats, _, _ = self.target_features(loader)  # dataset order
-        multilabels = soft_multilabel(feats, self.net.agents.detach(), self.cfg.loss.scale)  # (N, Np)
+        multilabels = soft_multilabel(feats, self.net.agents.detach(), self.cfg.model.scale)  # (N, Np)
         labels = [(s.pid, s.camid) for s in self.target.train]
         images = self.target_cache.images if self.target_cache is not None else None
         self.tb.projector("target/soft_multilabels", multilabels, labels, images, global_step)
@@ -177,7 +165,7 @@ class MARTrainer(Trainer):
             ``(features (n, D), camids (n,), dataset indices (n,))`` on the device.
         """
         d, t = self.cfg.data, self.cfg.train
-        if self.cfg.loss.init_images == "augmented":
+        if self.cfg.settings.init_images == "augmented":
             loader = build_train_loader(self.target.train, image_size=d.image_size, batch_size=t.n_target,
                                         pad=d.pad, workers=d.workers, seed=t.seed + 7919, cache=self.target_cache,
                                         labeled=False)
@@ -199,7 +187,7 @@ class MARTrainer(Trainer):
         pairs, positive = out.pop("mined_pairs"), out.pop("mined_positive")
         out["pos_precision"] = mined_pair_precision(pairs, positive, self._target_pids)
         weighted = out.pop("weighted")
-        every = self.cfg.train.grad_terms_every
+        every = self.cfg.settings.grad_terms_every
         if every and self._diagnosed_steps % every == 0:
             out |= term_gradient_shares(weighted, out["loss"], self._shared_parameters)
         self._diagnosed_steps += 1
