@@ -673,7 +673,8 @@ def test_ray_executor_collects_the_local_table(tiny: Path, tmp_path: Path, ray_r
 
 
 def test_ray_storage_check_names_what_a_node_does_not_see(tmp_path: Path, ray_runtime) -> None:
-    from workbench.experiments.executors import SharedStorageError, check_shared_storage
+    from workbench.experiments.executors import SharedStorageError
+    from workbench.experiments.ray_executor import check_shared_storage
 
     with pytest.raises(SharedStorageError, match=r"not on storage every Ray node sees.*no notebook .*missing\.ipynb"):
         check_shared_storage(tmp_path, tmp_path / "missing.ipynb")
@@ -711,7 +712,8 @@ def test_a_worker_whose_sweep_died_stops_and_records_the_interruption(tiny: Path
     nbformat.write(nb, tiny)
     point = tmp_path / "point"
     spec = json.dumps({"notebook": str(tiny), "params": {"value": 1, "out_dir": str(point / "out")},
-                       "point_dir": str(point), "kernel_name": None, "timeout": None})
+                       "point_dir": str(point), "kernel_name": None, "timeout": None,
+                       "call": "workbench.experiments.execute:attempt"})
     # a stand-in for the sweep: starts the worker in a session of its own (as LocalProcesses does), then waits
     parent = subprocess.Popen([sys.executable, "-c", (
         "import subprocess, sys, time\n"

@@ -1,7 +1,10 @@
-"""The package's import graph: no cycles, no private names imported across modules.
+"""The package's import graph: declared floors (README's "Code layout"), no cycles, no private names imported
+across modules.
 
 Every ``import`` and ``from ... import`` of a ``workbench`` module counts, at module level or inside a
-function (an import moved into a function still ties the two modules together).
+function (an import moved into a function still ties the two modules together), and so does the package
+``__init__`` it runs on the way: importing ``workbench.experiments.results`` executes
+``workbench/experiments/__init__.py``, which imports every module of that package.
 """
 from __future__ import annotations
 
@@ -53,7 +56,51 @@ def _imports(module: str) -> list[tuple[str, str]]:
     return [(t, n) for t, n in found if t and t != module]
 
 
-GRAPH = {m: {t for t, _ in _imports(m)} for m in MODULES}
+def _with_packages(targets: set[str], importer: str = "") -> set[str]:
+    """``targets`` and every package ``__init__`` importing them runs, but the importer's own packages (they
+    are already running when it imports a sibling) and the root ``workbench`` (it imports nothing of its
+    own and would tie every module to every other)."""
+    own = {importer.rsplit(".", k)[0] for k in range(1, importer.count("."))} if importer else set()
+    out = set(targets)
+    for t in targets:
+        parts = t.split(".")
+        out |= {p for k in range(2, len(parts)) if (p := ".".join(parts[:k])) in MODULES and p not in own}
+    return out
+
+
+GRAPH = {m: _with_packages({t for t, _ in _imports(m)}, m) - {m} for m in MODULES}
+
+#: the floors, lowest first (README's "Code layout"): a module imports only from its own floor or below
+FLOORS = [
+    ("base", ("workbench", "workbench.errors", "workbench.paths", "workbench.ops", "workbench.faults",
+              "workbench.threads", "workbench.distributed", "workbench.config", "workbench.runs")),
+    ("inputs", ("workbench.data", "workbench.models", "workbench.losses")),
+    ("evaluation", ("workbench.evaluation", "workbench.tensorboard")),
+    ("clustering", ("workbench.clustering",)),
+    ("builders", ("workbench.builders",)),
+    ("engine", ("workbench.engine",)),
+    ("methods", ("workbench.methods",)),
+    ("analysis", ("workbench.analysis",)),
+    ("experiments", ("workbench.experiments",)),
+    ("viz", ("workbench.viz",)),
+    ("application", ("workbench.cli", "workbench.__main__")),
+]
+
+
+def floor_of(module: str) -> int:
+    """The index of ``module``'s floor: the longest declared prefix it falls under."""
+    best, level = -1, None
+    for i, (_, members) in enumerate(FLOORS):
+        for prefix in members:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, level = len(prefix), i
+    assert level is not None, f"{module} is on no floor: add it to FLOORS (and to README's Code layout)"
+    return level
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} ({FLOORS[floor_of(m)][0]}) imports {t} ({FLOORS[floor_of(t)][0]})"
+                  for m, targets in graph.items() for t in targets if floor_of(t) > floor_of(m))
 
 
 def _cycles() -> list[list[str]]:
@@ -91,6 +138,22 @@ def _cycles() -> list[list[str]]:
     return found
 
 
+def test_every_module_is_on_a_floor_and_imports_none_above_it() -> None:
+    assert upward_imports(GRAPH) == [], "a module imports from a floor above its own"
+
+
+def test_an_upward_import_is_found() -> None:
+    planted = {m: set(t) for m, t in GRAPH.items()}
+    planted["workbench.data.datasets"].add("workbench.engine.lifecycle")  # data would depend on the engine
+    assert upward_imports(planted) == [
+        "workbench.data.datasets (inputs) imports workbench.engine.lifecycle (engine)"]
+
+
+def test_a_package_init_closes_a_cycle() -> None:
+    """``viz.tables`` importing ``experiments.results`` runs ``experiments/__init__``: the edge counts."""
+    assert "workbench.experiments" in _with_packages({"workbench.experiments.results"})
+
+
 def test_the_package_has_no_import_cycle() -> None:
     assert _cycles() == [], "modules that import each other (directly or through others)"
 
@@ -112,7 +175,22 @@ def test_no_private_name_is_imported_from_another_module() -> None:
 
 
 def test_one_metric_name_table() -> None:
-    from workbench.evaluation import METRIC_KEYS
-    from workbench.experiments.results import MAIN_METRICS, METRIC_TITLES
+    """The metric names are defined once, in evaluation: nothing else assigns a table of them."""
+    import re
 
-    assert tuple(METRIC_TITLES) == MAIN_METRICS == METRIC_KEYS
+    for module, path in MODULES.items():
+        if module == "workbench.evaluation.names":
+            continue
+        text = path.read_text()
+        assert not re.search(r"^\s*(METRIC_TITLES|METRIC_KEYS|MAIN_METRICS)\s*=", text, re.M), module
+        assert '"mAP_devkit": "mAP*"' not in text, module
+
+
+
+
+def test_experiments_compute_numbers_only_in_modules_one_can_read_at_once() -> None:
+    """experiments/ imports no viz (its callers draw the figures) and has no module over 400 lines."""
+    for module, path in MODULES.items():
+        if module.startswith("workbench.experiments"):
+            assert not [t for t in GRAPH[module] if t.startswith("workbench.viz")], f"{module} imports viz"
+            assert len(path.read_text().splitlines()) <= 400, f"{module}: {len(path.read_text().splitlines())} lines"

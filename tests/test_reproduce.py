@@ -12,7 +12,8 @@ import pytest
 
 from workbench.config import RUN_ONLY_FIELDS, computation_key, from_params, get_preset, parse_value
 from workbench.errors import CheckpointError, ConfigError, MissingFileError
-from workbench.experiments.recipes import find_recipes, load_recipe, plan
+from workbench.experiments.plan import plan
+from workbench.experiments.recipes import find_recipes, load_recipe
 from workbench.experiments.reproduce import reproduce
 from workbench.runs import RunFolder
 from workbench.runs.zoo import Zoo
@@ -158,9 +159,12 @@ def test_the_computation_key_follows_what_stage_1_computes() -> None:
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory) -> Path:
     """``reproduce --smoke`` of Table 4 and of Table 3 at the paper's schedule, into one runs folder."""
+    from workbench.viz import experiment_figures
+
     runs = tmp_path_factory.mktemp("reproduce")
     for folder in ("results/method_comparison", "results/paper_schedule/loss_ablation"):
-        result = reproduce(REPO / folder, runs=runs, smoke=True, threads=1, echo=lambda s: None)
+        result = reproduce(REPO / folder, runs=runs, smoke=True, threads=1, echo=lambda s: None,
+                           figures=experiment_figures)
         assert not result.failed
     return runs
 
@@ -179,6 +183,7 @@ def test_two_recipes_run_end_to_end_at_smoke_scale_and_share_their_stage_1(smoke
         assert (out / "recipe.yaml").is_file() and (out / "summary.csv").is_file()
         readme = (out / "README.md").read_text()
         assert "python -m workbench reproduce results/" in readme and str(smoke_runs) not in readme
+        assert f"]({experiment}.png)" in readme and (out / f"{experiment}.png").is_file()  # drawn by viz
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from workbench.cli import main
 from workbench.config import get_preset
 from workbench.experiments.records import label_rows, run_records
 from workbench.experiments.stats import experiment_curves, t_interval
-from workbench.experiments.summary import committed_curves
+from workbench.experiments.committed import committed_curves
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -241,7 +241,7 @@ def test_small_numbers_keep_two_significant_digits(tmp_path: Path) -> None:
 
 def test_rows_at_the_baselines_wall_clock_by_hand() -> None:
     from workbench.experiments.stats import at_budget
-    from workbench.experiments.summary import budget_markdown
+    from workbench.experiments.markdown import budget_markdown
 
     rows = pd.DataFrame({"row": ["MAR"] * 2 + ["CC"] * 2, "run": ["m0", "m1", "c0", "c1"], "seed": [0, 1, 0, 1]})
 
@@ -268,7 +268,7 @@ def test_rows_at_the_baselines_wall_clock_by_hand() -> None:
 
 
 def test_rows_compared_at_equal_cost_keep_their_own_epochs() -> None:
-    from workbench.experiments.records import EXPERIMENTS
+    from workbench.experiments.catalog import EXPERIMENTS
 
     records = pd.DataFrame({"method": ["mar", "mar", "cluster_contrast", "cluster_contrast", "cluster_contrast"],
                             "epochs": [2, 2, 5, 5, 3], "seed": [0, 1, 0, 1, 2], "init": "imagenet", "stage1": True,

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from workbench.evaluation.metrics import METRIC_KEYS
+from workbench.evaluation.names import METRIC_KEYS
 
 log = logging.getLogger("workbench.tensorboard")
 

@@ -12,7 +12,8 @@ from workbench.cli.common import CLIError, positive_int
 # ----------------------------------------------------------------------------- sweep
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from workbench.experiments import MAIN_METRICS, load_grid, parse_value, sweep
+    from workbench.evaluation.names import METRIC_KEYS
+    from workbench.experiments import load_grid, parse_value, sweep
 
     base: dict[str, object] = {}
     for item in args.overrides:
@@ -46,8 +47,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     import pandas as pd
 
     varying = [c for c in df.columns if c in {k for p in grid for k in p}]
-    shown = df[["name", *varying, "state", *[m for m in MAIN_METRICS if m in df.columns]]].copy()
-    for m in MAIN_METRICS:
+    shown = df[["name", *varying, "state", *[m for m in METRIC_KEYS if m in df.columns]]].copy()
+    for m in METRIC_KEYS:
         if m in shown:
             shown[m] = (100 * pd.to_numeric(shown[m], errors="coerce")).round(1)
     with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 60):
@@ -138,15 +139,17 @@ def add_report(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_results(args: argparse.Namespace) -> int:
     from workbench.experiments.summary import write_experiment
+    from workbench.viz.tables import experiment_figures
 
-    written = write_experiment(args.experiment, args.sweeps, args.out, reference=args.reference, notes=args.notes)
+    written = write_experiment(args.experiment, args.sweeps, args.out, reference=args.reference, notes=args.notes,
+                               figures=experiment_figures)
     for kind, path in written.items():
         print(f"{kind:>10}: {path}")
     return 0
 
 
 def add_results(sub: argparse._SubParsersAction) -> None:
-    from workbench.experiments.records import EXPERIMENTS
+    from workbench.experiments.catalog import EXPERIMENTS
 
     rs = sub.add_parser("results", help="write results/<experiment>/ (runs.csv, summary, figures, README) from "
                                         "sweep folders of 03_train_mar.ipynb")
@@ -196,6 +199,12 @@ def add_diagnose(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------- reproduce, zoo
 
+def _figures():
+    from workbench.viz.tables import experiment_figures  # matplotlib: only when a folder is written
+
+    return experiment_figures
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from workbench.experiments.reproduce import reproduce
 
@@ -206,7 +215,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     for folder in folders:
         try:
             result = reproduce(folder, runs=args.runs, out=args.out if len(folders) == 1 else None, jobs=args.jobs,
-                               threads=args.threads, dry_run=args.dry_run, smoke=args.smoke)
+                               threads=args.threads, dry_run=args.dry_run, smoke=args.smoke,
+                               figures=None if args.dry_run else _figures())
         except KeyboardInterrupt:
             print("interrupted; run the same command to resume (finished runs are kept, the others continue "
                   "from their last epoch checkpoint)", file=sys.stderr)

@@ -10,33 +10,29 @@ One module per stage, every public name re-exported here::
 """
 from __future__ import annotations
 
-from workbench.evaluation.distance import ArrayLike, Metric, pairwise_distance
-from workbench.evaluation.features import evaluate, evaluate_features, extract_features
-from workbench.evaluation.metrics import (
-    APConvention,
-    JUNK_PID,
-    METRIC_KEYS,
-    format_metrics,
-    rank_metrics,
-    rank_metrics_reference,
-    valid_gallery_mask,
-)
-from workbench.evaluation.rerank import jaccard_distance, re_ranking
+import importlib
+from typing import Any
 
-__all__ = [
-    "pairwise_distance",
-    "rank_metrics",
-    "rank_metrics_reference",
-    "valid_gallery_mask",
-    "JUNK_PID",
-    "METRIC_KEYS",
-    "format_metrics",
-    "re_ranking",
-    "jaccard_distance",
-    "extract_features",
-    "evaluate_features",
-    "evaluate",
-    "ArrayLike",
-    "Metric",
-    "APConvention",
-]
+#: every public name, by the module that defines it (imported on first use: the metric names and the
+#: numpy metrics load without torch, which extract_features needs)
+_EXPORTS = {
+    "pairwise_distance": "distance", "ArrayLike": "distance", "Metric": "distance",
+    "evaluate": "features", "evaluate_features": "features", "extract_features": "features",
+    "APConvention": "metrics", "JUNK_PID": "metrics", "METRIC_KEYS": "names", "METRIC_TITLES": "names",
+    "format_metrics": "metrics", "rank_metrics": "metrics", "rank_metrics_reference": "metrics",
+    "valid_gallery_mask": "metrics",
+    "jaccard_distance": "rerank", "re_ranking": "rerank",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"workbench.evaluation.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'workbench.evaluation' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from workbench.evaluation.names import METRIC_KEYS, METRIC_TITLES
 from workbench.evaluation.distance import (
     ArrayLike,
     _check_label_shapes,
@@ -36,16 +37,15 @@ from workbench.evaluation.distance import (
     _torch_threads,
 )
 
-__all__ = ["APConvention", "JUNK_PID", "METRIC_KEYS", "format_metrics", "valid_gallery_mask", "rank_metrics",
-           "rank_metrics_reference"]
+__all__ = ["APConvention", "JUNK_PID", "METRIC_KEYS", "METRIC_TITLES", "format_metrics", "valid_gallery_mask", "rank_metrics",
+           "rank_metrics_reference", "METRIC_TITLES"]
 
 APConvention = Literal["standard", "devkit", "both"]
 
 _NUM_BUCKETS = 4096  # resolution of the per-row bucketing in rank_metrics
 _CHUNK_ELEMENTS = 1 << 22  # distances handled at once in rank_metrics (≈ 4M, tens of MB of scratch)
 JUNK_PID = -1  # gallery images with this pid never count
-#: the scalar metrics every run reports (fractions in [0, 1]); mAP_devkit is the Market devkit / MAR AP
-METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mAP_devkit", "mINP")
+
 
 
 def format_metrics(metrics: Any) -> str:

@@ -9,8 +9,15 @@ One module per step, every public name re-exported here (notebooks use ``ex.<nam
     report.py    markdown tables and results CSVs (``python -m workbench report``)
     paper.py     the paper's numbers (PAPER.md) and the ablation / fusion / pretraining definitions
     notebook.py  notebook-side helpers: notebook_config, ensure_run, find_run, record_point
-    summary.py   the paper's experiments as results/<experiment>/: runs.csv, seed statistics with paired
-                 differences, figures, a generated README (``python -m workbench results``)
+    catalog.py   EXPERIMENTS: the paper's tables and figures as rows over run records
+    records.py   run records from sweep folders and results folders
+    stats.py     seeds, paired intervals, budgets, curves (numbers)
+    folder.py    ResultsFolder: the one owner of a results folder's files
+    summary.py   a results folder from runs: tables → figures (drawn by the caller) → README
+    markdown.py  the tables as markdown, the numbers a diagnosis quotes (fill_numbers)
+    committed.py committed results as notebooks and ``report`` show them
+    recipes.py   recipe.yaml: what makes a results folder; plan.py: its runs and their cost
+    reproduce.py ``workbench reproduce``: a recipe back into its folder
 
 A sweep runs one notebook once per point of a grid, each point in its own folder::
 
@@ -70,7 +77,6 @@ from workbench.experiments.paper import (
     pretraining_points,
 )
 from workbench.experiments.results import (
-    MAIN_METRICS,
     METRICS_FILE,
     collect,
     curve,
@@ -80,17 +86,13 @@ from workbench.experiments.results import (
     paper_table,
     select,
 )
-from workbench.experiments.records import EXPERIMENTS, records_at_epoch
+from workbench.experiments.catalog import EXPERIMENTS
+from workbench.experiments.records import records_at_epoch
 from workbench.experiments.stats import at_budget, gradient_table, label_points, seed_summary, seed_table
-from workbench.experiments.summary import (
-    CommittedResults,
-    budget_markdown,
-    committed_curves,
-    committed_results,
-    show_committed,
-    summary_markdown,
-    write_experiment,
-)
+from workbench.experiments.committed import CommittedResults, committed_curves, committed_results, show_committed
+from workbench.experiments.folder import ResultsFolder
+from workbench.experiments.markdown import budget_markdown, summary_markdown
+from workbench.experiments.summary import compute_tables, write_experiment
 from workbench.experiments.sweep import (
     STATUS_FILE,
     check_points,
@@ -105,13 +107,13 @@ __all__ = [
     "record_point",
     "FUSION_COMBINATIONS", "LOSS_ABLATION", "METHOD_COMPARISON", "PAPER_METRICS", "PAPER_NETWORKS", "PAPER_RESULTS",
     "PRETRAINING_ABLATION", "pretraining_points",
-    "MAIN_METRICS", "METRICS_FILE", "collect", "curve", "in_percent", "metrics_table", "paper_rows", "paper_table",
+    "METRICS_FILE", "collect", "curve", "in_percent", "metrics_table", "paper_rows", "paper_table",
     "select",
     "NOTEBOOK_ENV", "STATUS_FILE", "NotebookParameterError", "check_choices", "check_points", "notebook_parameters",
     "read_status", "repo_path", "repo_root", "resolve_notebook", "run_notebook", "shared_stage1", "sweep",
     "EXPERIMENTS", "CommittedResults", "at_budget", "budget_markdown", "committed_curves", "committed_results", "gradient_table", "label_points", "records_at_epoch",
     "seed_summary", "seed_table",
-    "show_committed", "summary_markdown", "write_experiment",
+    "show_committed", "summary_markdown", "write_experiment", "compute_tables", "ResultsFolder",
     "agent_similarity",
 ]
 

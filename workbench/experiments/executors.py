@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +59,13 @@ class Attempt:
     kernel_name: str = "python3"
     timeout: float | None = None
     placement: dict = field(default_factory=dict)  # filled by the executor: devices, threads, host
+    call: str = ""       # what runs it: "module:function" (notebook, params, point_dir, kernel_name, timeout)
+                         # -> the attempt's record; the sweep hands it over (workbench.experiments.execute.attempt)
+
+    def spec(self) -> dict:
+        """What a worker process or a Ray task needs to run it (JSON)."""
+        return {"notebook": str(self.notebook), "params": self.params, "point_dir": str(self.point_dir),
+                "kernel_name": self.kernel_name, "timeout": self.timeout, "call": self.call}
 
 
 def cpu_cores() -> int:
@@ -132,10 +139,7 @@ class InProcess(Executor):
         return not self._done
 
     def start(self, attempt: Attempt) -> Any:
-        from workbench.experiments.execute import attempt as _attempt
-
-        self._done.append((attempt, _attempt(attempt.notebook, attempt.params, attempt.point_dir,
-                                             kernel_name=attempt.kernel_name, timeout=attempt.timeout)))
+        self._done.append((attempt, run_attempt(attempt.spec())))
         return attempt
 
     def finished(self, timeout: float) -> list[tuple[Any, dict]]:
@@ -185,8 +189,7 @@ class LocalProcesses(Executor):
         attempt.placement = {"threads": self.threads, **({"devices": ",".join(devices)} if devices else {})}
         attempt.point_dir.mkdir(parents=True, exist_ok=True)
         (attempt.point_dir / ATTEMPT_FILE).unlink(missing_ok=True)
-        spec = {"notebook": str(attempt.notebook), "params": attempt.params, "point_dir": str(attempt.point_dir),
-                "kernel_name": attempt.kernel_name, "timeout": attempt.timeout}
+        spec = attempt.spec()
         logfile = open(attempt.point_dir / WORKER_LOG, "ab")  # noqa: SIM115 - closed when the worker ends
         # its own session: the terminal's Ctrl-C reaches the sweep only, which stops the workers itself
         proc = subprocess.Popen([sys.executable, "-m", "workbench.experiments.executors", "run-point", json.dumps(spec)],
@@ -283,18 +286,18 @@ def run_point_main(argv: list[str] | None = None) -> int:
     # ignored; the sweep stops its workers with SIGINT, so take it back
     signal.signal(signal.SIGINT, signal.default_int_handler)
     _stop_when_orphaned(os.getppid())
-    from workbench.experiments.execute import attempt as _attempt
-    from workbench.experiments.execute import now as _now
+    import datetime
+
     from workbench.runs import write_json
 
     point_dir = Path(spec["point_dir"])
     logging.getLogger("papermill").setLevel(logging.WARNING)
     started = time.time()
     try:
-        record = _attempt(Path(spec["notebook"]), spec["params"], point_dir, kernel_name=spec["kernel_name"],
-                          timeout=spec["timeout"])
+        record = run_attempt(spec)
     except KeyboardInterrupt:
-        record = {"state": "interrupted", "error": "interrupted; run the sweep again to resume it", "finished": _now(),
+        finished = datetime.datetime.now().astimezone().isoformat(timespec="milliseconds")
+        record = {"state": "interrupted", "error": "interrupted; run the sweep again to resume it", "finished": finished,
                   "seconds": round(time.time() - started, 3), "host": socket.gethostname(), "pid": os.getpid()}
         write_json(point_dir / ATTEMPT_FILE, record)
         return 130
@@ -302,200 +305,19 @@ def run_point_main(argv: list[str] | None = None) -> int:
     return 0 if record["state"] == "done" else 1
 
 
-# ----------------------------------------------------------------------------- Ray
-
-def _ray_attempt(spec: dict) -> dict:
-    """A Ray task: one attempt; threads for the kernel from the task's CPUs (Ray sets the GPUs)."""
-    from workbench.experiments.execute import attempt as _attempt
-
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(max(1, int(spec["threads"])))
-    record = _attempt(Path(spec["notebook"]), spec["params"], Path(spec["point_dir"]),
-                      kernel_name=spec["kernel_name"], timeout=spec["timeout"])
-    return record | {"devices": os.environ.get("CUDA_VISIBLE_DEVICES") or None}
-
-
-def _probe(probe: str, token: str, notebook: str) -> dict:
-    """A Ray task on one node: can it read the driver's probe file and the notebook, and write beside them?"""
-    host = socket.gethostname()
-    problems = []
-    path = Path(probe)
-    try:
-        if path.read_text() != token:
-            problems.append(f"{path} holds another content there")
-    except OSError as err:
-        problems.append(f"cannot read the driver's file {path} ({err.strerror or err})")
-    if not Path(notebook).is_file():
-        problems.append(f"no notebook {notebook}")
-    reply = path.with_name(f"{path.name}-{host}-{os.getpid()}")
-    try:
-        reply.write_text(token)
-    except OSError as err:
-        problems.append(f"cannot write {reply.parent} ({err.strerror or err})")
-        reply = None
-    return {"host": host, "problems": problems, "reply": str(reply) if reply else None}
-
-
 class SharedStorageError(RuntimeError):
     """The sweep folder (or the notebook) is not at the same path on every Ray node."""
 
 
-def check_shared_storage(out_dir: Path, notebook: Path, *, timeout: float = 300.0) -> list[str]:
-    """Check that every alive Ray node sees ``out_dir`` and ``notebook`` at the same path.
+def run_attempt(spec: dict) -> dict:
+    """Run one attempt as its spec says: ``spec["call"]`` (``"module:function"``, what the sweep handed the
+    executor) with the notebook, parameters, point folder, kernel and timeout; the attempt's record."""
+    import importlib
 
-    The driver writes a probe file in ``out_dir``; one task per node (pinned to it) reads it, looks
-    for the notebook and writes a reply beside it, which the driver must then see.
-
-    Returns:
-        The hosts checked.
-
-    Raises:
-        SharedStorageError: naming each node and what it could not see.
-    """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    token = uuid.uuid4().hex
-    probe = out_dir / f".probe-{token[:12]}"
-    probe.write_text(token)
-    probe_task = ray.remote(_probe)
-    try:
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        refs = [probe_task.options(num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
-            n["NodeID"], soft=False)).remote(str(probe), token, str(notebook)) for n in nodes]
-        results = ray.get(refs, timeout=timeout)
-        problems = []
-        for node, result in zip(nodes, results):
-            where = f"node {result['host']} ({node.get('NodeManagerAddress', '?')})"
-            if result["reply"] and not Path(result["reply"]).is_file():
-                result["problems"].append(f"wrote {result['reply']}, which the driver does not see")
-            problems += [f"{where}: {p}" for p in result["problems"]]
-        if problems:
-            raise SharedStorageError(
-                f"the sweep folder {out_dir} is not on storage every Ray node sees at the same path: "
-                + "; ".join(problems) + ". Put the sweep folder, the notebooks and the data on a shared file "
-                "system mounted at the same path on every node (README: 'Sweeps on a Ray cluster').")
-        return [r["host"] for r in results]
-    finally:
-        for path in out_dir.glob(f"{probe.name}*"):
-            path.unlink(missing_ok=True)
-
-
-class RayExecutor(Executor):
-    """Each attempt is a Ray task with ``num_cpus``/``num_gpus``; the driver (this process) keeps the sweep.
-
-    Args:
-        address: the cluster (``"auto"``, ``"HOST:PORT"``, ``"ray://HOST:10001"``); None: the runtime
-            already initialised in this process, else a new local one.
-        num_cpus, num_gpus: a point's resources (torch threads = ``num_cpus``).
-        jobs: attempts submitted at once (None: as many as the cluster's CPUs/GPUs hold now).
-    """
-
-    kind = "ray"
-
-    def __init__(self, address: str | None = None, num_cpus: float = 1, num_gpus: float = 0,
-                 jobs: int | None = None) -> None:
-        try:
-            import ray
-        except ImportError as err:
-            raise ImportError(f"executor 'ray' needs Ray ({err}): pip install -e '.[ray]'") from None
-        if address is not None and ray.is_initialized():
-            log.info("ray: already initialised in this process; address %s not used", address)
-        self._owns_runtime = not ray.is_initialized()
-        if self._owns_runtime:
-            # a local runtime: no dashboard and a small object store (tasks return small records),
-            # quicker to start on a busy machine
-            local = {"include_dashboard": False, "object_store_memory": LOCAL_OBJECT_STORE} if address is None else {}
-            tries = 3 if address is None else 1  # a local raylet gets 30 s to register: retry on a busy machine
-            for attempt in range(tries):
-                try:
-                    ray.init(address=address, log_to_driver=False, **local)
-                    break
-                except Exception as err:  # noqa: BLE001 - Ray raises plain Exception when a start times out
-                    ray.shutdown()
-                    if attempt == tries - 1:
-                        what = "start a local Ray runtime" if address is None else f"join the Ray cluster at {address}"
-                        raise ConnectionError(f"could not {what}: {str(err).splitlines()[0]}") from err
-        self.ray = ray
-        self.num_cpus, self.num_gpus = num_cpus, num_gpus
-        if jobs is None:
-            resources = ray.cluster_resources()
-            fits = [resources.get("CPU", 0) // num_cpus] if num_cpus else []
-            fits += [resources.get("GPU", 0) // num_gpus] if num_gpus else []
-            jobs = int(min(fits)) if fits else 1
-        if jobs < 1:
-            raise ValueError(f"the Ray cluster has no room for a point with num_cpus={num_cpus}, num_gpus={num_gpus} "
-                             f"({ray.cluster_resources()})")
-        self.capacity = jobs
-        self._task = ray.remote(_ray_attempt)
-        self._running: dict[Any, Attempt] = {}
-
-    def prepare(self, out_dir: Path, notebook: Path) -> None:
-        hosts = check_shared_storage(out_dir, notebook)
-        log.info("ray: %d node(s) see %s: %s", len(hosts), out_dir, ", ".join(hosts))
-
-    def can_start(self) -> bool:
-        return len(self._running) < self.capacity
-
-    def start(self, attempt: Attempt) -> Any:
-        attempt.placement = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
-        spec = {"notebook": str(attempt.notebook), "params": attempt.params, "point_dir": str(attempt.point_dir),
-                "kernel_name": attempt.kernel_name, "timeout": attempt.timeout, "threads": max(1, int(self.num_cpus))}
-        ref = self._task.options(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0,
-                                 name=f"sweep-point {attempt.name}").remote(spec)
-        self._running[ref] = attempt
-        return attempt
-
-    def finished(self, timeout: float) -> list[tuple[Any, dict]]:
-        if not self._running:
-            return []
-        ready, _ = self.ray.wait(list(self._running), num_returns=1, timeout=timeout)
-        out = []
-        for ref in ready:
-            attempt = self._running.pop(ref)
-            try:
-                record = self.ray.get(ref)
-            except Exception as err:  # noqa: BLE001 - a lost task or worker is a failed attempt
-                record = {"state": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0][:500]}",
-                          "traceback": str(err)[-6000:]}
-            out.append((attempt, record))
-        return out
-
-    def stop(self) -> list[Any]:
-        refs = list(self._running)
-        for ref in refs:
-            self.ray.cancel(ref)  # KeyboardInterrupt in the task: papermill shuts its kernel down
-        _, still = self.ray.wait(refs, num_returns=len(refs), timeout=STOP_GRACE) if refs else ([], [])
-        for ref in still:
-            self.ray.cancel(ref, force=True)
-        return [self._running.pop(ref) for ref in refs]
-
-    def close(self) -> None:
-        if self._owns_runtime:  # started here: leave no Ray processes behind
-            self.ray.shutdown()
-
-
-def make_executor(executor: str | Executor = "local", *, jobs: int | None = None,
-                  devices: str | Sequence[int | str] | None = None, gpus_per_point: int | None = None,
-                  cpus_per_point: float | None = None, address: str | None = None) -> Executor:
-    """An executor from :func:`~workbench.experiments.sweep`'s options.
-
-    ``"local"`` with ``jobs`` 1 (or None) and no ``devices``: :class:`InProcess`; otherwise
-    :class:`LocalProcesses` (``gpus_per_point`` default 1, ``cpus_per_point``: threads per worker,
-    default cores // jobs). ``"ray"``: :class:`RayExecutor` (``cpus_per_point`` default 1,
-    ``gpus_per_point`` default 0).
-    """
-    if isinstance(executor, Executor):
-        return executor
-    if executor == "local":
-        if (jobs is None or jobs == 1) and not parse_devices(devices):
-            return InProcess()
-        return LocalProcesses(jobs, devices, gpus_per_point or 1,
-                              threads=int(cpus_per_point) if cpus_per_point else None)
-    if executor == "ray":
-        if devices:
-            raise ValueError("devices is for the local executor; Ray gives each point gpus_per_point GPUs")
-        return RayExecutor(address, num_cpus=cpus_per_point or 1, num_gpus=gpus_per_point or 0, jobs=jobs)
-    raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
+    module, _, function = spec["call"].partition(":")
+    call = getattr(importlib.import_module(module), function)
+    return call(Path(spec["notebook"]), spec["params"], Path(spec["point_dir"]), kernel_name=spec["kernel_name"],
+                timeout=spec["timeout"])
 
 
 if __name__ == "__main__":

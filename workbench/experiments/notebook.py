@@ -14,7 +14,8 @@ if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the fu
     from workbench.engine import RunResult
 
 from workbench.errors import WorkbenchError
-from workbench.experiments.results import MAIN_METRICS, flatten_metrics
+from workbench.evaluation.names import METRIC_KEYS
+from workbench.experiments.results import flatten_metrics
 from workbench.experiments.execute import NotebookParameterError, repo_path
 from workbench.runs import RunFolder
 
@@ -180,7 +181,7 @@ def record_point(out_dir: str | os.PathLike, result: "RunResult", *, pretrain: "
     values: dict[str, Any] = {**result.metrics, **summary(result)}
     if pretrain is not None:
         stage1 = summary(pretrain)
-        values["pretrain"] = {**{k: pretrain.metrics[k] for k in MAIN_METRICS if k in pretrain.metrics},
+        values["pretrain"] = {**{k: pretrain.metrics[k] for k in METRIC_KEYS if k in pretrain.metrics},
                               "run_dir": stage1["run_dir"], "seconds_per_epoch": stage1["seconds_per_epoch"]}
     values |= extra
     drop = {"distmat", "qf", "gf", "q_pids", "g_pids", "q_camids", "g_camids"}

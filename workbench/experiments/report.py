@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import ConfigError, MissingFileError
-from workbench.experiments.results import METRIC_TITLES
+from workbench.evaluation.names import METRIC_TITLES
 from workbench.runs import PointFolder, RunFolder
 
 #: metric key → column title (fractions in the files, percent in the table)
@@ -171,11 +171,13 @@ def report(path: str | Path, *, footnote: bool = True) -> str:
     """The markdown results table of ``path`` (what ``python -m workbench report PATH`` prints).
 
     A committed experiment folder (``results/loss_ablation`` ...) gives its seed table instead
-    (:func:`workbench.experiments.summary.folder_table`); a ``.txt`` file (a benchmark's committed
+    (:func:`workbench.experiments.committed.folder_table`); a ``.txt`` file (a benchmark's committed
     output, ``results/benchmarks/*.txt``) is quoted as it is, in a fenced block.
     """
-    from workbench.experiments.recipes import find_recipes, recipes_markdown
-    from workbench.experiments.summary import experiment_of, folder_table
+    from workbench.experiments.plan import recipes_markdown
+    from workbench.experiments.recipes import find_recipes
+    from workbench.experiments.committed import folder_table
+    from workbench.experiments.folder import ResultsFolder
 
     path = Path(path)
     if path.suffix == ".txt":
@@ -184,9 +186,9 @@ def report(path: str | Path, *, footnote: bool = True) -> str:
         return collected_cases(path)
     if path.name.endswith("history.csv"):
         return history_cost(path)
-    if path.is_dir() and not (path / "runs.csv").is_file() and any(p.parent != path for p in find_recipes(path)):
+    if path.is_dir() and not ResultsFolder(path).has_runs and any(p.parent != path for p in find_recipes(path)):
         return recipes_markdown(path)
-    if path.is_dir() and (path / "runs.csv").is_file() and experiment_of(path):
+    if path.is_dir() and ResultsFolder(path).has_runs and ResultsFolder(path).experiment():
         return folder_table(path) + (f"\n\n({FOOTNOTE}; mean ± std over seeds, Δ: paired difference with its "
                                      "95 % interval)" if footnote else "")
     text = markdown_table(results_rows(path))

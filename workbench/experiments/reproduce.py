@@ -21,25 +21,21 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workbench.errors import ConfigError
 from workbench.experiments.execute import repo_root
-from workbench.experiments.recipes import (
-    STAGE1_NOTEBOOK,
-    Recipe,
-    Step,
-    format_plan,
-    load_recipe,
-    plan,
-    runs_layout,
-)
+from workbench.experiments.folder import ResultsFolder
+from workbench.experiments.plan import Step, folder_tag, format_plan, plan, runs_layout
+from workbench.experiments.recipes import STAGE1_NOTEBOOK, Recipe, load_recipe, stage1_folder_name
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from workbench.experiments.summary import FigureDrawer
 
 log = logging.getLogger("workbench.experiments")
 
@@ -74,7 +70,7 @@ def relative(path: Path) -> str:
 
 def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
               jobs: int = 1, threads: int = 1, dry_run: bool = False, smoke: bool = False,
-              echo: Callable[[str], None] = print) -> Reproduced:
+              figures: "FigureDrawer | None" = None, echo: Callable[[str], None] = print) -> Reproduced:
     """Regenerate a results folder from its recipe (see the module docstring).
 
     Args:
@@ -86,6 +82,8 @@ def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = Non
         threads: torch threads per run.
         dry_run: print the plan (and the expected CPU time) and run nothing.
         smoke: the same plan at smoke scale (synthetic data, 1 seed, 1 epoch): a minute, for tests.
+        figures: draws the folder's figures from its tables (the command passes
+            :func:`workbench.viz.experiment_figures`); None: none drawn.
         echo: where the plan and the comparison are printed.
 
     Raises:
@@ -106,10 +104,11 @@ def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = Non
         return result
     stage1_dir, points_dir = runs_layout(runs, recipe)
     checkpoints = _stage1s(recipe, steps, stage1_dir, jobs, threads, result)
-    _points(recipe, checkpoints, points_dir, jobs, threads, result)
+    folders = {(s.name, s.seed): s.folder for s in steps if s.kind == "point"}  # by name, or an adopted run's
+    _points(recipe, checkpoints, folders, points_dir, jobs, threads, result)
     committed = _read_runs(recipe.folder)
     result.out = Path(out) if out is not None else points_dir.parent / "results"
-    _write(recipe, points_dir, result.out, checkpoints)
+    _write(recipe, folders, points_dir, result.out, checkpoints, figures)
     result.comparison = compare(recipe, committed, _read_runs(result.out))
     echo(format_comparison(result.comparison, recipe))
     echo(f"regenerated folder: {result.out}" + ("" if result.out.resolve() == recipe.folder.resolve() else
@@ -177,23 +176,24 @@ def _point_params(point, checkpoint: Path | None, threads: int) -> dict:
     return params
 
 
-def _points(recipe: Recipe, checkpoints: dict[str, Path], points_dir: Path, jobs: int, threads: int,
-            result: Reproduced) -> None:
+def _points(recipe: Recipe, checkpoints: dict[str, Path], folders: dict[tuple, Path], points_dir: Path, jobs: int,
+            threads: int, result: Reproduced) -> None:
     from workbench.experiments.sweep import sweep
 
     points = recipe.points()
     params = [_point_params(p, checkpoints.get(p.stage1) if p.stage1 else None, threads) for p in points]
-    df = sweep(repo_root() / recipe.notebook, params, points_dir, names=[p.name for p in points],
+    df = sweep(repo_root() / recipe.notebook, params, points_dir, names=[folders[p.row, p.seed].name for p in points],
                executor=_executor(jobs, threads), progress=sys.stderr.isatty())
     for p, state, error in zip(points, df["state"], df.get("error", [None] * len(df))):
         if state != "done":
             result.failed.append(f"{p.row} seed {p.seed}: {error}")
 
 
-def _write(recipe: Recipe, points_dir: Path, out: Path, checkpoints: dict[str, Path]) -> None:
+def _write(recipe: Recipe, folders: dict[tuple, Path], points_dir: Path, out: Path, checkpoints: dict[str, Path],
+           figures: "FigureDrawer | None") -> None:
     """The folder: tables, figures and README by ``write_experiment``, the recipe and notes beside them,
     then the recipe's ``after`` commands."""
-    from workbench.experiments.records import EXPERIMENTS
+    from workbench.experiments.catalog import EXPERIMENTS
     from workbench.experiments.summary import write_experiment
 
     exp = EXPERIMENTS[recipe.experiment]
@@ -208,16 +208,16 @@ def _write(recipe: Recipe, points_dir: Path, out: Path, checkpoints: dict[str, P
     if notes is not None and not same:
         shutil.copyfile(notes, out / notes.name)
     for line in recipe.after:  # the folder's other files first: the notes may read numbers from them
-        _shell(line, recipe, out, {n: checkpoints[n].parent for n in checkpoints}, points_dir, points_dir.parent.parent)
+        _shell(line, recipe, out, {n: checkpoints[n].parent for n in checkpoints}, folders, points_dir.parent.parent)
     reference = None
     if recipe.reference == "stage1":
         reference = stage1_reference({n: checkpoints[n].parent for n in checkpoints}, out / "stage1.csv")
     elif recipe.reference:
         reference = recipe.folder / recipe.reference
-    labels = {p.name: p.row for p in recipe.points()} if exp.rows else None
+    labels = {folders[p.row, p.seed].name: p.row for p in recipe.points()} if exp.rows else None
     command = f"python -m workbench reproduce {relative(recipe.folder)}" + (" --smoke" if recipe.smoke_scale else "")
     write_experiment(exp, [points_dir], out, reference=reference, notes=notes, labels=labels,
-                     command=f"{command}` from its `recipe.yaml")
+                     command=f"{command}` from its `recipe.yaml", figures=figures)
 
 
 def stage1_reference(stage1: dict[str, Path], path: Path) -> Path:
@@ -231,7 +231,7 @@ def stage1_reference(stage1: dict[str, Path], path: Path) -> Path:
     return path
 
 
-def _substitute(line: str, recipe: Recipe, out: Path, stage1: dict[str, Path], points_dir: Path | None,
+def _substitute(line: str, recipe: Recipe, out: Path, stage1: dict[str, Path], folders: dict[tuple, Path],
                 runs: Path) -> str:
     """A recipe's command line with its placeholders filled: ``{python}``, ``{out}`` (the folder being
     written), ``{folder}`` (the committed folder), ``{runs}`` (this recipe's runs), ``{stage1:NAME}`` (a
@@ -241,7 +241,6 @@ def _substitute(line: str, recipe: Recipe, out: Path, stage1: dict[str, Path], p
     import shlex
 
     from workbench.config import Config
-    from workbench.experiments.recipes import folder_tag, stage1_folder_name
     from workbench.runs.zoo import Zoo
 
     def stage1_of(match: "re.Match[str]") -> str:
@@ -252,10 +251,9 @@ def _substitute(line: str, recipe: Recipe, out: Path, stage1: dict[str, Path], p
 
     def point_of(match: "re.Match[str]") -> str:
         row, seed = match.group(1), int(match.group(2))
-        found = [p for p in recipe.points() if p.row == row and p.seed == seed]
-        if not found or points_dir is None:
+        if (row, seed) not in folders:
             raise ConfigError(f"{recipe.path}: {line!r}: no point of row {row!r} at seed {seed}")
-        return shlex.quote(str(points_dir / found[0].name / "mar"))
+        return shlex.quote(str(folders[row, seed] / "mar"))
 
     def zoo_of(match: "re.Match[str]") -> str:
         entry = Zoo().entry(match.group(1))
@@ -269,14 +267,14 @@ def _substitute(line: str, recipe: Recipe, out: Path, stage1: dict[str, Path], p
             .replace("{folder}", shlex.quote(str(recipe.folder)))
             .replace("{runs_root}", shlex.quote(str(runs)))
             .replace("{runs}", shlex.quote(str(runs / folder_tag(recipe))))
-            .replace("{points}", shlex.quote(str(points_dir or ""))))
+            )
 
 
-def _shell(line: str, recipe: Recipe, out: Path, stage1: dict[str, Path], points_dir: Path | None,
+def _shell(line: str, recipe: Recipe, out: Path, stage1: dict[str, Path], folders: dict[tuple, Path],
            runs: Path) -> None:
     from workbench.paths import shared_root
 
-    command = _substitute(line, recipe, out, stage1, points_dir, runs)
+    command = _substitute(line, recipe, out, stage1, folders, runs)
     env = dict(os.environ)
     shared = shared_root()
     if shared is not None:
@@ -289,8 +287,6 @@ def _shell(line: str, recipe: Recipe, out: Path, stage1: dict[str, Path], points
 
 def _run_commands(recipe: Recipe, runs: Path, out: str | os.PathLike | None, dry_run: bool,
                   echo: Callable[[str], None]) -> Reproduced:
-    from workbench.experiments.recipes import folder_tag
-
     target = Path(out) if out is not None else runs / folder_tag(recipe) / "results"
     echo(f"{recipe.folder}: {recipe.description or 'commands'}")
     for line in recipe.commands:
@@ -303,7 +299,7 @@ def _run_commands(recipe: Recipe, runs: Path, out: str | os.PathLike | None, dry
     if target.resolve() != recipe.folder.resolve():
         shutil.copyfile(recipe.path, target / recipe.path.name)
     for line in recipe.commands:
-        _shell(line, recipe, target, {}, None, runs)
+        _shell(line, recipe, target, {}, {}, runs)
     echo(f"regenerated folder: {target}")
     return result
 
@@ -312,10 +308,7 @@ def _run_commands(recipe: Recipe, runs: Path, out: str | os.PathLike | None, dry
 
 
 def _read_runs(folder: Path) -> "pd.DataFrame":
-    import pandas as pd
-
-    path = Path(folder) / "runs.csv"
-    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    return ResultsFolder(folder).runs()
 
 
 def _row_labels(runs: "pd.DataFrame", recipe: Recipe) -> "pd.Series":
@@ -324,7 +317,7 @@ def _row_labels(runs: "pd.DataFrame", recipe: Recipe) -> "pd.Series":
 
     if "row" in runs:
         return runs["row"].astype(str)
-    from workbench.experiments.records import EXPERIMENTS
+    from workbench.experiments.catalog import EXPERIMENTS
 
     keys = [k for k in EXPERIMENTS[recipe.experiment].curves if k in runs]
     if not keys:

@@ -12,17 +12,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the functions that need them
     import pandas as pd
 
+from workbench.evaluation.names import METRIC_KEYS, METRIC_TITLES
 from workbench.experiments.grids import plain_value
 from workbench.experiments.paper import PAPER_METRICS  # noqa: F401
 from workbench.runs import PointFolder
 
 METRICS_FILE = PointFolder.SUMMARY
-#: the metrics shown first by :func:`collect` and the CLI (fractions in [0, 1])
-#: the one table of metric names: every run's scalar metrics (evaluation.METRIC_KEYS, as fractions) with their
-#: titles in tables and figures (mAP* = the Market devkit's AP, as MAR's official code computes it)
-METRIC_TITLES = {"rank1": "rank-1", "rank5": "rank-5", "rank10": "rank-10", "mAP": "mAP", "mAP_devkit": "mAP*",
-                 "mINP": "mINP"}
-MAIN_METRICS = tuple(METRIC_TITLES)
 
 log = logging.getLogger("workbench.experiments")
 
@@ -95,11 +90,11 @@ def collect(out_dir: str | os.PathLike, *, names: Iterable[str] | None = None) -
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
-        return pd.DataFrame(columns=["name", "state", "error", "seconds", *MAIN_METRICS, "path"])
+        return pd.DataFrame(columns=["name", "state", "error", "seconds", *METRIC_KEYS, "path"])
     first = ["name", *param_cols, "state", "error", "seconds"]
-    metrics_first = [m for m in MAIN_METRICS if m in df.columns]
+    metrics_first = [m for m in METRIC_KEYS if m in df.columns]
     rest = [c for c in df.columns if c not in first and c not in metrics_first and c != "path"]
-    for m in MAIN_METRICS:  # always present, NaN for failed points
+    for m in METRIC_KEYS:  # always present, NaN for failed points
         if m not in df.columns:
             df[m] = math.nan
             metrics_first.append(m)
@@ -247,14 +242,14 @@ def in_percent(df: "pd.DataFrame", columns: Sequence[str] | None = None, *, digi
 
     Args:
         df: e.g. :func:`collect`'s table or a run's history.
-        columns: the fraction columns (default: those of :data:`MAIN_METRICS` present, and
+        columns: the fraction columns (default: those of :data:`METRIC_KEYS` present, and
             ``pos_precision``, ``final_pos_precision``, ``train_acc`` and the clustering baseline's
             ``purity``, ``nmi``, ``pair_precision``, ``pair_recall``).
         digits: decimals kept.
     """
     import pandas as pd
 
-    fractions = (*MAIN_METRICS, "pos_precision", "final_pos_precision", "train_acc", "purity", "nmi", "pair_precision",
+    fractions = (*METRIC_KEYS, "pos_precision", "final_pos_precision", "train_acc", "purity", "nmi", "pair_precision",
                  "pair_recall")
     columns = [c for c in (columns if columns is not None else fractions) if c in df.columns]
     out = df.copy()

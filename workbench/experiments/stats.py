@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pandas is imported inside the functions that need it
     import pandas as pd
 
-from workbench.experiments.records import EXPERIMENTS, Experiment
-from workbench.experiments.results import MAIN_METRICS, curve, select
+from workbench.experiments.catalog import EXPERIMENTS, Experiment
+from workbench.evaluation.names import METRIC_KEYS
+from workbench.experiments.results import curve, select
 
 #: the metrics of a summary table (percent)
 SUMMARY_METRICS = ("rank1", "mAP", "mAP_devkit", "mINP")
@@ -290,7 +291,7 @@ def label_points(df: "pd.DataFrame", name: str) -> "pd.DataFrame":
             rows.insert(0, "row", label)
             parts.append(rows)
         out = pd.concat(parts, ignore_index=True) if parts else done.iloc[0:0].assign(row=[])
-    for m in MAIN_METRICS:  # a sweep's table names the start "initial_<metric>" (metrics.json's "initial")
+    for m in METRIC_KEYS:  # a sweep's table names the start "initial_<metric>" (metrics.json's "initial")
         if f"start_{m}" not in out and f"initial_{m}" in out:
             out[f"start_{m}"] = out[f"initial_{m}"]
     if "seed" not in out or out["seed"].isna().all():

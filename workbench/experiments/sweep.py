@@ -32,6 +32,8 @@ from workbench.experiments.grids import point_name, read_grid
 from workbench.runs import PointFolder
 
 STATUS_FILE = PointFolder.STATUS
+#: what runs one attempt of a point, handed to the executors (which know no notebook runner themselves)
+RUN_NOTEBOOK = "workbench.experiments.execute:attempt"
 
 log = logging.getLogger("workbench.experiments")
 
@@ -208,7 +210,7 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mappi
         workbench.experiments.executors.SharedStorageError: with Ray, a node that does not see the sweep folder.
         KeyboardInterrupt: after every running point was stopped and recorded as interrupted.
     """
-    from workbench.experiments.executors import Attempt, make_executor
+    from workbench.experiments.executors import Attempt
 
     nb_path = Path(path).resolve()
     base = absolute_paths(dict(base_params or {}))
@@ -230,7 +232,7 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mappi
         names.append(name)
         status = read_status(out_dir / name)
         if status is None or status.get("state") != "done":
-            todo.append((Attempt(name, nb_path, params, out_dir / name, kernel_name, timeout),
+            todo.append((Attempt(name, nb_path, params, out_dir / name, kernel_name, timeout, call=RUN_NOTEBOOK),
                          {"point": point, "previous": status}))
     if todo:
         runner.prepare(out_dir, nb_path)
@@ -243,6 +245,34 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mappi
     )
 
     return collect(out_dir, names=names)
+
+
+def make_executor(executor: "str | Executor" = "local", *, jobs: int | None = None,
+                  devices: str | Sequence[int | str] | None = None, gpus_per_point: int | None = None,
+                  cpus_per_point: float | None = None, address: str | None = None) -> "Executor":
+    """An executor from :func:`~workbench.experiments.sweep`'s options.
+
+    ``"local"`` with ``jobs`` 1 (or None) and no ``devices``: :class:`InProcess`; otherwise
+    :class:`LocalProcesses` (``gpus_per_point`` default 1, ``cpus_per_point``: threads per worker,
+    default cores // jobs). ``"ray"``: :class:`RayExecutor` (``cpus_per_point`` default 1,
+    ``gpus_per_point`` default 0).
+    """
+    from workbench.experiments.executors import Executor, InProcess, LocalProcesses, parse_devices
+
+    if isinstance(executor, Executor):
+        return executor
+    if executor == "local":
+        if (jobs is None or jobs == 1) and not parse_devices(devices):
+            return InProcess()
+        return LocalProcesses(jobs, devices, gpus_per_point or 1,
+                              threads=int(cpus_per_point) if cpus_per_point else None)
+    if executor == "ray":
+        if devices:
+            raise ValueError("devices is for the local executor; Ray gives each point gpus_per_point GPUs")
+        from workbench.experiments.ray_executor import RayExecutor  # ray: only when asked for
+
+        return RayExecutor(address, num_cpus=cpus_per_point or 1, num_gpus=gpus_per_point or 0, jobs=jobs)
+    raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
 
 
 def _run_points(todo: list[tuple["Attempt", dict]], runner: "Executor", *, retries: int, progress: bool, label: str,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from workbench.experiments.results import METRIC_TITLES
+from workbench.evaluation.names import METRIC_TITLES
 from workbench.viz.plots import QUERY, PathLike, _grid, _whole_number_ticks, save_figure
 
 __all__ = ["plot_beside_paper", "plot_rows_beside_paper", "plot_epoch_and_parameter_curves", "plot_gradient_shares"]
@@ -225,3 +225,34 @@ def plot_gradient_shares(shares: pd.DataFrame, *, title: str | None = None) -> F
         ax.grid(axis="x", alpha=0.3)
     _suptitle(fig, title)
     return fig
+
+
+def experiment_figures(tables, folder) -> dict[str, str]:
+    """The figures of a results folder, drawn from its tables (``workbench.experiments.summary.Tables``) into
+    ``folder``: the rows beside the paper (or Fig. 6's curves), the rows over training time where the table
+    compares them at one wall clock, each term's share of the update where measured.
+
+    Returns:
+        ``{kind: file name}`` (kinds ``table``, ``curves``, ``gradients``), what the README links.
+    """
+    from pathlib import Path
+
+    exp, folder, out = tables.experiment, Path(folder), {}
+
+    def save(fig: Figure, kind: str, name: str) -> None:
+        fig.savefig(folder / name, dpi=110, bbox_inches="tight")
+        out[kind] = name
+
+    if tables.summary is not None:
+        save(plot_rows_beside_paper(tables.summary, title=f"{exp.title}: ours (mean ± std over seeds) and the paper's"),
+             "table", f"{exp.name}.png")
+        if tables.budget is not None and tables.per_epoch is not None:
+            save(plot_rows_over_training_time(tables.per_epoch, budget_s=float(tables.budget["budget_s"].iloc[0]),
+                                              title=f"{exp.title}: per epoch, mean over seeds"),
+                 "curves", f"{exp.name}_curves.png")
+        if tables.gradient_shares is not None and len(tables.gradient_shares):
+            save(plot_gradient_shares(tables.gradient_shares, title=f"{exp.title}: where the update came from"),
+                 "gradients", f"{exp.name}_gradients.png")
+    elif tables.curves:
+        save(plot_epoch_and_parameter_curves(tables.curves, title=exp.title), "table", f"{exp.name}.png")
+    return out
