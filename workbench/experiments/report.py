@@ -167,32 +167,59 @@ def results_csv(rows: Sequence[Row]) -> str:
     return buf.getvalue()
 
 
-def report(path: str | Path, *, footnote: bool = True) -> str:
-    """The markdown results table of ``path`` (what ``python -m workbench report PATH`` prints).
-
-    A committed experiment folder (``results/loss_ablation`` ...) gives its seed table instead
-    (:func:`workbench.experiments.committed.folder_table`); a ``.txt`` file (a benchmark's committed
-    output, ``results/benchmarks/*.txt``) is quoted as it is, in a fenced block.
-    """
-    from workbench.experiments.plan import recipes_markdown
+def _is_results_root(path: Path) -> bool:
+    from workbench.experiments.folder import ResultsFolder
     from workbench.experiments.recipes import find_recipes
-    from workbench.experiments.committed import folder_table
+
+    return path.is_dir() and not ResultsFolder(path).has_runs and any(p.parent != path for p in find_recipes(path))
+
+
+def _is_results_folder(path: Path) -> bool:
     from workbench.experiments.folder import ResultsFolder
 
+    return path.is_dir() and ResultsFolder(path).has_runs and ResultsFolder(path).experiment() is not None
+
+
+def _results_table(path: Path, footnote: bool) -> str:
+    from workbench.experiments.committed import folder_table
+
+    return folder_table(path) + (f"\n\n({FOOTNOTE}; mean ± std over seeds, Δ: paired difference with its 95 % "
+                                 "interval)" if footnote else "")
+
+
+def _recipes(path: Path, footnote: bool) -> str:
+    from workbench.experiments.plan import recipes_markdown
+
+    return recipes_markdown(path)
+
+
+def _rows(path: Path, footnote: bool) -> str:
+    return markdown_table(results_rows(path)) + (f"\n\n({FOOTNOTE})" if footnote else "")
+
+
+#: what ``report`` reads, in the order it tells them apart: (kind, does PATH hold it, its markdown)
+KINDS = (
+    ("a benchmark's committed output (.txt), quoted", lambda p: p.suffix == ".txt",
+     lambda p, f: "```text\n" + p.read_text().rstrip("\n") + "\n```"),
+    ("a test file (.py): its cases as pytest collects them", lambda p: p.suffix == ".py",
+     lambda p, f: collected_cases(p)),
+    ("a per-epoch history (*history.csv): what the run cost", lambda p: p.name.endswith("history.csv"),
+     lambda p, f: history_cost(p)),
+    ("a folder of results folders (results/): every recipe and its command", _is_results_root, _recipes),
+    ("a results folder (results/<experiment>/): its table over seeds", _is_results_folder, _results_table),
+    ("a run folder, a folder of runs, a sweep folder, a metrics.json or a results CSV: one row per run",
+     lambda p: True, _rows),
+)
+
+
+def report(path: str | Path, *, footnote: bool = True) -> str:
+    """The markdown results table of ``path`` (what ``python -m workbench report PATH`` prints): the first of
+    :data:`KINDS` that ``path`` holds decides how it is read."""
     path = Path(path)
-    if path.suffix == ".txt":
-        return "```text\n" + path.read_text().rstrip("\n") + "\n```"
-    if path.suffix == ".py":
-        return collected_cases(path)
-    if path.name.endswith("history.csv"):
-        return history_cost(path)
-    if path.is_dir() and not ResultsFolder(path).has_runs and any(p.parent != path for p in find_recipes(path)):
-        return recipes_markdown(path)
-    if path.is_dir() and ResultsFolder(path).has_runs and ResultsFolder(path).experiment():
-        return folder_table(path) + (f"\n\n({FOOTNOTE}; mean ± std over seeds, Δ: paired difference with its "
-                                     "95 % interval)" if footnote else "")
-    text = markdown_table(results_rows(path))
-    return text + (f"\n\n({FOOTNOTE})" if footnote else "")
+    for _, holds, render in KINDS:
+        if holds(path):
+            return render(path, footnote)
+    raise AssertionError("the last kind takes any path")  # pragma: no cover
 
 
 def _duration(seconds: float) -> str:
