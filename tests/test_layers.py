@@ -70,21 +70,23 @@ def _with_packages(targets: set[str], importer: str = "") -> set[str]:
 
 GRAPH = {m: _with_packages({t for t, _ in _imports(m)}, m) - {m} for m in MODULES}
 
-#: the floors, lowest first (README's "Code layout"): a module imports only from its own floor or below
-FLOORS = [
-    ("base", ("workbench", "workbench.errors", "workbench.paths", "workbench.ops", "workbench.faults",
-              "workbench.threads", "workbench.distributed", "workbench.config", "workbench.runs")),
-    ("inputs", ("workbench.data", "workbench.models", "workbench.losses")),
-    ("evaluation", ("workbench.evaluation", "workbench.tensorboard")),
-    ("clustering", ("workbench.clustering",)),
-    ("builders", ("workbench.builders",)),
-    ("engine", ("workbench.engine",)),
-    ("methods", ("workbench.methods",)),
-    ("analysis", ("workbench.analysis",)),
-    ("experiments", ("workbench.experiments",)),
-    ("viz", ("workbench.viz",)),
-    ("application", ("workbench.cli", "workbench.__main__")),
-]
+def _floors() -> list[tuple[str, tuple[str, ...]]]:
+    """The floors table of docs/architecture.md (README's "Code layout" links it), lowest first."""
+    import re
+
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    table = text.split("<!-- floors: tests/test_layers.py reads this table -->", 1)[1]
+    floors = []
+    for line in table.strip().splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        name, modules = [c.strip() for c in line.strip("|").split("|")][:2]
+        floors.append((name, tuple(re.findall(r"`([\w.]+)`", modules))))
+    return floors
+
+
+#: the floors, lowest first: a module imports only from its own floor or below
+FLOORS = _floors()
 
 
 def floor_of(module: str) -> int:
