@@ -159,3 +159,47 @@ class ClusterMemory(nn.Module):
             if y >= 0:
                 row = self.memory[y].mul_(m).add_(f, alpha=1.0 - m)
                 row.div_(row.norm().clamp_min(1e-12))
+
+
+# ----------------------------------------------------------------------------- cross-camera supervision
+
+#: what every stage-2 method logs per epoch about the pairs that supervise it (read from the hidden labels)
+CAMERA_COLUMNS = ("cross_share", "cross_precision", "recall_same_cam", "recall_cross_cam")
+
+
+def _pairs(n: np.ndarray) -> float:
+    return float((n * (n - 1) // 2).sum())
+
+
+def _group_pairs(*columns: np.ndarray) -> float:
+    """Pairs within the groups of equal rows of ``columns``: Σ C(n_g, 2)."""
+    if not len(columns[0]):
+        return 0.0
+    _, counts = np.unique(np.stack(columns, 1), axis=0, return_counts=True)
+    return _pairs(counts)
+
+
+def cluster_camera_counts(labels: np.ndarray, pids: np.ndarray, camids: np.ndarray) -> dict[str, float]:
+    """The camera counts of clusters as supervision (every same-cluster pair is a positive), for
+    :func:`camera_ratios`: positives, cross-camera positives, true cross- and same-camera positives, and
+    the same-identity pairs there are within and across cameras (outliers are in no cluster)."""
+    labels, pids, camids = np.asarray(labels), np.asarray(pids), np.asarray(camids)
+    c = labels >= 0
+    lab, pid, cam = labels[c], pids[c], camids[c]
+    pos, pos_same = _group_pairs(lab), _group_pairs(lab, cam)
+    true_all, true_same = _group_pairs(lab, pid), _group_pairs(lab, pid, cam)
+    id_all, id_same = _group_pairs(pids), _group_pairs(pids, camids)
+    return {"pos": pos, "pos_cross": pos - pos_same, "true_cross": true_all - true_same, "true_same": true_same,
+            "pairs_same": id_same, "pairs_cross": id_all - id_same}
+
+
+def camera_ratios(counts: dict[str, float]) -> dict[str, float]:
+    """:data:`CAMERA_COLUMNS` from camera counts: the share of positives that are cross-camera, their
+    precision, and the recall of same-identity pairs within one camera and across cameras (NaN for 0/0)."""
+    def ratio(a: float, b: float) -> float:
+        return float(a) / float(b) if float(b) else float("nan")
+
+    return {"cross_share": ratio(counts["pos_cross"], counts["pos"]),
+            "cross_precision": ratio(counts["true_cross"], counts["pos_cross"]),
+            "recall_same_cam": ratio(counts["true_same"], counts["pairs_same"]),
+            "recall_cross_cam": ratio(counts["true_cross"], counts["pairs_cross"])}

@@ -20,7 +20,15 @@ import torch
 import torch.distributed as dist
 
 from workbench.builders import build_model, init_from_checkpoint
-from workbench.clustering import ClusterMemory, cluster_centroids, cluster_pseudo_labels, cluster_quality
+from workbench.clustering import (
+    CAMERA_COLUMNS,
+    ClusterMemory,
+    camera_ratios,
+    cluster_camera_counts,
+    cluster_centroids,
+    cluster_pseudo_labels,
+    cluster_quality,
+)
 from workbench.config import AT_LEAST_1, POSITIVE, Config, register_method, setting
 from workbench.data import build_pseudo_label_loader, build_test_loader
 from workbench.engine.trainer import Trainer
@@ -56,8 +64,9 @@ class ClusterSettings(MemorySettings):
     cc_k1: int = setting(30, range=AT_LEAST_1, stage="stage2")         # Jaccard distance: k-reciprocal neighbourhood
     cc_k2: int = setting(6, range=AT_LEAST_1, stage="stage2")          # Jaccard distance: query expansion
 
-#: the per-epoch clustering diagnostics in history.csv (read from hidden labels, never used by the loss)
-CLUSTER_COLUMNS = ("n_clusters", "n_outliers", "purity", "nmi", "pair_precision", "pair_recall")
+#: the per-epoch clustering diagnostics in history.csv (read from hidden labels, never used by the loss): the
+#: clusters, and the cameras of the pairs they make positive (clustering.CAMERA_COLUMNS)
+CLUSTER_COLUMNS = ("n_clusters", "n_outliers", "purity", "nmi", "pair_precision", "pair_recall", *CAMERA_COLUMNS)
 
 
 @register_method("cluster_contrast", ClusterSettings, title="Cluster-Contrast")
@@ -100,6 +109,7 @@ class ClusterContrastTrainer(Trainer):
         self.memory = ClusterMemory(self.net.feature_dim, st.cc_temperature, st.cc_momentum).to(self.device)
         self.pseudo_labels = torch.full((len(self.target.train),), -1, dtype=torch.int64, device=self.device)
         self._pids = np.array([s.pid for s in self.target.train])  # hidden identities: diagnostics only
+        self._camids = np.array([s.camid for s in self.target.train])
         self.cluster_stats: dict[str, float] = {}
         self._set_optimizer(t.lr, t.weight_decay, t.milestones, t.optimizer)
 
@@ -151,10 +161,14 @@ class ClusterContrastTrainer(Trainer):
             raise ConfigError(self.no_labels_message(len(labels_np)))
         self.pseudo_labels = labels
         self.memory.reset(cluster_centroids(feats, labels_np))
-        self.cluster_stats = cluster_quality(labels_np, self._pids)
-        log.info("%s: %d target images in %d %s, %d left out, purity %.3f, pair precision %.3f", self.label,
-                 len(labels_np), self.cluster_stats["n_clusters"], self.labels_are, self.cluster_stats["n_outliers"],
-                 self.cluster_stats["purity"], self.cluster_stats["pair_precision"])
+        self.cluster_stats = (cluster_quality(labels_np, self._pids)
+                              | camera_ratios(cluster_camera_counts(labels_np, self._pids, self._camids)))
+        st = self.cluster_stats
+        log.info("%s: %d target images in %d %s, %d left out, purity %.3f, pair precision %.3f; cross-camera pairs "
+                 "%.1f %% of the positives, same-identity pairs kept together %.1f %% within a camera, %.1f %% across",
+                 self.label, len(labels_np), st["n_clusters"], self.labels_are, st["n_outliers"], st["purity"],
+                 st["pair_precision"], 100 * st["cross_share"], 100 * st["recall_same_cam"],
+                 100 * st["recall_cross_cam"])
         return labels_np
 
     def batches(self, epoch: int):

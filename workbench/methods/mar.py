@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from workbench.builders import build_loss, build_model, init_from_checkpoint
+from workbench.clustering import camera_ratios
 from workbench.config import NON_NEGATIVE, POSITIVE, Config, register_method, setting
 from workbench.data import MixedLoader, build_test_loader, build_train_loader
 from workbench.engine.trainer import Trainer
@@ -24,7 +25,7 @@ from workbench.models import MARNet
 
 log = logging.getLogger("workbench.methods")
 
-__all__ = ["MARSettings", "MARTrainer", "mined_pair_precision", "term_gradient_shares"]
+__all__ = ["MARSettings", "MARTrainer", "mined_camera_counts", "mined_pair_precision", "term_gradient_shares"]
 
 
 @dataclass
@@ -104,6 +105,7 @@ class MARTrainer(Trainer):
         self.criterion = build_loss(lc, cfg.model.scale, len(self.target.train), self.num_agents).to(self.device)
         # hidden target identities: only for the mined-pair precision diagnostic, never seen by a loss
         self._target_pids = torch.tensor([s.pid for s in self.target.train], device=self.device)
+        self._target_camids = torch.tensor([s.camid for s in self.target.train], device=self.device)
         self._set_optimizer(t.lr, t.weight_decay, t.milestones, t.optimizer)
         if lc.grad_terms_every and self.ctx.distributed:
             raise ConfigError("grad_terms_every is a single-process diagnostic (it takes autograd.grad per term)")
@@ -186,6 +188,8 @@ class MARTrainer(Trainer):
             epoch=epoch)
         pairs, positive = out.pop("mined_pairs"), out.pop("mined_positive")
         out["pos_precision"] = mined_pair_precision(pairs, positive, self._target_pids)
+        out |= {f"cam_{k}": v for k, v in mined_camera_counts(pairs, positive, index, self._target_pids,
+                                                                self._target_camids).items()}
         weighted = out.pop("weighted")
         every = self.cfg.settings.grad_terms_every
         if every and self._diagnosed_steps % every == 0:
@@ -194,7 +198,10 @@ class MARTrainer(Trainer):
         return out
 
     def summarize_epoch(self, means: dict, sums: dict) -> dict:
-        row = {k: v for k, v in means.items() if k not in ("n_pos", "n_neg", "pos_precision", "threshold")}
+        row = {k: v for k, v in means.items() if k not in ("n_pos", "n_neg", "pos_precision", "threshold")
+               and not k.startswith("cam_")}
+        row |= camera_ratios({k[4:]: sums.get(k, 0.0) for k in sums if k.startswith("cam_")}) if any(
+            k.startswith("cam_") for k in sums) else {}
         row["threshold"] = float(self.criterion.threshold)
         row["n_pos"] = sums.get("n_pos", 0.0)
         row["n_neg"] = sums.get("n_neg", 0.0)
@@ -264,3 +271,27 @@ def mined_pair_precision(pairs: torch.Tensor, positive: torch.Tensor, pids: torc
     pairs = pairs.to(pids.device)
     same = pids[pairs[:, 0]] == pids[pairs[:, 1]]
     return (same & positive.to(pids.device)).sum().float() / n_pos.float()
+
+
+def mined_camera_counts(pairs: torch.Tensor, positive: torch.Tensor, batch: torch.Tensor, pids: torch.Tensor,
+                        camids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The cameras of L_MDL's supervision in one batch (a diagnostic: reads hidden labels): the mined
+    positives, those across cameras, the true ones across and within cameras, and the same-identity pairs
+    of the batch within and across cameras (:func:`workbench.clustering.camera_ratios` turns sums of them
+    into the epoch's ratios).
+
+    Args:
+        pairs: (k, 2) target dataset indices of the mined pairs; positive: (k,) which were called positive.
+        batch: (B,) the target dataset indices of the batch.
+        pids, camids: (N,) the target training set's identities and cameras.
+    """
+    pairs, positive, batch = pairs.to(pids.device), positive.to(pids.device), batch.to(pids.device)
+    a, b = pairs[positive, 0], pairs[positive, 1]
+    cross, true = camids[a] != camids[b], pids[a] == pids[b]
+    p, c = pids[batch], camids[batch]  # (B,)
+    same_id = torch.triu(p[:, None] == p[None, :], diagonal=1)  # (B, B): each unordered pair once
+    same_cam = c[:, None] == c[None, :]
+    count = lambda m: m.sum().float()  # noqa: E731
+    return {"pos": count(positive), "pos_cross": count(cross), "true_cross": count(true & cross),
+            "true_same": count(true & ~cross), "pairs_same": count(same_id & same_cam),
+            "pairs_cross": count(same_id & ~same_cam)}
