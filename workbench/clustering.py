@@ -5,8 +5,9 @@ recipe for the workbench's method comparison (Zhang et al. 2020, Table 4's setti
 Each epoch: features of every target training image, the k-reciprocal Jaccard distance among them
 (:func:`workbench.evaluation.jaccard_distance`), DBSCAN on it (outliers, label −1, sit the epoch
 out; DBSCAN is given only the pairs within its eps, :func:`sparse_cluster_distance`), one memory
-row per cluster initialised from the cluster's normalized centroid, and an of each image against all rows with temperature τ; after each step the rows of the
-batch's clusters move towards its features with momentum (``m ← μ·m + (1 − μ)·f``, renormalized).
+row per cluster initialised from the cluster's normalized centroid, and an InfoNCE loss of each
+image against all rows with temperature τ; after each step the rows of the batch's clusters move
+towards its features with momentum (``m ← μ·m + (1 − μ)·f``, renormalized).
 
 Example:
     >>> f = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
