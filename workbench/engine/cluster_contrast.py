@@ -103,8 +103,8 @@ class ClusterContrastTrainer(Trainer):
                                    cache=self.target_cache, labeled=False)
         feats, _, _ = self.target_features(loader)  # dataset order, L2-normalized
         hybrid = self.cfg.train.method == "soft_cluster"  # the stage-1 agents' soft multilabels join the distance
-        multilabels = soft_multilabel(feats, self.net.agents.detach(), lc.scale).cpu() if hybrid else None
-        labels = torch.as_tensor(cluster_pseudo_labels(feats.cpu(), eps=lc.cc_eps, min_samples=lc.cc_min_samples,
+        multilabels = soft_multilabel(feats, self.net.agents.detach(), lc.scale) if hybrid else None
+        labels = torch.as_tensor(cluster_pseudo_labels(feats, eps=lc.cc_eps, min_samples=lc.cc_min_samples,
                                                        k1=lc.cc_k1, k2=lc.cc_k2, multilabels=multilabels,
                                                        label_weight=lc.cc_label_weight if hybrid else 0.0),
                                  device=self.device)
