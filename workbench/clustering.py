@@ -59,7 +59,7 @@ def cluster_distance(features: Tensor | np.ndarray, *, k1: int = 30, k2: int = 6
 
 def sparse_cluster_distance(features: Tensor | np.ndarray, *, max_distance: float, k1: int = 30, k2: int = 6,
                             multilabels: Tensor | None = None, label_weight: float = 0.0,
-                            pair_budget: int = 1 << 24) -> csr_matrix:
+                            pair_budget: int = 1 << 22) -> csr_matrix:
     """The entries of :func:`cluster_distance` up to ``max_distance`` (< 1 − w), as a sparse matrix.
 
     A pair that shares no k-reciprocal neighbour has Jaccard distance 1, hence a hybrid distance of at
@@ -163,12 +163,16 @@ def _multilabels(multilabels: Tensor | np.ndarray | None) -> Tensor:
 
 def _pair_agreement(y: Tensor, rows: Tensor, cols: Tensor, budget: int) -> Tensor:
     """``agreement(y, y)[rows, cols].clamp(0, 1)`` (P,) without the (N, N) matrix, bit for bit: the
-    same L1 ``cdist`` kernel, one pair per batch entry, ``budget // Np`` pairs at a time."""
+    same L1 ``cdist`` kernel, one pair per batch entry, ``budget // Np`` pairs at a time, their rows
+    gathered into two reused buffers."""
     out = torch.empty(rows.shape[0], device=y.device)
-    step = max(1, budget // max(1, y.shape[1]))
+    step = min(rows.shape[0], max(1, budget // max(1, y.shape[1])))
+    buf_a, buf_b = y.new_empty(step, y.shape[1]), y.new_empty(step, y.shape[1])
     for s in range(0, rows.shape[0], step):
         a, b = rows[s:s + step], cols[s:s + step]
-        out[s:s + step] = torch.cdist(y[a].unsqueeze(1), y[b].unsqueeze(1), p=1.0).view(-1)  # (p, 1, Np)² → (p, 1, 1)
+        ya = torch.index_select(y, 0, a, out=buf_a[:a.shape[0]])  # (p, Np)
+        yb = torch.index_select(y, 0, b, out=buf_b[:b.shape[0]])
+        out[s:s + step] = torch.cdist(ya.unsqueeze(1), yb.unsqueeze(1), p=1.0).view(-1)  # (p, 1, Np)² → (p, 1, 1)
     return (1.0 - 0.5 * out).clamp_(0, 1)
 
 
