@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/backbones.py
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/threads.py
+	$(PY) benchmarks/methods.py
 
 ## clear outputs, execution counts and run metadata (papermill, widgets, timings) from the notebooks
 ## before committing; cell ids and tags are kept. The same options as .pre-commit-config.yaml.

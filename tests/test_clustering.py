@@ -197,3 +197,66 @@ def test_the_clustering_methods_run_from_the_command_line(method: str, tmp_path,
     run = RunFolder(tmp_path / method)
     assert run.config().train.method == method and run.config().train.optimizer == "adam"
     assert run.history()[0]["n_clusters"] >= 1 and "mAP" in run.metrics()
+
+
+def _hybrid_problem(seed: int, n: int = 160, num_agents: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clustered unit features (16 identities) with a few exact duplicates, and their soft multilabels."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 16, (n,), generator=g)
+    f = torch.randn(16, 24, generator=g)[ids] + 0.7 * torch.randn(n, 24, generator=g)
+    f[n - 6:] = f[:6]  # duplicates: Jaccard distance 0 and agreement 1, an explicit 0 in the sparse matrix
+    f = F.normalize(f, dim=1)
+    agents = F.normalize(torch.randn(num_agents, 24, generator=g), dim=1)
+    return f, torch.softmax(30.0 * f @ agents.t(), dim=1)
+
+
+@pytest.mark.parametrize("seed,eps,label_weight,min_samples,k1,k2", [
+    (0, 0.5, 0.25, 2, 10, 3),  # Table 4's setting
+    (1, 0.5, 0.25, 4, 10, 3),
+    (2, 0.3, 0.25, 2, 10, 3),
+    (3, 0.6, 0.0, 4, 30, 6),  # Cluster-Contrast's: no multilabels
+    (4, 0.2, 0.0, 2, 5, 1),
+    (5, 0.45, 0.5, 3, 8, 2),
+    (6, 0.7499, 0.25, 2, 10, 3),  # just below 1 − w
+    (7, 0.75, 0.25, 2, 10, 3),  # eps >= 1 − w: the dense distance
+    (8, 0.78, 0.25, 3, 10, 3),  # pairs with no shared neighbour within eps
+])
+def test_the_sparse_neighbourhoods_give_the_labels_of_dbscan_on_the_dense_distance(
+        seed, eps, label_weight, min_samples, k1, k2, monkeypatch) -> None:
+    from sklearn.cluster import DBSCAN
+
+    from workbench import clustering
+    from workbench.clustering import cluster_distance, sparse_cluster_distance
+
+    f, y = _hybrid_problem(seed)
+    kw = dict(k1=k1, k2=k2, multilabels=y if label_weight else None, label_weight=label_weight)
+    dense = cluster_distance(f, **kw)
+    # the computation before the sparse path: DBSCAN on the whole (N, N) matrix
+    old = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=1).fit_predict(dense)
+    assert len(set(old.tolist())) > 2  # several clusters (and outliers where eps is small) at stake
+    if eps < 1 - label_weight:
+        near = sparse_cluster_distance(f, max_distance=eps, **kw)
+        within = dense <= eps
+        assert near.nnz == int(within.sum()) and np.array_equal(near.toarray() != 0, within & (dense != 0))
+        np.testing.assert_array_equal(near.toarray()[within], dense[within])  # the same float32 values
+        assert near.nnz > np.count_nonzero(near.data)  # explicit zeros kept: the diagonal and the duplicates
+        monkeypatch.setattr(clustering, "cluster_distance", lambda *a, **k: pytest.fail("dense path taken"))
+    else:
+        with pytest.raises(ValueError, match="below 1 - label_weight"):
+            sparse_cluster_distance(f, max_distance=eps, **kw)
+    new = cluster_pseudo_labels(f, eps=eps, min_samples=min_samples, **kw)
+    np.testing.assert_array_equal(new, old)  # the same labels, numbered alike
+
+
+def test_the_duplicates_explicit_zero_distance_makes_them_neighbours() -> None:
+    from workbench.clustering import sparse_cluster_distance
+
+    f, y = _hybrid_problem(0)
+    near = sparse_cluster_distance(f, max_distance=0.5, k1=10, k2=3, multilabels=y, label_weight=0.25)
+    n = len(f)
+    pairs = [(i, n - 6 + i) for i in range(6)]
+    stored = [near.indices[near.indptr[i]:near.indptr[i + 1]] for i in range(n)]
+    assert all(j in stored[i] and i in stored[j] for i, j in pairs)
+    assert any(near[i, j] == 0 for i, j in pairs)  # an explicit 0 off the diagonal: a neighbour all the same
+    labels = cluster_pseudo_labels(f, eps=0.5, min_samples=2, k1=10, k2=3, multilabels=y, label_weight=0.25)
+    assert all(labels[i] == labels[j] != -1 for i, j in pairs)

@@ -19,6 +19,7 @@ from workbench.evaluation import (
     rank_metrics,
     rank_metrics_reference,
     re_ranking,
+    sparse_jaccard_distance,
     valid_gallery_mask,
 )
 
@@ -350,6 +351,27 @@ def test_jaccard_distance_within_one_set_equals_dense_reference(metric, k1, k2, 
                            jaccard_budget=700)
     assert out.shape == (90, 90) and out.dtype == np.float32
     np.testing.assert_allclose(out, np.clip(ref, 0, 1), atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k1,k2,budget", [(30, 6, 700), (5, 3, 1 << 22), (7, 1, 333)])
+def test_sparse_jaccard_distance_is_the_dense_one_below_one_bit_for_bit(k1, k2, budget):
+    """The clustering's sparse path: the entries below 1 with jaccard_distance's exact values, every
+    other pair exactly 1, and max_distance dropping the pairs above it."""
+    rng = np.random.default_rng(k1 + k2)
+    ids = rng.integers(0, 12, 120)
+    f = torch.from_numpy((rng.standard_normal((12, 16))[ids] + 0.8 * rng.standard_normal((120, 16))).astype(np.float32))
+    dense = jaccard_distance(f, k1, k2, jaccard_budget=budget)
+    rows, cols, values = sparse_jaccard_distance(f, k1, k2, jaccard_budget=budget)
+    assert values.dtype == torch.float32 and rows.dtype == cols.dtype == torch.int64
+    keys = rows * 120 + cols
+    assert bool((keys[1:] > keys[:-1]).all())  # sorted by (row, col), no duplicates
+    assert torch.equal(torch.from_numpy(dense)[rows, cols], values)
+    absent = np.ones((120, 120), bool)
+    absent[rows.numpy(), cols.numpy()] = False
+    assert (dense[absent] == 1.0).all() and not absent.diagonal().any()
+    near = sparse_jaccard_distance(f, k1, k2, max_distance=0.5, jaccard_budget=budget)
+    assert all(torch.equal(a, b[values <= 0.5]) for a, b in zip(near, (rows, cols, values)))
+    assert [t.numel() for t in sparse_jaccard_distance(np.zeros((0, 4), np.float32))] == [0, 0, 0]
 
 
 def test_re_ranking_improves_clustered_retrieval():

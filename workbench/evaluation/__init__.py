@@ -21,7 +21,7 @@ _EXPORTS = {
     "APConvention": "metrics", "JUNK_PID": "metrics", "METRIC_KEYS": "names", "METRIC_TITLES": "names",
     "format_metrics": "metrics", "rank_metrics": "metrics", "rank_metrics_reference": "metrics",
     "valid_gallery_mask": "metrics",
-    "jaccard_distance": "rerank", "re_ranking": "rerank",
+    "jaccard_distance": "rerank", "re_ranking": "rerank", "sparse_jaccard_distance": "rerank",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -8,8 +8,10 @@ the (Q+G)² GEMM.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ from workbench.evaluation.distance import (
     _torch_threads,
 )
 
-__all__ = ["re_ranking", "jaccard_distance"]
+__all__ = ["re_ranking", "jaccard_distance", "sparse_jaccard_distance"]
 
 logger = logging.getLogger(__name__)
 
@@ -304,12 +306,83 @@ def jaccard_distance(features: ArrayLike, k1: int = 30, k2: int = 6, *, metric: 
         ((20, 20), True)
     """
     _check_neighbourhoods(k1, k2)
-    x = _features(features, "features")
-    dev = torch.device(device) if device is not None else x.device
-    n = x.shape[0]
+    n = _features(features, "features").shape[0]
     out = np.zeros((n, n), dtype=np.float32)
     if n == 0:
         return out
+    with _jaccard_vectors(features, k1, k2, metric, device, block_size, num_stored, num_threads,
+                          sparse_threads) as (max_sq, v_rows, v_cols, v_vals):
+        dev = v_rows.device
+        raw = torch.zeros((n, n), device=dev) if dev.type != "cpu" else torch.from_numpy(out)
+        _jaccard_blend(raw, max_sq, v_rows, v_cols, v_vals, 0.0, jaccard_budget)
+    if dev.type != "cpu":
+        out[:] = raw.cpu().numpy()
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def sparse_jaccard_distance(features: ArrayLike, k1: int = 30, k2: int = 6, *, max_distance: float = 1.0,
+                            metric: Metric = "euclidean", device: str | torch.device | None = None,
+                            block_size: int = 2048, num_stored: int = 64, jaccard_budget: int = 1 << 22,
+                            num_threads: int | None = None, sparse_threads: int | str | None = "auto",
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The entries of :func:`jaccard_distance` up to ``max_distance``, without its (N, N) matrix.
+
+    A pair whose k-reciprocal vectors share no image (``Σ min = 0``) is at distance exactly 1; only
+    the others are computed, with the same float operations in the same order as
+    :func:`jaccard_distance` (the same values, bit for bit, on the same device and threads), and the
+    pairs above ``max_distance`` are dropped block by block. Memory: the sparse result and a
+    ``jaccard_budget``-sized block; time: that of :func:`jaccard_distance` less the (N, N) output.
+
+    Args:
+        features: (N, D), numpy or torch.
+        k1, k2, metric, device, block_size, num_stored, jaccard_budget, num_threads, sparse_threads:
+            as in :func:`jaccard_distance`.
+        max_distance: the largest distance kept (the pairs that share no image are never returned,
+            even when ``max_distance >= 1``).
+
+    Returns:
+        ``(rows, cols, values)`` on the computing device: int64 (P,), int64 (P,), float32 (P,) in
+        [0, max_distance], sorted by (row, col), symmetric (both (i, j) and (j, i)), the diagonal
+        included (every image shares its own k-reciprocal set).
+
+    Example:
+        >>> f = torch.nn.functional.normalize(torch.randn(20, 8), dim=1)
+        >>> rows, cols, values = sparse_jaccard_distance(f, k1=5, k2=2)
+        >>> bool((torch.from_numpy(jaccard_distance(f, k1=5, k2=2))[rows, cols] == values).all())
+        True
+    """
+    _check_neighbourhoods(k1, k2)
+    n = _features(features, "features").shape[0]
+    empty = torch.empty(0, dtype=torch.int64)
+    if n == 0:
+        return empty, empty, torch.empty(0)
+    rows, cols, values = [], [], []
+    with _jaccard_vectors(features, k1, k2, metric, device, block_size, num_stored, num_threads,
+                          sparse_threads) as (_, v_rows, v_cols, v_vals):
+        for r0, _, tmin, _ in _min_sums(n, n, v_rows, v_cols, v_vals, jaccard_budget):
+            r, c = tmin.nonzero(as_tuple=True)  # row-major: sorted by (row, col)
+            t = tmin[r, c]
+            # jaccard_distance's operations on these entries: 1 + (−Σ min) / (2 − Σ min), clipped
+            dist = torch.ones_like(t).addcdiv_(t, torch.mul(t, -1.0).add_(2.0), value=-1.0).clamp_(0.0, 1.0)
+            keep = dist <= max_distance
+            rows.append(r[keep] + r0)
+            cols.append(c[keep])
+            values.append(dist[keep])
+    return torch.cat(rows), torch.cat(cols), torch.cat(values)
+
+
+@contextlib.contextmanager
+def _jaccard_vectors(features: ArrayLike, k1: int, k2: int, metric: Metric, device: str | torch.device | None,
+                     block_size: int, num_stored: int, num_threads: int | None,
+                     sparse_threads: int | str | None,
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Steps 1–3 of :func:`jaccard_distance` on N > 0 images, under its thread settings (kept while
+    the caller's ``with`` block runs): ``(max_sq (N,), rows, cols, vals)``, the sparse V twice (every
+    image is a query, and a gallery image with its row offset by N)."""
+    x = _features(features, "features")
+    dev = torch.device(device) if device is not None else x.device
+    n = x.shape[0]
     x = x.to(dev)
     if not bool(torch.isfinite(x).all()):
         raise ValueError("features contain NaN or inf")
@@ -323,16 +396,11 @@ def jaccard_distance(features: ArrayLike, k1: int = 30, k2: int = 6, *, metric: 
         max_sq = (row_max * row_max).clamp_(min=torch.finfo(torch.float32).tiny)
         v_rows, v_cols = _expansion_sets(nb, k1)
         v_vals = _expansion_weights(xp, x_sq, top_d, nb, max_sq, v_rows, v_cols)
+        del top_d
         if k2 != 1:
             v_rows, v_cols, v_vals = _query_expansion(v_rows, v_cols, v_vals, nb[:, :min(k2, n)], n)
-        # every image is a query and a gallery image: V's rows twice, the second copy as the gallery
-        raw = torch.zeros((n, n), device=dev) if dev.type != "cpu" else torch.from_numpy(out)
-        _jaccard_blend(raw, max_sq, torch.cat([v_rows, v_rows + n]), torch.cat([v_cols, v_cols]),
-                       torch.cat([v_vals, v_vals]), 0.0, jaccard_budget)
-    if dev.type != "cpu":
-        out[:] = raw.cpu().numpy()
-    np.clip(out, 0.0, 1.0, out=out)
-    return out
+        del nb
+        yield max_sq, torch.cat([v_rows, v_rows + n]), torch.cat([v_cols, v_cols]), torch.cat([v_vals, v_vals])
 
 
 def _re_rank(xp: torch.Tensor, x_sq: torch.Tensor | None, num_q: int, k1: int, k2: int, lam: float,
@@ -386,16 +454,17 @@ def _expansion_weights(xp: torch.Tensor, x_sq: torch.Tensor | None, top_d: torch
     return weight / _segment_sum(weight, v_rows, n)[v_rows]
 
 
-def _jaccard_blend(raw: torch.Tensor, max_sq: torch.Tensor, v_rows: torch.Tensor, v_cols: torch.Tensor,
-                   v_vals: torch.Tensor, lam: float, budget: int) -> None:
-    """``raw`` (Q, G) ← (1 − λ)·jaccard + λ·raw²/max², in place, from the sparse V (rows sorted).
+def _min_sums(num_q: int, num_g: int, v_rows: torch.Tensor, v_cols: torch.Tensor, v_vals: torch.Tensor,
+              budget: int) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """Σ_k min(V_q[k], V_g[k]) of every query × gallery pair from the sparse V (rows sorted, queries
+    first, gallery rows offset by Q), a block of query rows at a time: yields ``(r0, r1, tmin, scratch)``
+    with ``tmin`` (r1 − r0, G) and a free ``scratch`` of the same shape, both reused by the next block.
 
-    Σ_k min(V_q[k], V_g[k]) goes through an inverted index of the gallery rows of V: each query
-    entry meets the gallery entries of its column; ``budget`` such pairs (and a dense (rows, G)
-    scratch of that size) at a time, in buffers reused from chunk to chunk.
+    The sums go through an inverted index of the gallery rows of V: each query entry meets the gallery
+    entries of its column; ``budget`` such pairs (and a dense (rows, G) block of that size) at a time.
+    Each pair's terms are added in the order of V's columns, whatever the blocks.
     """
-    dev = raw.device
-    num_q, num_g = raw.shape
+    dev = v_rows.device
     n = num_q + num_g
     is_g = v_rows >= num_q
     g_cols, order = torch.sort(v_cols[is_g], stable=True)  # gallery entries grouped by column
@@ -410,7 +479,7 @@ def _jaccard_blend(raw: torch.Tensor, max_sq: torch.Tensor, v_rows: torch.Tensor
     per_query = cum_pairs[q_start].cpu().numpy()  # pairs before each query's first entry
     max_rows = max(1, budget // num_g)
     tmin_buf = torch.empty(min(max_rows, num_q) * num_g, device=dev)
-    den_buf = torch.empty_like(tmin_buf)
+    scratch_buf = torch.empty_like(tmin_buf)
     r0 = 0
     while r0 < num_q:
         r1 = int(np.searchsorted(per_query, per_query[r0] + budget, "right")) - 1
@@ -426,12 +495,21 @@ def _jaccard_blend(raw: torch.Tensor, max_sq: torch.Tensor, v_rows: torch.Tensor
         size = (r1 - r0) * num_g
         tmin = tmin_buf[:size].zero_().index_add_(0, flat, vmin).view(r1 - r0, num_g)  # Σ min
         del vmin, flat
-        den = torch.mul(tmin, -1.0, out=den_buf[:size].view_as(tmin)).add_(2.0)  # 2 − Σ min
+        yield r0, r1, tmin, scratch_buf[:size].view_as(tmin)
+        r0 = r1
+
+
+def _jaccard_blend(raw: torch.Tensor, max_sq: torch.Tensor, v_rows: torch.Tensor, v_cols: torch.Tensor,
+                   v_vals: torch.Tensor, lam: float, budget: int) -> None:
+    """``raw`` (Q, G) ← (1 − λ)·jaccard + λ·raw²/max², in place, from the sparse V (rows sorted), with
+    the Σ min of :func:`_min_sums` (``budget`` pairs at a time)."""
+    num_q, num_g = raw.shape
+    for r0, r1, tmin, scratch in _min_sums(num_q, num_g, v_rows, v_cols, v_vals, budget):
+        den = torch.mul(tmin, -1.0, out=scratch).add_(2.0)  # 2 − Σ min
         block = raw[r0:r1]
         # λ·raw²/max² + (1 − λ)·(1 − tmin / (2 − tmin))
         block.mul_(block).mul_(lam / max_sq[r0:r1, None]).add_(1.0 - lam)
         block.addcdiv_(tmin, den, value=-(1.0 - lam))
-        r0 = r1
 
 
 def _query_expansion(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, nbk: torch.Tensor,
