@@ -65,8 +65,8 @@ def test_a_setting_of_another_method_is_refused_by_name() -> None:
     cfg = from_params({"preset": "smoke", "method": "cluster_contrast", "cc_eps": 0.5})
     assert type(cfg.settings).__name__ == "ClusterSettings" and cfg.settings.cc_eps == 0.5
     assert "lambda_cml" not in cfg.flat() and "cc_eps" in cfg.flat()
-    with pytest.raises(ValueError, match="cc_eps is a setting of method cluster_contrast and soft_cluster, and this "
-                                         "run's method is 'mar': set method=cluster_contrast"):
+    with pytest.raises(ValueError, match="cc_eps is a setting of method cluster_contrast, cap, soft_cluster, and "
+                                         "this run's method is 'mar': set method=cluster_contrast"):
         from_params({"preset": "smoke", "cc_eps": 0.5})
     with pytest.raises(ValueError, match="use_cml is a setting of method mar"):
         from_params({"preset": "smoke", "method": "oracle", "use_cml": False})

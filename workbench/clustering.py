@@ -269,8 +269,6 @@ class ClusterMemory(nn.Module):
 
 # ----------------------------------------------------------------------------- cross-camera supervision
 
-#: what every stage-2 method logs per epoch about the pairs that supervise it (read from the hidden labels)
-CAMERA_COLUMNS = ("cross_share", "cross_precision", "recall_same_cam", "recall_cross_cam")
 
 
 def _pairs(n: np.ndarray) -> float:
@@ -300,7 +298,7 @@ def cluster_camera_counts(labels: np.ndarray, pids: np.ndarray, camids: np.ndarr
 
 
 def camera_ratios(counts: dict[str, float]) -> dict[str, float]:
-    """:data:`CAMERA_COLUMNS` from camera counts: the share of positives that are cross-camera, their
+    """``evaluation.names.CAMERA_COLUMNS`` from camera counts: the share of positives that are cross-camera, their
     precision, and the recall of same-identity pairs within one camera and across cameras (NaN for 0/0)."""
     def ratio(a: float, b: float) -> float:
         return float(a) / float(b) if float(b) else float("nan")

@@ -523,7 +523,7 @@ def from_params(params: Mapping[str, Any], base: str | Config | None = None) -> 
             continue
         owners = _owners(name)
         if owners:
-            raise ConfigError(f"{name} is a setting of method {' and '.join(owners)}, and this run's method is "
+            raise ConfigError(f"{name} is a setting of method {', '.join(owners)}, and this run's method is "
                               f"{method.name!r}: set method={owners[0]} to use it, or leave {name} out")
         raise ConfigError(f"unknown config field {name!r}{did_you_mean(name, [*all_field_names(), 'preset'])}")
     return _apply(cfg, values, method)

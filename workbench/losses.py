@@ -39,6 +39,7 @@ __all__ = [
     "discriminative_loss",
     "cross_view_loss",
     "MARLoss",
+    "camera_normalized",
 ]
 
 _F = TypeVar("_F", bound=Callable)
@@ -132,16 +133,36 @@ def pair_agreement(y1: Tensor, y2: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _kth_largest_agreement(multilabels: Tensor, k: int, block_size: int = 1024) -> Tensor:
-    """k-th largest agreement over all pairs i < j, streaming over row blocks.
+def camera_normalized(features: Tensor, camids: Tensor) -> Tensor:
+    """Each camera's mean feature subtracted, then L2-normalized: what sets one camera's images apart from
+    another's (its background, light, viewpoint) leaves the distances (a camera-aware option of the
+    stage-2 methods: ``camera_norm``).
+
+    Args:
+        features: (N, d); camids: (N,) camera ids.
+
+    Returns:
+        (N, d) float32.
+    """
+    f = features.float()
+    _, inverse = torch.unique(camids, return_inverse=True)  # (N,) camera slot
+    sums = f.new_zeros(int(inverse.max()) + 1 if len(inverse) else 0, f.shape[1]).index_add_(0, inverse, f)
+    counts = torch.bincount(inverse, minlength=len(sums)).clamp_min(1).to(f.dtype)[:, None]
+    return l2_normalize(f - (sums / counts)[inverse])
+
+
+def _kth_largest_agreement(multilabels: Tensor, k: int, block_size: int = 1024, camids: Tensor | None = None) -> Tensor:
+    """k-th largest agreement over all pairs i < j (with ``camids``: over the pairs of two cameras only),
+    streaming over row blocks.
 
     Each block of rows is compared with the rows at or after it (upper triangle only), and only a
     running top-k of values is kept: memory is O(block_size * N + k), never (N, N) or (N, N, Np).
 
     Args:
         multilabels: (N, Np) soft multilabels.
-        k: rank, 1 <= k <= N (N - 1) / 2.
+        k: rank, 1 <= k <= the number of pairs counted.
         block_size: rows per block.
+        camids: (N,) camera ids: only cross-camera pairs count (None: every pair).
 
     Returns:
         0-dim float32 tensor.
@@ -154,7 +175,10 @@ def _kth_largest_agreement(multilabels: Tensor, k: int, block_size: int = 1024) 
         block = agreement(multilabels[r0:r1], multilabels[r0:])  # (b, N - r0)
         rows = torch.arange(r0, r1, device=device)[:, None]
         cols = torch.arange(r0, n, device=device)[None, :]
-        values = block[cols > rows]  # pairs i < j of this block
+        keep = cols > rows
+        if camids is not None:
+            keep = keep & (camids[r0:r1, None].to(device) != camids[None, r0:].to(device))
+        values = block[keep]  # pairs i < j of this block (of two cameras)
         if top.numel() == k:  # only values above the running k-th can change it
             values = values[values > top[-1]]
         merged = torch.cat([top, values])
@@ -255,6 +279,10 @@ def discriminative_loss(
     multilabels: Tensor,
     threshold: float | Tensor,
     mining_ratio: float = 0.005,
+    *,
+    camids: Tensor | None = None,
+    cross_camera: bool = False,
+    camera_norm: bool = False,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """``L_MDL``: soft-multilabel-guided discriminative learning on the target batch.
 
@@ -274,6 +302,11 @@ def discriminative_loss(
         multilabels: (B, Np) soft multilabels of the same images (the memory rows in MAR).
         threshold: agreement threshold ``T`` (from before this step).
         mining_ratio: fraction of all batch pairs mined (official: 0.005).
+        camids: (B,) camera ids of the batch (needed by the two camera-aware options below).
+        cross_camera: mine only pairs of two cameras (still ``k`` of them), and take the k-th largest
+            agreement among cross-camera pairs for T (not the official code; default off).
+        camera_norm: mine on the features with each camera's batch mean subtracted
+            (:func:`camera_normalized`); the loss itself uses the features as they are (default off).
 
     Returns:
         ``(loss, batch_top_agreement, stats)``: scalar float32 loss; the k-th largest agreement among
@@ -293,13 +326,22 @@ def discriminative_loss(
                  "is_positive": torch.zeros((0,), dtype=torch.bool, device=device)}
         return _zero_like_graph(f) + math.log(1.5), threshold_t.clone(), stats
 
+    if (cross_camera or camera_norm) and camids is None:
+        raise ValueError("discriminative_loss: cross_camera and camera_norm need the batch's camids")
     iu = torch.triu_indices(b, b, offset=1, device=device)  # (2, C(B,2)) row-major, as pdist
     with torch.no_grad():
-        dist_mine = F.pdist(f.detach())  # (C(B,2),) Euclidean, condensed order
-        mined = torch.sort(dist_mine, stable=True).indices[:k]  # (k,)
+        mine_on = camera_normalized(f.detach(), camids) if camera_norm else f.detach()
+        dist_mine = F.pdist(mine_on)  # (C(B,2),) Euclidean, condensed order
         agree = agreement(multilabels.detach(), multilabels.detach())[iu[0], iu[1]]  # (C(B,2),)
+        if cross_camera:  # same-camera pairs are never mined, nor counted for T
+            cross = camids[iu[0]] != camids[iu[1]]
+            dist_mine = torch.where(cross, dist_mine, torch.full_like(dist_mine, math.inf))
+            k = max(1, min(k, int(cross.sum())))
+            batch_top = torch.topk(torch.where(cross, agree, torch.full_like(agree, -math.inf)), k).values[-1]
+        else:
+            batch_top = torch.topk(agree, k).values[-1]  # k-th largest agreement in the batch
+        mined = torch.sort(dist_mine, stable=True).indices[:k]  # (k,)
         is_pos = agree[mined] > threshold_t  # (k,)
-        batch_top = torch.topk(agree, k).values[-1]  # k-th largest agreement in the batch
     i, j = iu[0, mined], iu[1, mined]  # (k,)
     sim = torch.exp(-(f[i] - f[j]).pow(2).sum(1))  # (k,) exp(-||f_i - f_j||^2), with gradient
     pos, neg = is_pos.float(), (~is_pos).float()
@@ -395,6 +437,10 @@ class MARLoss(nn.Module):
         use_mdl, use_cml, use_al, use_rj: switch a term off (removed from the total, reported as 0).
         combine_reference_terms: L_RJ variant with one ``pull + hinge`` term per reference image
             (not the official code; see :func:`joint_embedding_loss`). Default: official.
+        mdl_cross_camera: L_MDL mines only pairs of two cameras, and T is the k-th largest agreement among
+            cross-camera pairs (camera-aware; not the official code). Default: off.
+        camera_norm: L_MDL mines on the features with each camera's batch mean subtracted (camera-aware;
+            not the official code). Default: off.
     """
 
     def __init__(
@@ -417,6 +463,8 @@ class MARLoss(nn.Module):
         use_al: bool = True,
         use_rj: bool = True,
         combine_reference_terms: bool = False,
+        mdl_cross_camera: bool = False,
+        camera_norm: bool = False,
     ) -> None:
         super().__init__()
         self.num_target, self.num_agents = num_target, num_agents
@@ -426,6 +474,7 @@ class MARLoss(nn.Module):
         self.mdl_warmup_epochs = mdl_warmup_epochs
         self.use_mdl, self.use_cml, self.use_al, self.use_rj = use_mdl, use_cml, use_al, use_rj
         self.combine_reference_terms = combine_reference_terms
+        self.mdl_cross_camera, self.camera_norm = mdl_cross_camera, camera_norm
         self.register_buffer("memory", torch.zeros(num_target, num_agents))
         self.register_buffer("visited", torch.zeros(num_target, dtype=torch.bool))
         self.register_buffer("center_mean", torch.zeros(num_agents))
@@ -491,11 +540,15 @@ class MARLoss(nn.Module):
             self.center_mean.copy_(means.mean(0))
             self.center_std.copy_(stds[multi].mean(0) if bool(multi.any()) else torch.zeros_like(self.center_std))
             num_pairs = n * (n - 1) // 2
+            if self.mdl_cross_camera:  # T ranks the pairs L_MDL may mine: those of two cameras
+                per_camera = torch.bincount(torch.unique(camids.to(device), return_inverse=True)[1])
+                num_pairs -= int((per_camera * (per_camera - 1) // 2).sum())
             k = max(1, int(num_pairs * self.mining_ratio))
             if num_pairs == 0:
                 self.threshold.fill_(1.0)
             else:
-                self.threshold.copy_(_kth_largest_agreement(multilabels, k, block_size))
+                self.threshold.copy_(_kth_largest_agreement(
+                    multilabels, k, block_size, camids.to(device) if self.mdl_cross_camera else None))
         # every rank starts from rank 0's state, whatever float noise its own features carried
         broadcast_from_rank0(self.memory, self.center_mean, self.center_std, self.threshold)
         self.visited.zero_()
@@ -632,7 +685,9 @@ class MARLoss(nn.Module):
                 self.update_memory(index, torch.softmax(logits.detach(), dim=1))
                 threshold_before = self.threshold.clone()
                 mdl, top, stats = discriminative_loss(features_all, self.memory[index].to(device),
-                                                      threshold_before, self.mining_ratio)
+                                                      threshold_before, self.mining_ratio, camids=camids_all,
+                                                      cross_camera=self.mdl_cross_camera,
+                                                      camera_norm=self.camera_norm)
                 self.update_threshold(top)
                 n_pos, n_neg = stats["n_pos"], stats["n_neg"]
                 mined_pairs = index.to(device)[stats["pairs"]]  # (k, 2) dataset indices

@@ -6,3 +6,11 @@ METRIC_TITLES = {"rank1": "rank-1", "rank5": "rank-5", "rank10": "rank-10", "mAP
                  "mINP": "mINP"}
 #: their keys, in table order
 METRIC_KEYS = tuple(METRIC_TITLES)
+
+#: what every stage-2 method logs per epoch about the pairs that supervise it (read from the hidden labels, as
+#: diagnostics only): the share of its positive pairs that are cross-camera, their precision, and the recall of
+#: same-identity pairs within one camera and across two (workbench.clustering.camera_ratios)
+CAMERA_TITLES = {"cross_share": "cross-camera among + (%)", "cross_precision": "true among cross-camera + (%)",
+                 "recall_same_cam": "same-id pairs found, one camera (%)",
+                 "recall_cross_cam": "same-id pairs found, two cameras (%)"}
+CAMERA_COLUMNS = tuple(CAMERA_TITLES)

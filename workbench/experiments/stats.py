@@ -10,7 +10,7 @@ if TYPE_CHECKING:  # pandas is imported inside the functions that need it
     import pandas as pd
 
 from workbench.experiments.catalog import EXPERIMENTS, Experiment
-from workbench.evaluation.names import METRIC_KEYS
+from workbench.evaluation.names import CAMERA_COLUMNS, CAMERA_TITLES, METRIC_KEYS
 from workbench.experiments.results import curve, select
 
 #: the metrics of a summary table (percent)
@@ -123,10 +123,11 @@ def diagnostics(rows: "pd.DataFrame", histories: "pd.DataFrame") -> "pd.DataFram
     for label, group in rows.groupby("row", sort=False):
         h = last.reindex(group["run"])
         for column in ("mdl", "cml", "al", "rj", "threshold", "n_pos", "n_neg", "pos_precision", "pair_precision",
-                       "n_clusters", "n_outliers"):
-            if column not in h:  # a history without the term (an older run)
+                       "n_clusters", "n_outliers", *CAMERA_COLUMNS):
+            if column not in h:  # a history without the term (an older run, another method)
                 h[column] = math.nan
-        w = group.set_index("run")
+        w = group.set_index("run").reindex(columns=[*group.columns, "lambda_cml", "lambda_ref", "beta",
+                                                    "init_threshold"]).loc[:, lambda d: ~d.columns.duplicated()]
         terms = {"L_MDL": h["mdl"], "λ1·L_CML": w["lambda_cml"] * h["cml"], "λ2·L_AL": w["lambda_ref"] * h["al"],
                  "λ2·β·L_RJ": w["lambda_ref"] * w["beta"] * h["rj"]}
         entry = {k: float(pd.to_numeric(v, errors="coerce").mean()) for k, v in terms.items()}
@@ -138,6 +139,8 @@ def diagnostics(rows: "pd.DataFrame", histories: "pd.DataFrame") -> "pd.DataFram
                       "outliers": float(pd.to_numeric(h["n_outliers"], errors="coerce").mean()),
                       "true same-cluster pairs (%)": float(100 * pd.to_numeric(h["pair_precision"],
                                                                                errors="coerce").mean())}
+        entry |= {title: float(100 * pd.to_numeric(h[column], errors="coerce").mean())
+                  for column, title in CAMERA_TITLES.items()}  # the cameras of the supervising pairs
         out[label] = entry
     frame = pd.DataFrame.from_dict(out, orient="index")
     return frame.dropna(axis=1, how="all")

@@ -21,7 +21,6 @@ import torch.distributed as dist
 
 from workbench.builders import build_model, init_from_checkpoint
 from workbench.clustering import (
-    CAMERA_COLUMNS,
     ClusterMemory,
     camera_ratios,
     cluster_camera_counts,
@@ -33,6 +32,8 @@ from workbench.config import AT_LEAST_1, POSITIVE, Config, register_method, sett
 from workbench.data import build_pseudo_label_loader, build_test_loader
 from workbench.engine.trainer import Trainer
 from workbench.errors import ConfigError
+from workbench.evaluation.names import CAMERA_COLUMNS
+from workbench.losses import camera_normalized
 
 log = logging.getLogger("workbench.methods")
 
@@ -63,9 +64,11 @@ class ClusterSettings(MemorySettings):
                                                                         # image (itself included)
     cc_k1: int = setting(30, range=AT_LEAST_1, stage="stage2")         # Jaccard distance: k-reciprocal neighbourhood
     cc_k2: int = setting(6, range=AT_LEAST_1, stage="stage2")          # Jaccard distance: query expansion
+    camera_norm: bool = setting(False, stage="stage2")                 # camera-aware: cluster the features with
+                                                                        # each camera's mean subtracted
 
 #: the per-epoch clustering diagnostics in history.csv (read from hidden labels, never used by the loss): the
-#: clusters, and the cameras of the pairs they make positive (clustering.CAMERA_COLUMNS)
+#: clusters, and the cameras of the pairs they make positive (evaluation.names.CAMERA_COLUMNS)
 CLUSTER_COLUMNS = ("n_clusters", "n_outliers", "purity", "nmi", "pair_precision", "pair_recall", *CAMERA_COLUMNS)
 
 
@@ -106,8 +109,9 @@ class ClusterContrastTrainer(Trainer):
                               f"({st.cc_instances})")
         self._steps = (len(self.reference) // t.n_reference if t.epoch_length == "reference"
                        else len(self.target.train) // t.n_target)
-        self.memory = ClusterMemory(self.net.feature_dim, st.cc_temperature, st.cc_momentum).to(self.device)
+        self.memory = self.make_memory().to(self.device)
         self.pseudo_labels = torch.full((len(self.target.train),), -1, dtype=torch.int64, device=self.device)
+        self.memory_targets = self.pseudo_labels  # each image's row of the memory (its cluster's; −1: none)
         self._pids = np.array([s.pid for s in self.target.train])  # hidden identities: diagnostics only
         self._camids = np.array([s.camid for s in self.target.train])
         self.cluster_stats: dict[str, float] = {}
@@ -127,11 +131,29 @@ class ClusterContrastTrainer(Trainer):
     def before_training(self) -> None:
         self.evaluate_start()
 
+    def clustering_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """What DBSCAN's distance is computed on: the features, or with ``camera_norm`` each camera's mean
+        subtracted (the memory's centroids stay the features' own)."""
+        if getattr(self.cfg.settings, "camera_norm", False):
+            return camera_normalized(feats, torch.as_tensor(self._camids, device=feats.device))
+        return feats
+
+    def make_memory(self) -> ClusterMemory:
+        """The memory the loss reads (one row per cluster here; a subclass may keep other rows)."""
+        st = self.cfg.settings
+        return ClusterMemory(self.net.feature_dim, st.cc_temperature, st.cc_momentum)
+
+    def reset_memory(self, feats: torch.Tensor, labels: np.ndarray) -> None:
+        """New labels: the memory's rows become their centroids, and each image's row its label's."""
+        self.memory.reset(cluster_centroids(feats, labels))
+        self.memory_targets = self.pseudo_labels
+
     def epoch_labels(self, feats: torch.Tensor) -> np.ndarray:
         """The labels this epoch trains on, from the target training set's features (N, D), in dataset
         order: DBSCAN's clusters (−1: outliers, left out of the epoch)."""
         st = self.cfg.settings
-        return cluster_pseudo_labels(feats, eps=st.cc_eps, min_samples=st.cc_min_samples, k1=st.cc_k1, k2=st.cc_k2)
+        return cluster_pseudo_labels(self.clustering_features(feats), eps=st.cc_eps, min_samples=st.cc_min_samples,
+                                     k1=st.cc_k1, k2=st.cc_k2)
 
     def no_labels_message(self, n: int) -> str:
         st = self.cfg.settings
@@ -160,7 +182,7 @@ class ClusterContrastTrainer(Trainer):
         if not (labels_np >= 0).any():
             raise ConfigError(self.no_labels_message(len(labels_np)))
         self.pseudo_labels = labels
-        self.memory.reset(cluster_centroids(feats, labels_np))
+        self.reset_memory(feats, labels_np)
         self.cluster_stats = (cluster_quality(labels_np, self._pids)
                               | camera_ratios(cluster_camera_counts(labels_np, self._pids, self._camids)))
         st = self.cluster_stats
@@ -184,9 +206,10 @@ class ClusterContrastTrainer(Trainer):
 
     def compute_losses(self, batch, epoch: int) -> dict[str, torch.Tensor]:
         out = self.model(self.to_device(batch["img"]))
-        labels = self.pseudo_labels[batch["index"].to(self.device, non_blocking=True)]
-        result = self.memory(out.feature, labels)
-        return {"loss": result["loss"], "cc": result["loss"].detach()}
+        targets = self.memory_targets[batch["index"].to(self.device, non_blocking=True)]
+        result = self.memory(out.feature, targets)
+        terms = {k: v.detach() for k, v in result.items() if k not in ("loss", "n")}  # a memory's own terms
+        return {"loss": result["loss"], "cc": result["loss"].detach(), **terms}
 
     def summarize_epoch(self, means: dict, sums: dict) -> dict:
         return dict(means) | {k: self.cluster_stats.get(k, float("nan")) for k in CLUSTER_COLUMNS}

@@ -54,6 +54,10 @@ class MARSettings:
                                                                         # drop_last target training loader);
                                                                         # "clean" = every target image once, test
                                                                         # transform
+    mdl_cross_camera: bool = setting(False, stage="stage2")            # camera-aware: L_MDL mines only pairs of two
+                                                                        # cameras (k kept), T ranks those pairs
+    camera_norm: bool = setting(False, stage="stage2")                 # camera-aware: L_MDL mines on features with
+                                                                        # each camera's batch mean subtracted
     grad_terms_every: int = setting(0, range=NON_NEGATIVE, stage="stage2")  # diagnostic: every k steps, each term's
                                                                         # share of the update of the shared weights
                                                                         # (4 more backward passes; 0: off)

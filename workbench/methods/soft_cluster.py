@@ -33,5 +33,6 @@ class SoftClusterTrainer(ClusterContrastTrainer):
     def epoch_labels(self, feats: torch.Tensor) -> np.ndarray:
         st = self.cfg.settings
         multilabels = soft_multilabel(feats, self.net.agents.detach(), self.cfg.model.scale)  # (N, Np)
-        return cluster_pseudo_labels(feats, eps=st.cc_eps, min_samples=st.cc_min_samples, k1=st.cc_k1, k2=st.cc_k2,
-                                     multilabels=multilabels, label_weight=st.cc_label_weight)
+        return cluster_pseudo_labels(self.clustering_features(feats), eps=st.cc_eps, min_samples=st.cc_min_samples,
+                                     k1=st.cc_k1, k2=st.cc_k2, multilabels=multilabels,
+                                     label_weight=st.cc_label_weight)
