@@ -217,6 +217,13 @@ def stage2_fields() -> frozenset[str]:
     return frozenset(fixed | {f.name for m in methods().values() for f in fields(m.settings)})
 
 
+def off_by_default() -> frozenset[str]:
+    """The boolean fields (fixed or a method's) that are off unless a run turns them on: a record without one
+    (an older run, a method without that setting) ran with it off."""
+    classes = [*_GROUPS.values(), *(m.settings for m in methods().values())]
+    return frozenset(f.name for c in classes for f in fields(c) if f.default is False)
+
+
 #: per preset, per method: settings that differ from the method's defaults
 PRESET_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {"smoke": {"mar": {"mining_ratio": 0.05}}}
 

@@ -136,13 +136,18 @@ LOSS_ABLATION: dict[str, dict[str, bool]] = {
 
 #: The method comparison (issue 23; Zhang et al. 2020 Table 4's question on one stage 1): stage 2 by soft
 #: multilabels (MAR), by clustering (Cluster-Contrast, Dai et al. 2021) and by the workbench's hybrid.
-METHOD_COMPARISON: dict[str, dict[str, str]] = {
-    "MAR (soft multilabels)": {"method": "mar"},
-    "Cluster-Contrast": {"method": "cluster_contrast"},
-    "soft-label clustering (hybrid)": {"method": "soft_cluster"},
+METHOD_COMPARISON: dict[str, dict[str, Any]] = {
+    "MAR (soft multilabels)": {"method": "mar", "mdl_cross_camera": False, "camera_norm": False},
+    "Cluster-Contrast": {"method": "cluster_contrast", "camera_norm": False},
+    "soft-label clustering (hybrid)": {"method": "soft_cluster", "camera_norm": False},
     # not unsupervised: Cluster-Contrast's loss on the target's true identities (how far each method is from
     # what this backbone, data and budget allow)
     "supervised upper bound (true identities)": {"method": "oracle"},
+    # camera-aware (issue 39): the same methods with the camera removed from what supervises the target
+    "MAR, cross-camera mining": {"method": "mar", "mdl_cross_camera": True},
+    "Cluster-Contrast, camera-normalized": {"method": "cluster_contrast", "camera_norm": True},
+    "hybrid, camera-normalized": {"method": "soft_cluster", "camera_norm": True},
+    "CAP (camera-aware proxies)": {"method": "cap"},
 }
 
 #: Zhang et al. 2020 Table 2: layer4 alone and the six fused combinations (tests/test_models.py FUSIONS).

@@ -112,16 +112,27 @@ def _matches(value: Any, wanted: Any) -> bool:
 
 
 def select(df: "pd.DataFrame", **params: Any) -> "pd.DataFrame":
-    """The rows of :func:`collect` whose parameters equal ``params`` (no row when a column is missing).
+    from workbench.config import off_by_default
+
+    """The rows of :func:`collect` whose parameters equal ``params`` (no row when a column is missing, but for
+    a switch asked to be off: a record without it ran with it off).
 
     Example:
         >>> select(df, use_cml=False, backbone="resnet50")     # doctest: +SKIP
     """
+    from workbench.config import off_by_default
+
     mask = [True] * len(df)
     for key, wanted in params.items():
+        off = wanted is False and key in off_by_default()
         if key not in df.columns:
+            if off:
+                continue
             return df.iloc[0:0]
-        mask = [m and _matches(v, wanted) for m, v in zip(mask, df[key].tolist())]
+        values = df[key].tolist()
+        if off:
+            values = [False if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in values]
+        mask = [m and _matches(v, wanted) for m, v in zip(mask, values)]
     return df[mask]
 
 

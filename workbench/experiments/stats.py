@@ -280,14 +280,17 @@ def label_points(df: "pd.DataFrame", name: str) -> "pd.DataFrame":
     """
     import pandas as pd
 
+    from workbench.config import off_by_default
+
     exp = EXPERIMENTS[name]
     done = df[df["state"] == "done"] if "state" in df else df
     if "row" in done:
         out = done.copy()
     else:
         parts = []
-        for label, wanted in exp.rows.items():
-            keys = {k: v for k, v in wanted.items() if k in done}
+        switches = off_by_default()
+        for label, wanted in exp.rows.items():  # what the table's columns say (a switch absent from them is off)
+            keys = {k: v for k, v in wanted.items() if k in done or (isinstance(v, bool) and k in switches)}
             if not keys:
                 continue
             rows = select(done, **keys).copy()
