@@ -19,7 +19,7 @@ FLAGS = {
     "backbone": "resnet50 | seresnet50 | mobilenet_v2",
     "pretrained": "backbone init: imagenet | PATH | none", "stages": "fused stages, e.g. layer1+layer3+layer4",
     "epochs": "joint-training epochs", "pretrain_epochs": "reference-pretraining epochs",
-    "device": "auto | cpu | cuda | cuda:N", "threads": "CPU threads (default: OMP_NUM_THREADS, else the free cores)",
+    "device": "auto | cpu | cuda | cuda:N", "threads": "CPU threads (default: OMP_NUM_THREADS, else the cores idle now)",
     "workers": "DataLoader workers", "seed": "random seed",
     "image_size": "H,W (paper 384,128)",
 }
