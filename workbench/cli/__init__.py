@@ -23,8 +23,16 @@ __all__ = ["CLIError", "build_parser", "main"]
 
 # ----------------------------------------------------------------------------- entry point
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with an argument error in two lines (the error, and where the options are listed)
+    instead of the whole usage block of a command with twenty options."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n({self.prog} --help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m workbench",
         description="ReID workbench: unsupervised person re-identification by soft multilabel learning.",
     )
