@@ -86,6 +86,27 @@ def test_evaluate_names_a_missing_checkpoint_first_in_one_line(tmp_path, capsys)
     assert "--out FILE" in err
 
 
+def test_pretrain_epochs_are_stage_1s_epochs(monkeypatch, capsys) -> None:
+    """`pretrain --epochs 4` used to set stage 2's epochs silently (stage 1 kept the preset's)."""
+    import workbench.engine as engine
+
+    class Started(Exception):
+        pass
+
+    seen = {}
+
+    def pretrain(cfg, run_dir, resume=False):  # stop where training would start
+        seen["cfg"] = cfg
+        raise Started
+
+    monkeypatch.setattr(engine, "pretrain", pretrain)
+    with pytest.raises(Started):
+        main(["pretrain", "--preset", "smoke", "--epochs", "4"])
+    assert seen["cfg"].train.pretrain_epochs == 4 and seen["cfg"].train.epochs == 2  # smoke's stage 2 untouched
+    err = _error(["pretrain", "--preset", "smoke", "--epochs", "4", "--pretrain-epochs", "3"], capsys)
+    assert "--epochs 4 and --pretrain-epochs 3" in err
+
+
 def test_an_argparse_error_is_two_lines_not_the_usage_block(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--dataset", "synthetic", "--batch-size", "many"])

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.cli.common import CLIError, add_config_options, config_from_args, print_main, print_metrics
+from workbench.cli.common import (
+    CLIError,
+    add_config_options,
+    config_from_args,
+    print_main,
+    print_metrics,
+    print_tensorboard,
+)
 from workbench.data.datasets import READERS, load_dataset  # no torch: the parser and its errors stay fast
 from workbench.threads import configure_threads
 
@@ -76,7 +83,19 @@ def _resume(args: argparse.Namespace, folder):
     return resume_run(folder.path, config_from_args(args, saved=folder.config()))
 
 
+def _stage1_epochs(args: argparse.Namespace) -> None:
+    """In ``pretrain``, ``--epochs N`` means stage 1's epochs (the only ones it trains), as
+    ``--pretrain-epochs N`` does; both with different values are refused."""
+    if args.epochs is None:
+        return
+    if args.pretrain_epochs is not None and str(args.pretrain_epochs) != str(args.epochs):
+        raise CLIError(f"pretrain: --epochs {args.epochs} and --pretrain-epochs {args.pretrain_epochs} disagree; in "
+                       "pretrain both name stage 1's epochs: give one")
+    args.pretrain_epochs, args.epochs = args.epochs, None
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    _stage1_epochs(args)
     if (folder := _resumable(args)) is not None:
         result = _resume(args, folder)
     else:
@@ -86,6 +105,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         result = pretrain(cfg, args.run_dir, resume=args.resume)
     print_metrics("stage 1 (direct transfer to the target)", result.metrics)
     print_main(f"run folder: {result.run_dir}")
+    print_tensorboard(result.run_dir)
     return 0
 
 
@@ -103,12 +123,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print_metrics("before joint training", result.metrics["initial"])
     print_metrics("after joint training", result.metrics)
     print_main(f"run folder: {result.run_dir}")
+    print_tensorboard(result.run_dir)
     return 0
 
 
 def add_training(sub: argparse._SubParsersAction) -> None:
     pre = sub.add_parser("pretrain", help="stage 1: backbone + agents on the labeled reference set (L_AL)")
-    add_config_options(pre)
+    add_config_options(pre, helps={"epochs": "stage-1 epochs (here the same as --pretrain-epochs)",
+                                   "pretrain_epochs": "stage-1 epochs (--epochs says the same here)"})
     pre.add_argument("--run-dir", default=None, help="run folder (default: runs/<time>-pretrain)")
     pre.add_argument("--resume", action="store_true", help="continue the checkpoint in --run-dir")
     pre.set_defaults(func=_cmd_pretrain)
@@ -287,6 +309,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print()
     print(report(root))  # the same table as `python -m workbench report RUN_FOLDER`
     print(f"\nrun folder: {root}  ({time.perf_counter() - started:.0f} s)")
+    print_tensorboard(root)  # both stages, one after the other
     return 0
 
 
