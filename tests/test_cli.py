@@ -204,3 +204,24 @@ def test_evaluate_with_amp_runs_bf16_channels_last_and_says_its_threads(tmp_path
     metrics = json.loads(out.read_text())
     assert 0 <= metrics["mAP"] <= 1 and metrics["num_query"] > 0
     assert "CPU threads: 1 thread (config" in caplog.text
+
+
+def test_the_tensorboard_line_names_the_venvs_tensorboard_when_it_is_not_on_path(tmp_path, monkeypatch, capsys) -> None:
+    from workbench.cli.common import print_tensorboard, tensorboard_command
+
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "tensorboard").write_text("#!/bin/sh\n")
+    (venv_bin / "tensorboard").chmod(0o755)
+    run = tmp_path / "runs" / "20260101-demo"
+    (run / "mar" / "tensorboard").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv is not activated
+    assert tensorboard_command(run) == ".venv/bin/tensorboard --logdir runs/20260101-demo"
+    print_tensorboard(run)
+    assert capsys.readouterr().out.startswith("curves: .venv/bin/tensorboard --logdir runs/20260101-demo")
+    monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")  # activated
+    assert tensorboard_command(run) == "tensorboard --logdir runs/20260101-demo"
+    print_tensorboard(tmp_path / "no-events")
+    assert capsys.readouterr().out == ""  # --no-tensorboard: no line
