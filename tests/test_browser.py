@@ -248,9 +248,8 @@ def _training_shows_a_moving_progress_bar(page, base: str, token: str, served: P
 
     prepared = served / "03_train_mar.ipynb"
     pm.execute_notebook(str(REPO / "notebooks" / "03_train_mar.ipynb"), str(prepared), prepare_only=True,
-                        parameters={"preset": "smoke", "epochs": 2, "out_dir": str(tmp_path / "nb03"),
-                                    "extra": {"progress": True}},  # the smoke preset turns bars off
-                        progress_bar=False)
+                        parameters={"preset": "smoke", "epochs": 2, "out_dir": str(tmp_path / "nb03")},
+                        progress_bar=False)  # smoke's own settings: its bars show (they did not before)
     rel = prepared.relative_to(REPO).as_posix()
     page.goto(f"{base}/lab/tree/{rel}?token={token}", wait_until="domcontentloaded")
     page.wait_for_function(JS_NOTEBOOK_READY, arg=f"{served.name}/03_train_mar.ipynb", timeout=90_000, polling=500)

@@ -340,6 +340,19 @@ def test_progress_lines_when_stderr_is_not_a_tty(data_env, tmp_path, caplog) -> 
 
 
 
+def test_smoke_shows_bars_and_a_notebook_without_bars_says_so(data_env, tmp_path, monkeypatch, capsys) -> None:
+    """Issue 38: smoke trained silently in notebooks 00 and 03 (progress=False): 10-20 s of [*]."""
+    from workbench.engine import trainer as tr
+
+    assert from_params({"preset": "smoke"}).train.progress  # bars in a notebook and on a terminal
+    monkeypatch.setattr(tr, "in_notebook", lambda: True)
+    monkeypatch.setenv("CI", "true")  # bars off: one line says so
+    pretrain(from_params({"preset": "smoke", "tensorboard": False}), tmp_path / "ci")
+    err = capsys.readouterr().err
+    assert "stage 1: 1 epoch(s) of 4 steps to train, without progress bars (CI is set in the environment)" in err
+    pretrain(from_params({"preset": "smoke", "tensorboard": False, "progress": False}), tmp_path / "off")
+    assert "without progress bars (progress=False)" in capsys.readouterr().err
+
 def test_the_eta_leaves_out_the_slow_first_step(monkeypatch, caplog) -> None:
     """Step 1 of an epoch starts the loader's workers (on a real target it printed an ETA of 18:48 for an
     epoch of 5.7 min): the ETA is the pace after it, or at step 1 the previous epoch's pace."""

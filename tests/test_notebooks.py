@@ -162,8 +162,8 @@ def test_training_in_a_notebook_shows_a_progress_bar_per_epoch(nb_env, stage1: P
     """Issue 22: a notebook that trains is not silent — a tqdm bar per epoch (a widget in JupyterLab) with
     the stage, epoch, loss terms, T and images/s."""
     monkeypatch.delenv("CI", raising=False)  # as a user's kernel: bars on
-    nb = execute("03_train_mar", {**SMOKE, "epochs": 2, "init_checkpoint": str(stage1), "extra": {"progress": True}},
-                 tmp_path)  # the smoke preset turns bars off
+    nb = execute("03_train_mar", {**SMOKE, "epochs": 2, "init_checkpoint": str(stage1)},
+                 tmp_path)  # the smoke preset's own settings show the bars (issue 38: they were off)
     text = "\n".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("text", ""))
                      for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     widgets = sum("application/vnd.jupyter.widget-view+json" in o.get("data", {})

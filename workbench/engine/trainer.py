@@ -325,6 +325,12 @@ class Trainer:
         show = (self.cfg.train.progress and self.ctx.is_main and (sys.stderr.isatty() or notebook)
                 and not os.environ.get("CI"))
         # in a notebook one bar per epoch stays (a widget in JupyterLab): the run's history at a glance
+        if notebook and not show and self.ctx.is_main and epoch == self.start_epoch:
+            # no bar in a notebook would leave a cell at [*] for the whole run with nothing to see
+            why = "progress=False" if not self.cfg.train.progress else "CI is set in the environment"
+            print(f"{STAGE_TITLES.get(self.stage, self.stage)}: {self.num_epochs - epoch} epoch(s) of "
+                  f"{self.steps_per_epoch} steps to train, without progress bars ({why}); the cell ends "
+                  "when they are done", file=sys.stderr, flush=True)
         bar = tqdm(total=self.steps_per_epoch, desc=f"{STAGE_TITLES.get(self.stage, self.stage)} epoch "
                    f"{epoch + 1}/{self.num_epochs}", disable=not show, leave=notebook, dynamic_ncols=True,
                    unit="step")
