@@ -87,6 +87,7 @@ from workbench.experiments.summary import (
     budget_markdown,
     committed_curves,
     committed_results,
+    shown_above,
     show_committed,
     summary_markdown,
     write_experiment,
@@ -111,7 +112,7 @@ __all__ = [
     "read_status", "repo_path", "repo_root", "resolve_notebook", "run_notebook", "shared_stage1", "sweep",
     "EXPERIMENTS", "CommittedResults", "at_budget", "budget_markdown", "committed_curves", "committed_results", "gradient_table", "label_points", "records_at_epoch",
     "seed_summary", "seed_table",
-    "show_committed", "summary_markdown", "write_experiment",
+    "show_committed", "shown_above", "summary_markdown", "write_experiment",
     "agent_similarity",
 ]
 
