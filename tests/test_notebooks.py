@@ -380,7 +380,18 @@ def test_opened_from_the_repository_the_notebook_shows_the_committed_results(nam
     # preset="smoke", backbone="resnet50" above real-data MobileNetV2 results)
     assert markdown.startswith(f"**What is shown** (committed in `results/{experiment}`, nothing trains): "
                                "target cuhk01-market, reference cuhk03-msmt; mobilenet_v2 at 128x64; preset cpu")
-    assert images(nb) >= 1
+    # issue 38: each table and figure once (04 showed Table 3 and its figure in the committed block and again
+    # from its own cells): the README's first table row and its figure appear once in everything shown
+    readme = (folder / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(readme) if line.startswith("| ---"))
+    first_row = next(line for line in readme[start + 1:] if "direct transfer" not in line)  # a row of ours
+    shown = "".join(str(v) for c in nb.cells if c.cell_type == "code" for o in c.outputs  # what a reader sees
+                    for v in [o.get("data", {}).get("text/markdown", ""), o.get("data", {}).get("text/html", ""),
+                              o.get("text", "")])
+    assert shown.count(first_row) == 1, first_row  # the notebook's own table cell wrote the same row
+    assert markdown.count("data:image/png;base64,") == sum("](" in line and ".png)" in line for line in readme)
+    assert images(nb) == 0, "a figure drawn again below the committed block"
+    assert "in the committed block above" in markdown
 
 
 # ----------------------------------------------------------------------------- parameters
