@@ -452,7 +452,15 @@ def test_08_opens_the_newest_fitting_run_and_never_trains_by_surprise(nb_env, tm
                  tmp_path / "found")
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert f"run: {demo / 'mar'}" in printed
+    # issue 38: it says which run it picked and how to open another
+    assert ("opened the newest finished stage-2 run of preset 'smoke' and this data under" in printed
+            and "(1 found); to open another, set run_dir in the parameters cell" in printed), printed
     assert sorted(p.name for p in runs.iterdir()) == ["20250101-000000-demo"]  # still nothing else trained
+    # a typo in run_dir: the folder does not exist (not "holds no checkpoint"), with the close name
+    with pytest.raises(Exception, match=r"run_dir = '\S*/mra': the folder \S*/mra does not exist; did you mean "
+                                        r"\S*20250101-000000-demo/mar\?"):
+        execute("08_soft_label_explorer", {"run_dir": str(demo / "mra"), "embedding": "pca", "save_figures": False},
+                tmp_path / "typo")
 
 
 @pytest.mark.notebooks
