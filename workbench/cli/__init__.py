@@ -2,8 +2,8 @@
 
 Commands: ``demo`` (the README's main job: both stages on the synthetic set), ``pretrain`` and
 ``train`` (stage 1 and stage 2, resumable with ``--resume``), ``evaluate`` and ``extract`` (a
-checkpoint on a dataset), ``data`` (generate the synthetic set, describe a dataset) and ``sweep``
-(a notebook over a parameter grid). Bad input (the workbench's own error types) is one
+checkpoint on a dataset), ``data`` (generate the synthetic set, describe a dataset), ``sweep``
+(a notebook over a parameter grid) and ``render`` (a notebook executed, as offline HTML). Bad input (the workbench's own error types) is one
 ``error:`` line with exit status 2; anything else keeps its traceback.
 """
 from __future__ import annotations
@@ -14,7 +14,15 @@ import sys
 import traceback
 
 from workbench.cli.common import CLIError
-from workbench.cli.experiments import add_diagnose, add_report, add_reproduce, add_results, add_sweep, add_zoo
+from workbench.cli.experiments import (
+    add_diagnose,
+    add_render,
+    add_report,
+    add_reproduce,
+    add_results,
+    add_sweep,
+    add_zoo,
+)
 from workbench.cli.training import add_data, add_demo, add_eval, add_training
 from workbench.errors import WorkbenchError
 
@@ -49,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_diagnose(sub)
     add_reproduce(sub)
     add_zoo(sub)
+    add_render(sub)
     return parser
 
 
