@@ -585,5 +585,12 @@ def shown_above(committed: CommittedResults, what: str) -> None:
     saying where it is (a notebook opened on its committed results shows each once)."""
     from IPython.display import Markdown, display
 
-    display(Markdown(f"{what}: in the committed block above (`{committed.folder.name}/README.md`), shown once; "
+    from workbench.experiments.execute import repo_root
+
+    folder = committed.folder
+    try:
+        folder = folder.resolve().relative_to(repo_root().resolve())
+    except ValueError:
+        pass
+    display(Markdown(f"{what}: in the committed block above (`{folder.as_posix()}/README.md`), shown once; "
                      "a sweep of your own (`results_dir = None`) draws it here."))
