@@ -12,6 +12,8 @@ One module per step, every public name re-exported here (notebooks use ``ex.<nam
                  existing_folder, record_point
     summary.py   the paper's experiments as results/<experiment>/: runs.csv, seed statistics with paired
                  differences, figures, a generated README (``python -m workbench results``)
+    render.py    an executed notebook as HTML that reads the same offline on any machine
+                 (``python -m workbench render``; imported from its module, not re-exported)
 
 A sweep runs one notebook once per point of a grid, each point in its own folder::
 
