@@ -76,6 +76,61 @@ def test_unknown_preset_is_an_argparse_error(capsys) -> None:
     assert "nope" in capsys.readouterr().err
 
 
+def test_evaluate_names_a_missing_checkpoint_first_in_one_line(tmp_path, capsys) -> None:
+    missing = tmp_path / "nonexistent.pt"
+    err = _error(["evaluate", "--checkpoint", str(missing)], capsys)  # no --dataset either: the checkpoint first
+    assert err.strip() == f"error: no checkpoint at {missing}"
+    err = _error(["evaluate", "--preset", "smoke"], capsys)
+    assert err.count("\n") == 1 and "--dataset NAME" in err and "market1501" in err
+    err = _error(["extract", "--dataset", "synthetic"], capsys)
+    assert "--out FILE" in err
+
+
+def test_pretrain_epochs_are_stage_1s_epochs(monkeypatch, capsys) -> None:
+    """`pretrain --epochs 4` used to set stage 2's epochs silently (stage 1 kept the preset's)."""
+    import workbench.engine as engine
+
+    class Started(Exception):
+        pass
+
+    seen = {}
+
+    def pretrain(cfg, run_dir, resume=False):  # stop where training would start
+        seen["cfg"] = cfg
+        raise Started
+
+    monkeypatch.setattr(engine, "pretrain", pretrain)
+    with pytest.raises(Started):
+        main(["pretrain", "--preset", "smoke", "--epochs", "4"])
+    assert seen["cfg"].train.pretrain_epochs == 4 and seen["cfg"].train.epochs == 2  # smoke's stage 2 untouched
+    err = _error(["pretrain", "--preset", "smoke", "--epochs", "4", "--pretrain-epochs", "3"], capsys)
+    assert "--epochs 4 and --pretrain-epochs 3" in err
+
+
+def test_an_argparse_error_is_two_lines_not_the_usage_block(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--dataset", "synthetic", "--batch-size", "many"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["python -m workbench evaluate: error: argument --batch-size: invalid int value: 'many'",
+                                "(python -m workbench evaluate --help lists the options)"]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--preset", "smoke", "--set", "lamda_cml=0"],
+                                  ["pretrain", "--preset", "smoke", "--set", "epochs=abc"],
+                                  ["evaluate", "--checkpoint", "/nonexistent.pt"], ["evaluate", "--dataset", "synthetic",
+                                                                                    "--bogus"]])
+def test_help_and_argument_errors_answer_without_loading_torch(argv) -> None:
+    """--help and bad arguments answer in a fraction of a second: torch (1.5 s to import on an idle
+    machine, 5 s under load) is not loaded before the input is checked."""
+    code = ("import sys, json\nfrom workbench.cli import main\ntry:\n    main(json.loads(sys.argv[1]))\n"
+            "except SystemExit:\n    pass\nprint('torch loaded' if 'torch' in sys.modules else 'no torch')")
+    import json
+
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "no torch", (out.stdout[-500:], out.stderr[-2000:])
+
+
 def test_public_api_resolves_lazily() -> None:
     code = ("import sys, workbench as wb; assert 'torch' not in sys.modules; "
             "[getattr(wb, n) for n in wb.__all__]; print(len(wb.__all__))")
@@ -149,3 +204,24 @@ def test_evaluate_with_amp_runs_bf16_channels_last_and_says_its_threads(tmp_path
     metrics = json.loads(out.read_text())
     assert 0 <= metrics["mAP"] <= 1 and metrics["num_query"] > 0
     assert "CPU threads: 1 thread (config" in caplog.text
+
+
+def test_the_tensorboard_line_names_the_venvs_tensorboard_when_it_is_not_on_path(tmp_path, monkeypatch, capsys) -> None:
+    from workbench.cli.common import print_tensorboard, tensorboard_command
+
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "tensorboard").write_text("#!/bin/sh\n")
+    (venv_bin / "tensorboard").chmod(0o755)
+    run = tmp_path / "runs" / "20260101-demo"
+    (run / "mar" / "tensorboard").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv is not activated
+    assert tensorboard_command(run) == ".venv/bin/tensorboard --logdir runs/20260101-demo"
+    print_tensorboard(run)
+    assert capsys.readouterr().out.startswith("curves: .venv/bin/tensorboard --logdir runs/20260101-demo")
+    monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")  # activated
+    assert tensorboard_command(run) == "tensorboard --logdir runs/20260101-demo"
+    print_tensorboard(tmp_path / "no-events")
+    assert capsys.readouterr().out == ""  # --no-tensorboard: no line

@@ -340,6 +340,45 @@ def test_progress_lines_when_stderr_is_not_a_tty(data_env, tmp_path, caplog) -> 
     assert "evaluating on" in text
 
 
+
+def test_smoke_shows_bars_and_a_notebook_without_bars_says_so(data_env, tmp_path, monkeypatch, capsys) -> None:
+    """Issue 38: smoke trained silently in notebooks 00 and 03 (progress=False): 10-20 s of [*]."""
+    from workbench.engine import trainer as tr
+
+    assert from_params({"preset": "smoke"}).train.progress  # bars in a notebook and on a terminal
+    monkeypatch.setattr(tr, "in_notebook", lambda: True)
+    monkeypatch.setenv("CI", "true")  # bars off: one line says so
+    pretrain(from_params({"preset": "smoke", "tensorboard": False}), tmp_path / "ci")
+    err = capsys.readouterr().err
+    assert "stage 1: 1 epoch(s) of 4 steps to train, without progress bars (CI is set in the environment)" in err
+    pretrain(from_params({"preset": "smoke", "tensorboard": False, "progress": False}), tmp_path / "off")
+    assert "without progress bars (progress=False)" in capsys.readouterr().err
+
+def test_the_eta_leaves_out_the_slow_first_step(monkeypatch, caplog) -> None:
+    """Step 1 of an epoch starts the loader's workers (on a real target it printed an ETA of 18:48 for an
+    epoch of 5.7 min): the ETA is the pace after it, or at step 1 the previous epoch's pace."""
+    import logging
+
+    from workbench.engine import progress as pg
+
+    clock = iter([0.0, 60.0, 70.0, 80.0])  # start; step 1 took 60 s, then 10 s a step
+    monkeypatch.setattr(pg.time, "perf_counter", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="workbench.engine"):
+        log = pg.ProgressLog("mar", 0, 2, 30, every_s=1000.0, enabled=True)
+        log.step(1, 16, 1.0)
+        log.step(2, 32, 1.0)  # logged at once: step 1's line had no ETA
+        log.step(3, 48, 1.0)  # not logged (every_s)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["mar epoch 1/2 step 1/30: loss 1, 0.3 images/s, epoch ETA after the next step",
+                     "mar epoch 1/2 step 2/30: loss 1, 0.5 images/s, epoch ETA 4:40"], lines
+    caplog.clear()
+    clock = iter([100.0, 160.0])
+    monkeypatch.setattr(pg.time, "perf_counter", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="workbench.engine"):
+        pg.ProgressLog("mar", 1, 2, 30, every_s=1000.0, enabled=True, previous_s_per_step=10.0).step(1, 16, 1.0)
+    assert caplog.records[0].getMessage().endswith("epoch ETA 4:50")  # 29 steps at the last epoch's pace
+
+
 def test_tensorboard_events_and_projector_are_readable(stage1, tmp_path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -352,11 +391,18 @@ def test_tensorboard_events_and_projector_are_readable(stage1, tmp_path) -> None
                 "train/n_neg", "train/lr", "train/images_per_s", "eval/rank1", "eval/mAP", "eval/mINP"):
         assert tag in tags, tag
     steps = len(_rows(result.run_dir / "steps.csv"))
-    assert [e.step for e in events.Scalars("train/loss")] == list(range(steps))
+    # stage 2's steps continue after stage 1's, so that the two stages' curves do not lie on top of each other
+    offset = len(_rows(stage1.run_dir / "steps.csv"))
+    assert offset > 0
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(offset, offset + steps))
     losses = [float(r["loss"]) for r in _rows(result.run_dir / "steps.csv")]
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(losses, rel=1e-6)
-    evals = events.Scalars("eval/mAP")  # before training (step 0) and after each epoch, in percent
+    evals = events.Scalars("eval/mAP")  # before training (where stage 1 ended) and after each epoch, in percent
     assert len(evals) == 3 and evals[-1].value == pytest.approx(100 * result.metrics["mAP"], rel=1e-5)
+    stage1_events = EventAccumulator(str(stage1.run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    stage1_events.Reload()
+    assert max(e.step for e in stage1_events.Scalars("train/loss")) == offset - 1
+    assert evals[0].step == offset == stage1_events.Scalars("eval/mAP")[-1].step
     # the projector: soft multilabels and features of the target training set, sprites, metadata
     config = (result.run_dir / "tensorboard" / "projector_config.pbtxt").read_text()
     assert "target/soft_multilabels" in config and "target/features" in config and "sprite" in config

@@ -258,6 +258,17 @@ def test_queries_without_valid_match_are_skipped():
     _assert_same(rank_metrics(d, qp, gp, qc, gc, ap="both"), ref)
 
 
+
+def test_the_one_line_says_over_how_many_queries_when_some_have_no_match():
+    from workbench.evaluation import format_metrics
+
+    m = {"rank1": 0.5, "rank5": 0.6, "rank10": 0.7, "mAP": 0.4, "mAP_devkit": 0.39, "mINP": 0.1}
+    assert format_metrics(m | {"num_valid": 32, "num_query": 32}).endswith("mINP 10.0")
+    line = format_metrics(m | {"num_valid": 23, "num_query": 32})
+    assert line.endswith("mINP 10.0  over 23 of 32 queries (9 have no match in another camera)"), line
+    assert format_metrics(m | {"num_valid": 8, "num_query": 9}).endswith("(1 has no match in another camera)")
+
+
 # ----------------------------------------------------------------------------------------------
 # rank_metrics: validation
 # ----------------------------------------------------------------------------------------------

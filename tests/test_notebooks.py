@@ -162,8 +162,8 @@ def test_training_in_a_notebook_shows_a_progress_bar_per_epoch(nb_env, stage1: P
     """Issue 22: a notebook that trains is not silent — a tqdm bar per epoch (a widget in JupyterLab) with
     the stage, epoch, loss terms, T and images/s."""
     monkeypatch.delenv("CI", raising=False)  # as a user's kernel: bars on
-    nb = execute("03_train_mar", {**SMOKE, "epochs": 2, "init_checkpoint": str(stage1), "extra": {"progress": True}},
-                 tmp_path)  # the smoke preset turns bars off
+    nb = execute("03_train_mar", {**SMOKE, "epochs": 2, "init_checkpoint": str(stage1)},
+                 tmp_path)  # the smoke preset's own settings show the bars (issue 38: they were off)
     text = "\n".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("text", ""))
                      for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     widgets = sum("application/vnd.jupyter.widget-view+json" in o.get("data", {})
@@ -384,7 +384,18 @@ def test_opened_from_the_repository_the_notebook_shows_the_committed_results(nam
     # preset="smoke", backbone="resnet50" above real-data MobileNetV2 results)
     assert markdown.startswith(f"**What is shown** (committed in `results/{experiment}`, nothing trains): "
                                "target cuhk01-market, reference cuhk03-msmt; mobilenet_v2 at 128x64; preset cpu")
-    assert images(nb) >= 1
+    # issue 38: each table and figure once (04 showed Table 3 and its figure in the committed block and again
+    # from its own cells): the README's first table row and its figure appear once in everything shown
+    readme = (folder / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(readme) if line.startswith("| ---"))
+    first_row = next(line for line in readme[start + 1:] if "direct transfer" not in line)  # a row of ours
+    shown = "".join(str(v) for c in nb.cells if c.cell_type == "code" for o in c.outputs  # what a reader sees
+                    for v in [o.get("data", {}).get("text/markdown", ""), o.get("data", {}).get("text/html", ""),
+                              o.get("text", "")])
+    assert shown.count(first_row) == 1, first_row  # the notebook's own table cell wrote the same row
+    assert markdown.count("data:image/png;base64,") == sum("](" in line and ".png)" in line for line in readme)
+    assert images(nb) == 0, "a figure drawn again below the committed block"
+    assert "in the committed block above" in markdown
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -445,7 +456,15 @@ def test_08_opens_the_newest_fitting_run_and_never_trains_by_surprise(nb_env, tm
                  tmp_path / "found")
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert f"run: {demo / 'mar'}" in printed
+    # issue 38: it says which run it picked and how to open another
+    assert ("opened the newest finished stage-2 run of preset 'smoke' and this data under" in printed
+            and "(1 found); to open another, set run_dir in the parameters cell" in printed), printed
     assert sorted(p.name for p in runs.iterdir()) == ["20250101-000000-demo"]  # still nothing else trained
+    # a typo in run_dir: the folder does not exist (not "holds no checkpoint"), with the close name
+    with pytest.raises(Exception, match=r"run_dir = '\S*/mra': the folder \S*/mra does not exist; did you mean "
+                                        r"\S*20250101-000000-demo/mar\?"):
+        execute("08_soft_label_explorer", {"run_dir": str(demo / "mra"), "embedding": "pca", "save_figures": False},
+                tmp_path / "typo")
 
 
 @pytest.mark.notebooks

@@ -302,6 +302,41 @@ def _png_of(explorer) -> str:
     return [o["data"]["image/png"] for o in explorer.output.outputs if "image/png" in o["data"]][0]
 
 
+def test_image_explorer_keeps_up_with_key_presses(views, monkeypatch) -> None:
+    """Issue 38: in JupyterLab five presses on the image slider drew five figures one after the other (about
+    0.4 s each), so the slider sat at 5 while image 1 still showed. In a kernel the explorer draws on a worker,
+    only the latest position once the presses stop, and shows a drawing it made before at once."""
+    import time
+
+    ex = ImageExplorer(views, k=5, retrieval_k=4, background=True)
+    drawn: list[int] = []
+    render = ImageExplorer.render
+
+    def slow_render(self):
+        drawn.append(self.index.value)
+        time.sleep(0.3)  # a drawing's matplotlib time
+        return render(self)
+
+    monkeypatch.setattr(ImageExplorer, "render", slow_render)
+    started = time.perf_counter()
+    for i in range(1, 6):
+        ex.index.value = i  # five presses, 0.05 s apart: each returns at once
+        time.sleep(0.05)
+    assert time.perf_counter() - started < 0.6
+    ex.wait()
+    assert ex.last["index"] == 5 and drawn == [5], drawn  # one drawing, of where the presses stopped
+    ex.index.value = 0
+    ex.wait()
+    import workbench.viz.widgets as widgets
+
+    figures = []
+    monkeypatch.setattr(widgets, "plot_soft_label", lambda *a, **k: figures.append(1))
+    ex.index.value = 5  # drawn before: from the explorer's cache, no new figure
+    ex.wait()
+    assert ex.last["index"] == 5 and "image/png" in ex.output.outputs[-1]["data"] and figures == []
+    assert ImageExplorer(views, background=False).background is False  # scripts and tests: at once
+
+
 def test_image_explorer_follows_its_controls(views) -> None:
     ex = ImageExplorer(views, k=5, retrieval_k=4)
     assert ex.last["model"] == "after" and ex.last["part"] == "query" and ex.last["index"] == 0

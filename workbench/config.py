@@ -469,7 +469,7 @@ def preset_smoke() -> Config:
         model=ModelConfig(backbone="mobilenet_v2", pretrained=None, stages=("layer4",), embed_dim=None),
         train=TrainConfig(pretrain_epochs=1, pretrain_batch_size=16, pretrain_lr=0.01, pretrain_weight_decay=5e-4,
                           epochs=2, n_target=12, n_reference=12, lr=2e-4, weight_decay=5e-4, milestones=(),
-                          eval_every=0, eval_batch_size=64, progress=False),
+                          eval_every=0, eval_batch_size=64),
         preset="smoke",
     )
 

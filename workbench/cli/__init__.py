@@ -2,8 +2,8 @@
 
 Commands: ``demo`` (the README's main job: both stages on the synthetic set), ``pretrain`` and
 ``train`` (stage 1 and stage 2, resumable with ``--resume``), ``evaluate`` and ``extract`` (a
-checkpoint on a dataset), ``data`` (generate the synthetic set, describe a dataset) and ``sweep``
-(a notebook over a parameter grid). Bad input (the workbench's own error types) is one
+checkpoint on a dataset), ``data`` (generate the synthetic set, describe a dataset), ``sweep``
+(a notebook over a parameter grid) and ``render`` (a notebook executed, as offline HTML). Bad input (the workbench's own error types) is one
 ``error:`` line with exit status 2; anything else keeps its traceback.
 """
 from __future__ import annotations
@@ -14,7 +14,15 @@ import sys
 import traceback
 
 from workbench.cli.common import CLIError
-from workbench.cli.experiments import add_diagnose, add_report, add_reproduce, add_results, add_sweep, add_zoo
+from workbench.cli.experiments import (
+    add_diagnose,
+    add_render,
+    add_report,
+    add_reproduce,
+    add_results,
+    add_sweep,
+    add_zoo,
+)
 from workbench.cli.training import add_data, add_demo, add_eval, add_training
 from workbench.errors import WorkbenchError
 
@@ -23,8 +31,16 @@ __all__ = ["CLIError", "build_parser", "main"]
 
 # ----------------------------------------------------------------------------- entry point
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with an argument error in two lines (the error, and where the options are listed)
+    instead of the whole usage block of a command with twenty options."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n({self.prog} --help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m workbench",
         description="ReID workbench: unsupervised person re-identification by soft multilabel learning.",
     )
@@ -41,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_diagnose(sub)
     add_reproduce(sub)
     add_zoo(sub)
+    add_render(sub)
     return parser
 
 

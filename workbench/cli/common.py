@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sys
+from pathlib import Path
 
 
 class CLIError(Exception):
@@ -19,19 +22,20 @@ FLAGS = {
     "backbone": "resnet50 | seresnet50 | mobilenet_v2",
     "pretrained": "backbone init: imagenet | PATH | none", "stages": "fused stages, e.g. layer1+layer3+layer4",
     "epochs": "joint-training epochs", "pretrain_epochs": "reference-pretraining epochs",
-    "device": "auto | cpu | cuda | cuda:N", "threads": "CPU threads (default: OMP_NUM_THREADS, else the free cores)",
+    "device": "auto | cpu | cuda | cuda:N", "threads": "CPU threads (default: OMP_NUM_THREADS, else the cores idle now)",
     "workers": "DataLoader workers", "seed": "random seed",
     "image_size": "H,W (paper 384,128)",
 }
 
 
-def add_config_options(p: argparse.ArgumentParser) -> None:
+def add_config_options(p: argparse.ArgumentParser, helps: dict[str, str] | None = None) -> None:
+    """The preset, the convenience flags (``helps`` replaces some of their help texts) and ``--set``."""
     from workbench.config import PRESETS
 
     g = p.add_argument_group("configuration (preset, then flags, then --set)")
     g.add_argument("--preset", default=None, choices=sorted(PRESETS), help="base settings (default: demo)")
     for name, text in FLAGS.items():
-        g.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=text)
+        g.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=(helps or {}).get(name, text))
     g.add_argument("--amp", dest="amp", action="store_true", default=None,
                    help="mixed precision (fp16 on CUDA, bf16 on CPU)")
     g.add_argument("--no-amp", dest="amp", action="store_false")
@@ -64,6 +68,34 @@ def config_from_args(args: argparse.Namespace, default_preset: str = "demo", sav
 def print_main(text: str) -> None:
     if os.environ.get("RANK", "0") == "0":
         print(text)
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working folder when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return str(path)
+
+
+def tensorboard_command(logdir: str | os.PathLike) -> str:
+    """``tensorboard --logdir LOGDIR`` as it runs from here: the ``tensorboard`` next to this Python
+    (``.venv/bin/tensorboard`` for the checkout's venv when it is not activated), else on PATH."""
+    beside = Path(sys.executable).parent / "tensorboard"
+    if beside.is_file():
+        on_path = shutil.which("tensorboard")
+        same = on_path is not None and Path(on_path).resolve() == beside.resolve()
+        exe = "tensorboard" if same else _shown(beside)
+    else:
+        exe = "tensorboard"
+    return f"{exe} --logdir {_shown(Path(logdir))}"
+
+
+def print_tensorboard(logdir: str | os.PathLike) -> None:
+    """The last line of a training command: how to see its curves (when it wrote TensorBoard events)."""
+    logdir = Path(logdir)
+    if any(logdir.glob("tensorboard")) or any(logdir.glob("*/tensorboard")):
+        print_main(f"curves: {tensorboard_command(logdir)}  (then http://localhost:6006)")
 
 
 def print_metrics(title: str, metrics: dict) -> None:

@@ -1,5 +1,5 @@
-"""The experiment-side commands: ``sweep`` (a notebook over a grid), ``report``, ``results`` and
-``diagnose``."""
+"""The experiment-side commands: ``sweep`` (a notebook over a grid), ``report``, ``results``,
+``diagnose``, ``reproduce``, ``zoo`` and ``render`` (a notebook executed, as offline HTML)."""
 from __future__ import annotations
 
 import argparse
@@ -278,3 +278,43 @@ def add_zoo(sub: argparse._SubParsersAction) -> None:
     zp.add_argument("--replace", action="store_true", help="add: replace an entry of that name")
     zp.add_argument("--root", default=None, help="the zoo folder (default: zoo/ in the checkout, or WORKBENCH_ZOO)")
     zp.set_defaults(func=_cmd_zoo)
+
+
+# ----------------------------------------------------------------------------- render
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from workbench.errors import MissingFileError
+
+    if not Path(args.notebook).is_file():
+        raise MissingFileError(f"no notebook at {args.notebook}")
+    if not args.out.endswith((".html", ".htm")):
+        raise CLIError(f"--out {args.out}: expected an .html file")
+    from workbench.experiments import parse_value
+    from workbench.experiments.render import render_notebook
+
+    if not args.verbose:  # papermill logs every cell at INFO
+        logging.getLogger("papermill").setLevel(logging.WARNING)
+    params = {name: parse_value(value) for name, value in args.parameters}
+    try:
+        out = render_notebook(args.notebook, args.out, params, kernel_name=args.kernel, timeout=args.timeout)
+    except ValueError as err:  # a parameter the notebook does not declare
+        raise CLIError(str(err)) from None
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): math rendered here, no script from the network, "
+          "paths relative to the repository")
+    return 0
+
+
+def add_render(sub: argparse._SubParsersAction) -> None:
+    rd = sub.add_parser("render", help="execute a notebook with papermill (in notebooks/) and write it as HTML that "
+                                       "reads the same offline on any machine")
+    rd.add_argument("notebook", metavar="NOTEBOOK.ipynb", help="e.g. notebooks/04_loss_ablation.ipynb")
+    rd.add_argument("--out", required=True, metavar="FILE.html", help="the HTML file to write")
+    rd.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append", default=[],
+                    metavar=("NAME", "VALUE"), help="a parameter, read as YAML (as papermill -p does; relative "
+                                                    "paths are read from the repository root), e.g. -p results_dir "
+                                                    "results/loss_ablation (repeatable)")
+    rd.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    rd.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
+    rd.set_defaults(func=_cmd_render)

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.cli.common import CLIError, add_config_options, config_from_args, print_main, print_metrics
-from workbench.data.datasets import READERS, load_dataset
+from workbench.cli.common import (
+    CLIError,
+    add_config_options,
+    config_from_args,
+    print_main,
+    print_metrics,
+    print_tensorboard,
+)
+from workbench.data.datasets import READERS, load_dataset  # no torch: the parser and its errors stay fast
 from workbench.threads import configure_threads
 
 
@@ -76,38 +83,54 @@ def _resume(args: argparse.Namespace, folder):
     return resume_run(folder.path, config_from_args(args, saved=folder.config()))
 
 
-def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from workbench.engine import pretrain
+def _stage1_epochs(args: argparse.Namespace) -> None:
+    """In ``pretrain``, ``--epochs N`` means stage 1's epochs (the only ones it trains), as
+    ``--pretrain-epochs N`` does; both with different values are refused."""
+    if args.epochs is None:
+        return
+    if args.pretrain_epochs is not None and str(args.pretrain_epochs) != str(args.epochs):
+        raise CLIError(f"pretrain: --epochs {args.epochs} and --pretrain-epochs {args.pretrain_epochs} disagree; in "
+                       "pretrain both name stage 1's epochs: give one")
+    args.pretrain_epochs, args.epochs = args.epochs, None
 
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    _stage1_epochs(args)
     if (folder := _resumable(args)) is not None:
         result = _resume(args, folder)
     else:
-        result = pretrain(config_from_args(args), args.run_dir, resume=args.resume)
+        cfg = config_from_args(args)  # a bad --set is reported before torch loads
+        from workbench.engine import pretrain
+
+        result = pretrain(cfg, args.run_dir, resume=args.resume)
     print_metrics("stage 1 (direct transfer to the target)", result.metrics)
     print_main(f"run folder: {result.run_dir}")
+    print_tensorboard(result.run_dir)
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from workbench.engine import train_mar
-
     if (folder := _resumable(args)) is not None:
         result = _resume(args, folder)
     else:
-        cfg = config_from_args(args)  # a bad --set is reported before anything else
+        cfg = config_from_args(args)  # a bad --set is reported before anything else (and before torch loads)
         if args.init is None and not args.no_pretraining:
             raise CLIError("train needs --init STAGE1_CHECKPOINT (or --no-pretraining for the ablation)")
+        from workbench.engine import train_mar
+
         result = train_mar(cfg, args.run_dir, init_checkpoint=args.init, resume=args.resume)
     if "initial" in result.metrics:
         print_metrics("before joint training", result.metrics["initial"])
     print_metrics("after joint training", result.metrics)
     print_main(f"run folder: {result.run_dir}")
+    print_tensorboard(result.run_dir)
     return 0
 
 
 def add_training(sub: argparse._SubParsersAction) -> None:
     pre = sub.add_parser("pretrain", help="stage 1: backbone + agents on the labeled reference set (L_AL)")
-    add_config_options(pre)
+    add_config_options(pre, helps={"epochs": "stage-1 epochs (here the same as --pretrain-epochs)",
+                                   "pretrain_epochs": "stage-1 epochs (--epochs says the same here)"})
     pre.add_argument("--run-dir", default=None, help="run folder (default: runs/<time>-pretrain)")
     pre.add_argument("--resume", action="store_true", help="continue the checkpoint in --run-dir")
     pre.set_defaults(func=_cmd_pretrain)
@@ -159,7 +182,24 @@ def _eval_model(args: argparse.Namespace, device):
     return net, channels_last
 
 
+def _check_eval_inputs(args: argparse.Namespace) -> None:
+    """What ``evaluate`` and ``extract`` are given, checked before torch loads: the checkpoint first (the
+    thing a user most often gets wrong), then the dataset (one line each, not argparse's usage block)."""
+    from pathlib import Path
+
+    from workbench.errors import CheckpointError
+
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise CheckpointError(f"no checkpoint at {args.checkpoint}" + (
+            " (a folder: name its checkpoint.pt)" if Path(args.checkpoint).is_dir() else ""))
+    if not args.dataset:
+        raise CLIError(f"{args.command} needs --dataset NAME (one of {', '.join(READERS)}; --root FOLDER for its "
+                       "files)")
+    config_from_args(args)  # a bad --set or preset value, before torch loads
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    _check_eval_inputs(args)
     from workbench.distributed import resolve_device
     from workbench.evaluation import evaluate
     from workbench.runs import write_json
@@ -180,6 +220,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
+    _check_eval_inputs(args)
+    if not args.out:
+        raise CLIError("extract needs --out FILE (.pt: a dict; .npy: one split; .npz)")
     import io
 
     import numpy as np
@@ -225,7 +268,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--checkpoint", default=None,
                        help="checkpoint.pt (default: the configured backbone with its pretrained weights)")
-        p.add_argument("--dataset", required=True, help=f"one of {', '.join(READERS)}")
+        p.add_argument("--dataset", default=None, help=f"one of {', '.join(READERS)} (required)")
         p.add_argument("--root", default=None, help="dataset folder")
         p.add_argument("--batch-size", type=int, default=128)
         p.add_argument("--flip", action="store_true", help="average with the mirrored image's feature")
@@ -236,7 +279,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--out", default=None, help="write the metrics to this JSON file")
         else:
             p.add_argument("--split", default="all", choices=("train", "query", "gallery", "all"))
-            p.add_argument("--out", required=True, help="output file: .pt (dict), .npy (one split) or .npz")
+            p.add_argument("--out", default=None, help="output file: .pt (dict), .npy (one split) or .npz (required)")
         p.set_defaults(func=func)
 
 
@@ -246,10 +289,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    cfg = config_from_args(args, default_preset="demo")  # a bad --set is reported before torch loads
     from workbench.engine import pretrain, train_mar
     from workbench.runs import new_run_dir
 
-    cfg = config_from_args(args, default_preset="demo")
     started = time.perf_counter()
     root = Path(args.run_dir) if args.run_dir else new_run_dir("demo")
     print(f"demo: synthetic target + reference domains, {cfg.model.backbone}, {cfg.data.image_size[0]}x"
@@ -266,6 +309,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print()
     print(report(root))  # the same table as `python -m workbench report RUN_FOLDER`
     print(f"\nrun folder: {root}  ({time.perf_counter() - started:.0f} s)")
+    print_tensorboard(root)  # both stages, one after the other
     return 0
 
 

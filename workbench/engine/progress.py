@@ -34,23 +34,49 @@ class ProgressLog:
     """Log lines during an epoch when no progress bar is shown (not a TTY: nohup, notebooks, CI).
 
     The first step is logged at once, then one line every ``every_s`` seconds: step/steps, images/s
-    and the epoch's ETA.
+    and the epoch's ETA. The first step of an epoch pays for starting the loader's workers and filling
+    caches (on a real target it took three times a later step), so the ETA leaves it out: it is the
+    pace of the steps after the first, or, at step 1, the previous epoch's pace
+    (``previous_s_per_step``); with neither (step 1 of the first epoch) the line says that the ETA
+    comes with the next step, which is then logged at once.
     """
 
-    def __init__(self, stage: str, epoch: int, epochs: int, steps: int, every_s: float, *, enabled: bool) -> None:
+    def __init__(self, stage: str, epoch: int, epochs: int, steps: int, every_s: float, *, enabled: bool,
+                 previous_s_per_step: float | None = None) -> None:
         self.stage, self.epoch, self.epochs, self.steps = stage, epoch, epochs, steps
         self.every_s, self.enabled = every_s, enabled
+        self.previous_s_per_step = previous_s_per_step
         self.start = self.last = time.perf_counter()
+        self.first_done: float | None = None  # when step 1 ended
         self.logged_first = False
+        self.eta_pending = False  # step 1 was logged without an ETA: log the next step at once
+
+    def eta(self, done: int, now: float) -> float | None:
+        """Seconds left in the epoch after ``done`` steps, or None when nothing tells yet."""
+        if done >= 2 and self.first_done is not None:
+            per_step = (now - self.first_done) / (done - 1)
+        elif self.previous_s_per_step:
+            per_step = self.previous_s_per_step
+        else:
+            return None
+        return per_step * (self.steps - done)
 
     def step(self, done: int, images: int, loss: float) -> None:
         if not self.enabled:
             return
         now = time.perf_counter()
-        if self.logged_first and now - self.last < self.every_s and done < self.steps:
+        if done == 1:
+            self.first_done = now
+        if (self.logged_first and not self.eta_pending and now - self.last < self.every_s
+                and done < self.steps):
             return
         self.logged_first, self.last = True, now
         elapsed = max(now - self.start, 1e-9)
-        eta = elapsed / done * (self.steps - done)
-        log.info("%s epoch %d/%d step %d/%d: loss %.4g, %.1f images/s, epoch ETA %d:%02d", self.stage,
-                 self.epoch + 1, self.epochs, done, self.steps, loss, images / elapsed, eta // 60, eta % 60)
+        eta = self.eta(done, now)
+        self.eta_pending = eta is None and done < self.steps
+        if eta is None:
+            eta_text = "epoch ETA after the next step" if done < self.steps else "epoch done"
+        else:
+            eta_text = f"epoch ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+        log.info("%s epoch %d/%d step %d/%d: loss %.4g, %.1f images/s, %s", self.stage,
+                 self.epoch + 1, self.epochs, done, self.steps, loss, images / elapsed, eta_text)

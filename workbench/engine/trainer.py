@@ -141,6 +141,9 @@ class Trainer:
         self.extra_metrics: dict = {}
         self.record = RunRecord(stage=self.stage, method=self.method, seed=cfg.train.seed, threads=self.threads.threads)
         self.tb: TensorBoardLog | None = None
+        #: TensorBoard's step of this run's first step: stage 2 continues after its stage 1's steps, so
+        #: that ``tensorboard --logdir`` on a demo or a sweep draws the two stages one after the other
+        self.step_offset = 0
 
     # -- to implement
     def compute_losses(self, batch, epoch: int) -> dict[str, torch.Tensor]:
@@ -157,6 +160,21 @@ class Trainer:
     def _image_cache(self, samples) -> ImageCache | None:
         d = self.cfg.data
         return ImageCache(samples, d.image_size) if d.cache_images else None
+
+    def continue_steps_of(self, checkpoint: str | Path | None) -> None:
+        """Number TensorBoard's steps after those of the run that wrote ``checkpoint`` (the rows of its
+        ``steps.csv``; none when it has none, e.g. a zoo entry)."""
+        if checkpoint is None:
+            return
+        try:
+            with open(RunFolder(Path(checkpoint).parent).steps_path, "rb") as f:
+                self.step_offset = max(0, sum(1 for _ in f) - 1)  # less the header
+        except OSError:
+            self.step_offset = 0
+
+    def global_step(self, epoch: int, step: int = 0) -> int:
+        """TensorBoard's step of ``step`` in ``epoch`` (0-based), after :attr:`step_offset`."""
+        return self.step_offset + epoch * self.steps_per_epoch + step
 
     def _set_optimizer(self, lr: float, weight_decay: float, milestones, kind: str = "sgd") -> None:
         self.optimizer = build_optimizer(self.net, lr, weight_decay, self.cfg.train.momentum, kind)
@@ -187,7 +205,7 @@ class Trainer:
         metrics = evaluate(self.net, self.target, image_size=self.cfg.data.image_size, batch_size=t.eval_batch_size,
                            workers=self.cfg.data.workers, device=self.device, amp=self.use_amp,
                            channels_last=self.channels_last, flip=t.flip_test)
-        log.info("%s: evaluated in %.0f s: %s (%%)", self.label, time.perf_counter() - started,
+        log.info("%s: evaluated in %.0f s, in %%: %s", self.label, time.perf_counter() - started,
                  format_metrics(metrics))
         return metrics
 
@@ -212,9 +230,9 @@ class Trainer:
         if self.ctx.is_main:
             initial = self.evaluate_target()
             self.extra_metrics["initial"] = {k: initial[k] for k in METRIC_KEYS}
-            log.info("before joint training: %s (%%)", format_metrics(initial))
+            log.info("before joint training, in %%: %s", format_metrics(initial))
             if self.tb is not None:
-                self.tb.evaluation(0, initial)
+                self.tb.evaluation(self.global_step(0), initial)
 
     def state_dict(self, epoch: int) -> dict:
         return {
@@ -230,6 +248,7 @@ class Trainer:
             "history": self.history,
             "steps": self.steps,
             "extra_metrics": self.extra_metrics,
+            "step_offset": self.step_offset,
         }
 
     def load_state(self, state: dict) -> None:
@@ -241,6 +260,7 @@ class Trainer:
         self.history = list(state["history"])
         self.steps = list(state["steps"])
         self.extra_metrics = dict(state.get("extra_metrics", {}))
+        self.step_offset = int(state.get("step_offset", 0))
         self.start_epoch = self.good_epoch = int(state["epoch"]) + 1
 
     def _try_resume(self) -> bool:
@@ -312,12 +332,20 @@ class Trainer:
         show = (self.cfg.train.progress and self.ctx.is_main and (sys.stderr.isatty() or notebook)
                 and not os.environ.get("CI"))
         # in a notebook one bar per epoch stays (a widget in JupyterLab): the run's history at a glance
-        bar = tqdm(total=self.steps_per_epoch, desc=f"{STAGE_TITLES.get(self.stage, self.stage)}{f' ({self.method})' if self.method else ''} epoch "
-                   f"{epoch + 1}/{self.num_epochs}", disable=not show, leave=notebook, dynamic_ncols=True,
-                   unit="step")
+        if notebook and not show and self.ctx.is_main and epoch == self.start_epoch:
+            # no bar in a notebook would leave a cell at [*] for the whole run with nothing to see
+            why = "progress=False" if not self.cfg.train.progress else "CI is set in the environment"
+            print(f"{STAGE_TITLES.get(self.stage, self.stage)}: {self.num_epochs - epoch} epoch(s) of "
+                  f"{self.steps_per_epoch} steps to train, without progress bars ({why}); the cell ends "
+                  "when they are done", file=sys.stderr, flush=True)
+        title = f"{STAGE_TITLES.get(self.stage, self.stage)}{f' ({self.method})' if self.method else ''}"
+        bar = tqdm(total=self.steps_per_epoch, desc=f"{title} epoch {epoch + 1}/{self.num_epochs}", disable=not show,
+                   leave=notebook, dynamic_ncols=True, unit="step")
         start = time.perf_counter()
+        previous = self.history[-1].get("seconds") if self.history else None  # the last epoch's pace
         progress = ProgressLog(self.label, epoch, self.num_epochs, self.steps_per_epoch,
-                                self.cfg.train.log_every_s, enabled=self.ctx.is_main and not show)
+                               self.cfg.train.log_every_s, enabled=self.ctx.is_main and not show,
+                               previous_s_per_step=previous / self.steps_per_epoch if previous else None)
         last = start
         for step, batch in enumerate(self.batches(epoch)):
             with self.autocast():
@@ -337,7 +365,7 @@ class Trainer:
             faults.point("step")
             if self.tb is not None:
                 now = time.perf_counter()
-                self.tb.step(epoch * self.steps_per_epoch + step, row, self.optimizer.param_groups[0]["lr"],
+                self.tb.step(self.global_step(epoch, step), row, self.optimizer.param_groups[0]["lr"],
                              self.batch_images(batch) * self.ctx.world_size / max(now - last, 1e-9))
                 last = now
             if show:
@@ -407,7 +435,7 @@ class Trainer:
                 self.record.started, self.record.commit = _now(), source_commit()
             self._write_record()
             if self.cfg.train.tensorboard:
-                self.tb = TensorBoardLog(self.run_dir, purge_step=self.start_epoch * self.steps_per_epoch)
+                self.tb = TensorBoardLog(self.run_dir, purge_step=self.global_step(self.start_epoch))
             try:
                 result = self._fit(resumed)
             except Exception as err:
@@ -450,7 +478,7 @@ class Trainer:
                     metrics = self.evaluate_target()
                     row |= {k: metrics[k] for k in METRIC_KEYS}
                     if self.tb is not None:
-                        self.tb.evaluation((epoch + 1) * self.steps_per_epoch, metrics)
+                        self.tb.evaluation(self.global_step(epoch + 1), metrics)
                 barrier(self.ctx)
             self.history.append(row)
             log.info("%s epoch %d/%d: %s", self.label, epoch + 1, self.num_epochs,
@@ -482,7 +510,7 @@ class Trainer:
             metrics = self.final_metrics(evaluation)
             if self.tb is not None:
                 faults.point("projector")
-                self.write_projector(epochs_done * self.steps_per_epoch)
+                self.write_projector(self.global_step(epochs_done))
             self.folder.write_metrics(metrics)
         if self.ctx.distributed:
             holder = [metrics]

@@ -200,6 +200,6 @@ def evaluate(model: torch.nn.Module, split: Any, *, image_size: tuple[int, int] 
     if return_distmat:
         result.update(qf=qf, gf=gf, q_pids=q_pids, g_pids=g_pids, q_camids=q_camids,
                       g_camids=g_camids)
-    logger.info("evaluation: %s (%%)  (%d queries, %d gallery, %.1fs)", format_metrics(result),
-                result["num_valid"], result["num_gallery"], result["seconds"])
+    logger.info("evaluation of %d queries against %d gallery images in %.1f s, in %%: %s", result["num_query"],
+                result["num_gallery"], result["seconds"], format_metrics(result))
     return result

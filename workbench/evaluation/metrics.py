@@ -49,10 +49,21 @@ JUNK_PID = -1  # gallery images with this pid never count
 
 
 def format_metrics(metrics: Any) -> str:
-    """One line in percent: ``rank-1 61.2  rank-5 80.1  rank-10 85.3  mAP 40.0 (devkit 38.1)  mINP 12.3``."""
+    """One line in percent: ``rank-1 61.2  rank-5 80.1  rank-10 85.3  mAP 40.0 (devkit 38.1)  mINP 12.3``.
+
+    When some queries have no valid match (``num_valid`` < ``num_query``: no image of the same person
+    from another camera in the gallery), the line ends with over how many queries the scores are, e.g.
+    ``… mINP 12.3  over 23 of 32 queries (9 have no match in another camera)``.
+    """
     m = {k: 100.0 * float(metrics[k]) for k in METRIC_KEYS}
-    return (f"rank-1 {m['rank1']:.1f}  rank-5 {m['rank5']:.1f}  rank-10 {m['rank10']:.1f}  mAP {m['mAP']:.1f} "
+    line = (f"rank-1 {m['rank1']:.1f}  rank-5 {m['rank5']:.1f}  rank-10 {m['rank10']:.1f}  mAP {m['mAP']:.1f} "
             f"(devkit {m['mAP_devkit']:.1f})  mINP {m['mINP']:.1f}")
+    valid, queries = metrics.get("num_valid"), metrics.get("num_query")
+    if valid is not None and queries is not None and int(valid) < int(queries):
+        skipped = int(queries) - int(valid)
+        line += (f"  over {int(valid)} of {int(queries)} queries ({skipped} ha{'ve' if skipped != 1 else 's'} no "
+                 "match in another camera)")
+    return line
 
 
 def valid_gallery_mask(q_pid: Any, q_camid: Any, g_pids: Any, g_camids: Any) -> np.ndarray:

@@ -8,7 +8,8 @@ One module per step, every public name re-exported here (notebooks use ``ex.<nam
     results.py   collect a sweep folder, select, paper_table / paper_rows, curve, metrics tables
     report.py    markdown tables and results CSVs (``python -m workbench report``)
     paper.py     the paper's numbers (PAPER.md) and the ablation / fusion / pretraining definitions
-    notebook.py  notebook-side helpers: notebook_config, ensure_run, find_run, record_point
+    notebook.py  notebook-side helpers: notebook_config, ensure_run, find_run, finished_runs, run_choice,
+                 existing_folder, record_point
     catalog.py   EXPERIMENTS: the paper's tables and figures as rows over run records
     records.py   run records from sweep folders and results folders
     stats.py     seeds, paired intervals, budgets, curves (numbers)
@@ -18,6 +19,8 @@ One module per step, every public name re-exported here (notebooks use ``ex.<nam
     committed.py committed results as notebooks and ``report`` show them
     recipes.py   recipe.yaml: what makes a results folder; plan.py: its runs and their cost
     reproduce.py ``workbench reproduce``: a recipe back into its folder
+    render.py    an executed notebook as HTML that reads the same offline on any machine
+                 (``python -m workbench render``; imported from its module, not re-exported)
 
 A sweep runs one notebook once per point of a grid, each point in its own folder::
 
@@ -61,10 +64,14 @@ from workbench.experiments.grids import (
 from workbench.experiments.notebook import (
     DATA_PARAMETERS,
     ensure_run,
+    existing_folder,
     find_run,
+    finished_runs,
     notebook_config,
     notebook_out_dir,
     record_point,
+    run_choice,
+    shown_path,
 )
 from workbench.experiments.paper import (
     FUSION_COMBINATIONS,
@@ -89,7 +96,13 @@ from workbench.experiments.results import (
 from workbench.experiments.catalog import EXPERIMENTS
 from workbench.experiments.records import records_at_epoch
 from workbench.experiments.stats import at_budget, gradient_table, label_points, seed_summary, seed_table
-from workbench.experiments.committed import CommittedResults, committed_curves, committed_results, show_committed
+from workbench.experiments.committed import (
+    CommittedResults,
+    committed_curves,
+    committed_results,
+    show_committed,
+    shown_above,
+)
 from workbench.experiments.folder import ResultsFolder
 from workbench.experiments.markdown import budget_markdown, summary_markdown
 from workbench.experiments.summary import compute_tables, write_experiment
@@ -103,7 +116,7 @@ from workbench.experiments.sweep import (
 
 __all__ = [
     "load_grid", "one_at_a_time", "parse_value", "point_name",
-    "DATA_PARAMETERS", "ensure_run", "find_run", "notebook_config", "notebook_out_dir",
+    "DATA_PARAMETERS", "ensure_run", "existing_folder", "find_run", "finished_runs", "run_choice", "shown_path", "notebook_config", "notebook_out_dir",
     "record_point",
     "FUSION_COMBINATIONS", "LOSS_ABLATION", "METHOD_COMPARISON", "PAPER_METRICS", "PAPER_NETWORKS", "PAPER_RESULTS",
     "PRETRAINING_ABLATION", "pretraining_points",
@@ -113,7 +126,7 @@ __all__ = [
     "read_status", "repo_path", "repo_root", "resolve_notebook", "run_notebook", "shared_stage1", "sweep",
     "EXPERIMENTS", "CommittedResults", "at_budget", "budget_markdown", "committed_curves", "committed_results", "gradient_table", "label_points", "records_at_epoch",
     "seed_summary", "seed_table",
-    "show_committed", "summary_markdown", "write_experiment", "compute_tables", "ResultsFolder",
+    "show_committed", "shown_above", "summary_markdown", "write_experiment", "compute_tables", "ResultsFolder",
     "agent_similarity",
 ]
 

@@ -152,3 +152,19 @@ def show_committed(results_dir: str | os.PathLike | None) -> CommittedResults | 
                      "apply only to a sweep of your own (`results_dir = None`)."))
     display(committed)
     return committed
+
+
+def shown_above(committed: CommittedResults, what: str) -> None:
+    """In place of a table or figure that the committed block at the top already shows: one line
+    saying where it is (a notebook opened on its committed results shows each once)."""
+    from IPython.display import Markdown, display
+
+    from workbench.experiments.execute import repo_root
+
+    folder = committed.folder
+    try:
+        folder = folder.resolve().relative_to(repo_root().resolve())
+    except ValueError:
+        pass
+    display(Markdown(f"{what}: in the committed block above (`{folder.as_posix()}/README.md`), shown once; "
+                     "a sweep of your own (`results_dir = None`) draws it here."))

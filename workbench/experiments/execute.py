@@ -160,7 +160,8 @@ def resolve_notebook(name: str | os.PathLike, parameter: str = "train_notebook")
 
 
 def run_notebook(path: str | os.PathLike, params: Mapping[str, Any] | None, out_dir: str | os.PathLike, *,
-                 kernel_name: str = "python3", timeout: float | None = None, progress: bool = False) -> Path:
+                 kernel_name: str = "python3", timeout: float | None = None, progress: bool = False,
+                 as_given: bool = False) -> Path:
     """Execute a notebook with papermill into ``out_dir/<notebook name>``.
 
     The kernel runs in the notebook's own folder (as in JupyterLab), so ``"03_train_mar.ipynb"``
@@ -175,6 +176,9 @@ def run_notebook(path: str | os.PathLike, params: Mapping[str, Any] | None, out_
         kernel_name: Jupyter kernel.
         timeout: per-cell timeout in seconds (None: no limit).
         progress: papermill's per-cell progress bar.
+        as_given: pass the parameters as they are (relative paths stay relative: the notebooks read them
+            from the repository root) and add no ``out_dir``: the executed notebook then names no folder
+            of this machine (:func:`workbench.experiments.render.render_notebook`).
 
     Returns:
         The executed notebook's path.
@@ -188,11 +192,11 @@ def run_notebook(path: str | os.PathLike, params: Mapping[str, Any] | None, out_
 
     path = Path(path).resolve()
     declared = notebook_parameters(path)
-    params = absolute_paths(dict(params or {}))
+    params = dict(params or {}) if as_given else absolute_paths(dict(params or {}))
     check_params(path, params, declared)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    if "out_dir" in declared and params.get("out_dir") is None:
+    if "out_dir" in declared and params.get("out_dir") is None and not as_given:
         params["out_dir"] = str(out_dir)
     output = out_dir / path.name
     # The kernel's own log (start-up warnings, and "KeyboardInterrupt caught in kernel" when

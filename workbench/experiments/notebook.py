@@ -80,38 +80,98 @@ def notebook_out_dir(out_dir: str | os.PathLike | None, kind: str) -> Path:
     return path
 
 
-def find_run(kind: str | None = None, stage: str = "mar", cfg: "Config | None" = None,
-             root: str | os.PathLike | None = None) -> Path | None:
-    """The newest finished run of a stage under the runs folder: ``<runs>/<name>/<stage>`` (what ``demo``,
-    the notebooks and sweeps write) or ``<runs>/<name>`` itself (``train --run-dir runs/<name>``).
+def finished_runs(kind: str | None = None, stage: str = "mar", cfg: "Config | None" = None,
+                  root: str | os.PathLike | None = None) -> list[Path]:
+    """The finished runs of a stage under the runs folder, newest first: ``<runs>/<name>/<stage>`` (what
+    ``demo``, the notebooks and sweeps write) or ``<runs>/<name>`` itself (``train --run-dir runs/<name>``).
 
     Args:
         kind: only folders named ``*-<kind>`` (``"quickstart"``, ``"demo"``); None: any.
         stage: ``"mar"`` (stage 2) or ``"pretrain"``.
-        cfg: when given, only a run with the same preset and data.
+        cfg: when given, only runs with the same preset and data.
         root: where runs live (default ``$WORKBENCH_RUNS`` or ``runs/``).
 
     Returns:
-        The run folder (newest ``metrics.json`` first), or None.
+        The run folders, newest ``metrics.json`` first ([] when there is none).
     """
     from workbench.paths import runs_root
 
     root = Path(root) if root is not None else runs_root()
     if not root.is_dir():
-        return None
+        return []
     candidates = []
     for folder in root.glob(f"*-{kind}" if kind else "*"):
         for run in (RunFolder(folder / stage), RunFolder(folder)):
             if run.is_finished and run.has_config and run.metrics().get("stage") == stage:
                 candidates.append((run.metrics_path.stat().st_mtime, run))
                 break
+    found = []
     for _, run in sorted(candidates, key=lambda c: c[0], reverse=True):
         if cfg is not None:
             saved, wanted = run.config().flat(), cfg.flat()
             if any(saved.get(k) != wanted.get(k) for k in ("preset", *DATA_PARAMETERS, "synthetic_size")):
                 continue
-        return run.path
-    return None
+        found.append(run.path)
+    return found
+
+
+def find_run(kind: str | None = None, stage: str = "mar", cfg: "Config | None" = None,
+             root: str | os.PathLike | None = None) -> Path | None:
+    """The newest of :func:`finished_runs` (same arguments), or None."""
+    found = finished_runs(kind, stage, cfg, root)
+    return found[0] if found else None
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as a parameter would name it: relative to the repository root when under it."""
+    from workbench.experiments.execute import repo_root
+
+    try:
+        return Path(path).resolve().relative_to(repo_root().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def run_choice(found: Sequence[str | os.PathLike], what: str, parameter: str = "run_dir", shown: int = 4) -> str:
+    """Which run a notebook opened by itself and how to open another, for the notebook to print.
+
+    Args:
+        found: the runs it could open, newest first (:func:`finished_runs`); it opened the first.
+        what: what they have in common, e.g. ``"stage-2 run of preset 'demo' and this data"``.
+        parameter: the parameter that names a run instead.
+        shown: other runs listed.
+    """
+    if not found:
+        return ""
+    text = (f"opened the newest finished {what} ({len(found)} found); to open another, set {parameter} in the "
+            f"parameters cell, e.g. {parameter} = \"{shown_path(found[min(1, len(found) - 1)])}\"")
+    others = [shown_path(p) for p in found[1:shown + 1]]
+    if others:
+        text += "\nothers, newest first: " + ", ".join(others) + (" …" if len(found) > shown + 1 else "")
+    return text
+
+
+def existing_folder(parameter: str, value: str | os.PathLike) -> Path:
+    """A folder named by a notebook parameter (relative: from the repository root) that must exist.
+
+    Raises:
+        NotebookParameterError: it does not exist; the message names the absolute path tried and, when
+            a folder on the way has a close name, that one.
+    """
+    import difflib
+
+    path = repo_path(value)
+    if path is not None and path.is_dir():
+        return path
+    hint = ""
+    parent, missing = path.parent, path.name
+    while not parent.is_dir() and parent != parent.parent:
+        parent, missing = parent.parent, parent.name
+    if parent.is_dir():
+        close = difflib.get_close_matches(missing, [p.name for p in parent.iterdir() if p.is_dir()], n=1)
+        if close:
+            hint = f"; did you mean {shown_path(parent / close[0])}?"
+    raise NotebookParameterError(f"{parameter} = {str(value)!r}: the folder {path} does not exist{hint}")
 
 
 def ensure_run(stage: str, cfg: "Config", run_dir: str | os.PathLike, *,

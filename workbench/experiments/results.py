@@ -112,8 +112,6 @@ def _matches(value: Any, wanted: Any) -> bool:
 
 
 def select(df: "pd.DataFrame", **params: Any) -> "pd.DataFrame":
-    from workbench.config import off_by_default
-
     """The rows of :func:`collect` whose parameters equal ``params`` (no row when a column is missing, but for
     a switch asked to be off: a record without it ran with it off).
 

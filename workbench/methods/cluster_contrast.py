@@ -100,6 +100,7 @@ class ClusterContrastTrainer(Trainer):
         if init_checkpoint is not None and not self.resuming:
             init_from_checkpoint(self.net, init_checkpoint)
             log.info("initialized from %s", init_checkpoint)
+            self.continue_steps_of(init_checkpoint)
         self.net.agents.requires_grad_(False)
         self.model = self._wrap(self.net)
         self.target_cache = self._image_cache(self.target.train)

@@ -94,6 +94,7 @@ class MARTrainer(Trainer):
         if init_checkpoint is not None and not self.resuming:
             kept = init_from_checkpoint(self.net, init_checkpoint)
             log.info("initialized from %s%s", init_checkpoint, f" ({len(kept)} new SE keys)" if kept else "")
+            self.continue_steps_of(init_checkpoint)
         # without L_AL no loss moves the agents (the others detach them): freeze them, so that the
         # optimizer leaves them alone (no weight decay either) and DDP expects no gradient for them
         self.net.agents.requires_grad_(lc.use_al)

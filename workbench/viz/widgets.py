@@ -7,6 +7,11 @@ that code and tests can set, every rendering goes into ``.output`` (an ``ipywidg
 kept in ``.last``. Nothing here runs the network: switching a control only indexes cached arrays
 (embeddings and pair agreements are computed once per view and kept by the explorer).
 
+Drawing one image's figures takes 0.3-1 s (matplotlib), so the image explorer keeps up with a slider
+moved by key presses in two ways: in a kernel it draws on a worker thread, always the slider's latest
+value (presses that arrive while it draws are merged into one drawing, never queued one by one), and it
+keeps the last drawings it made, so going back to an image is immediate.
+
 Example:
     >>> views = {"before": load_views(run, checkpoint=init_checkpoint_of(run), name="before"),
     ...          "after": load_views(run, name="after")}                 # doctest: +SKIP
@@ -15,6 +20,10 @@ Example:
 from __future__ import annotations
 
 import base64
+import sys
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,7 +36,7 @@ from workbench.analysis.views import PARTS, SoftLabelViews, load_views
 from workbench.viz.plots import figure_png, plot_embedding, plot_retrieval
 from workbench.viz.soft_labels import draw_agreement, plot_camera_heatmap, plot_camera_profile, plot_soft_label
 
-__all__ = ["ALL", "ImageExplorer", "CameraExplorer", "RunExplorer", "ThresholdExplorer", "explore", "as_views"]
+__all__ = ["ALL", "ImageExplorer", "in_kernel", "CameraExplorer", "RunExplorer", "ThresholdExplorer", "explore", "as_views"]
 
 ViewsArg = SoftLabelViews | Mapping[str, SoftLabelViews]
 ALL = "all"  # the "no filter" value of the identity and camera selectors (None would show a blank box)
@@ -60,9 +69,21 @@ def _text_output(text: str) -> dict:
     return {"output_type": "display_data", "metadata": {}, "data": {"text/plain": text}}
 
 
+def _outputs(*items: Figure | str) -> tuple[dict, ...]:
+    """Figures and text lines as the outputs of an ``Output`` widget."""
+    return tuple(_figure_output(x) if isinstance(x, Figure) else _text_output(x) for x in items)
+
+
 def _show(output: W.Output, *items: Figure | str) -> None:
     """Replace the output's content with figures and text lines (in one trait change)."""
-    output.outputs = tuple(_figure_output(x) if isinstance(x, Figure) else _text_output(x) for x in items)
+    output.outputs = _outputs(*items)
+
+
+def in_kernel() -> bool:
+    """True inside a running IPython kernel (JupyterLab, papermill), where widget events arrive as messages."""
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return getattr(ip, "kernel", None) is not None
 
 
 class _Explorer:
@@ -94,6 +115,9 @@ class ImageExplorer(_Explorer):
         part: initial part, ``"query"``, ``"gallery"`` or ``"train"``.
         k: agents shown.
         retrieval_k: gallery images in the ranked list (query images only).
+        background: draw on a worker thread, the controls' latest values only (default: inside a
+            kernel); False draws at once on every change (scripts, tests).
+        cache: drawings kept (by model, part, filters and slider position).
 
     Attributes:
         model, part, identity, camera, index: the controls; ``index`` runs over the images of
@@ -106,11 +130,22 @@ class ImageExplorer(_Explorer):
     Identities and cameras are the dataset's own (as in the file names), for train images too.
     """
 
-    def __init__(self, views: ViewsArg, *, part: str = "query", k: int = 10, retrieval_k: int = 8) -> None:
+    #: the worker waits this long for the next change before it draws (key presses come 0.05-0.2 s apart),
+    #: at most SETTLE_MAX_S in all
+    SETTLE_S, SETTLE_MAX_S = 0.12, 1.0
+
+    def __init__(self, views: ViewsArg, *, part: str = "query", k: int = 10, retrieval_k: int = 8,
+                 background: bool | None = None, cache: int = 64) -> None:
         self.views = as_views(views)
         self.k, self.retrieval_k = int(k), int(retrieval_k)
         self.last: dict[str, Any] = {}
         self._busy = False
+        self.background = in_kernel() if background is None else bool(background)
+        self._drawn: OrderedDict[tuple, tuple[tuple[dict, ...], dict[str, Any]]] = OrderedDict()
+        self._cache_size = int(cache)
+        self._lock = threading.Lock()
+        self._wanted = 0  # changes asked for; the worker draws until it has drawn the latest
+        self._worker: threading.Thread | None = None
         names = list(self.views)
         self.model = W.Dropdown(options=names, value=names[-1], description="model",
                                 layout=W.Layout(display="" if len(names) > 1 else "none"))
@@ -124,12 +159,12 @@ class ImageExplorer(_Explorer):
         self.widget = W.VBox([W.HBox([self.model, self.part]), W.HBox([self.identity, self.camera]),
                               self.index, self.output])
         self.widget.add_class("wb-image-explorer")
-        self._fill_filters()
-        self.model.observe(lambda _: self.render(), "value")
+        self._fill_filters(first=True)
+        self.model.observe(lambda _: self._request_render(), "value")
         self.part.observe(lambda _: self._fill_filters(), "value")
         self.identity.observe(lambda _: self._filters_changed(), "value")
         self.camera.observe(lambda _: self._filters_changed(), "value")
-        self.index.observe(lambda _: self._busy or self.render(), "value")
+        self.index.observe(lambda _: self._busy or self._request_render(), "value")
 
     @property
     def _views(self) -> SoftLabelViews:
@@ -145,7 +180,7 @@ class ImageExplorer(_Explorer):
             keep &= v.camids(part) == self.camera.value
         return np.flatnonzero(keep)
 
-    def _fill_filters(self) -> None:
+    def _fill_filters(self, first: bool = False) -> None:
         v, part = self._views, self.part.value
         self._busy = True
         try:
@@ -155,9 +190,9 @@ class ImageExplorer(_Explorer):
             self.camera.value = ALL
         finally:
             self._busy = False
-        self._filters_changed()
+        self._filters_changed(first)
 
-    def _filters_changed(self) -> None:
+    def _filters_changed(self, first: bool = False) -> None:
         if self._busy:
             return
         n = len(self.candidates())
@@ -167,7 +202,48 @@ class ImageExplorer(_Explorer):
             self.index.max = max(n - 1, 0)
         finally:
             self._busy = False
-        self.render()
+        if first:
+            self.render()  # the first drawing, before the widget is shown: at once
+        else:
+            self._request_render()
+
+    def _request_render(self) -> None:
+        """Draw for the controls' current values: at once, or (``background``) on the worker, which
+        draws the latest values when it is free; changes that arrive meanwhile make one more drawing."""
+        if not self.background:
+            self.render()
+            return
+        with self._lock:
+            self._wanted += 1
+            if self._worker is not None:
+                return  # the running worker sees the new count and draws again
+            self._worker = threading.Thread(target=self._draw_until_current, name="wb-image-explorer", daemon=True)
+            self._worker.start()
+
+    def _draw_until_current(self) -> None:
+        while True:
+            with self._lock:
+                asked = self._wanted
+            for _ in range(int(self.SETTLE_MAX_S / self.SETTLE_S)):  # key presses in a row: draw where they stop
+                time.sleep(self.SETTLE_S)
+                with self._lock:
+                    if self._wanted == asked:
+                        break
+                    asked = self._wanted
+            try:
+                self.render()
+            except Exception as err:  # a thread's exception would vanish: show it where the figure goes
+                _show(self.output, f"drawing failed: {type(err).__name__}: {err}")
+            with self._lock:
+                if self._wanted == asked:
+                    self._worker = None
+                    return
+
+    def wait(self, timeout: float | None = 30.0) -> None:
+        """Block until the worker has drawn the latest values (``background``; immediate otherwise)."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
 
     def render(self) -> dict[str, Any]:
         """Draw the selected image's soft multilabel (and ranked gallery for a query)."""
@@ -178,6 +254,12 @@ class ImageExplorer(_Explorer):
             _show(self.output, "no image matches these filters")
             return self.last
         pos = min(self.index.value, len(cands) - 1)
+        key = (self.model.value, part, self.identity.value, self.camera.value, pos)
+        if key in self._drawn:  # drawn before: shown at once
+            self._drawn.move_to_end(key)
+            outputs, self.last = self._drawn[key]
+            self.output.outputs = outputs
+            return self.last
         i = int(cands[pos])
         sample = v.samples[part][i]
         y = v.multilabels[part][i]  # (Np,)
@@ -206,7 +288,11 @@ class ImageExplorer(_Explorer):
             figures.append(plot_retrieval(v.distmat, v.samples["query"], v.samples["gallery"], queries=(i,),
                                           k=self.retrieval_k))
         self.last["retrieval"] = retrieval
-        _show(self.output, *figures)
+        outputs = _outputs(*figures)
+        self.output.outputs = outputs
+        self._drawn[key] = (outputs, dict(self.last))
+        while len(self._drawn) > self._cache_size:
+            self._drawn.popitem(last=False)
         return self.last
 
 
