@@ -172,3 +172,14 @@ def test_a_method_is_one_file_registered_from_outside_the_package(stage1, monkey
     folder = RunFolder(tmp_path / "f")
     assert folder.is_finished and folder.record().method == "frozen_test"
     assert folder.config().settings.frozen_note == "nothing moves"
+
+
+def test_the_setting_names_read_without_importing_the_methods_are_theirs() -> None:
+    """The command line checks --set names against the methods' source (no torch); it must know them all."""
+    from dataclasses import fields
+
+    from workbench.config import declared_setting_names
+
+    registered = {f.name for m in methods().values() if m.trainer.__module__.startswith("workbench.methods")
+                  for f in fields(m.settings)}
+    assert declared_setting_names() >= registered and "cc_label_weight" in declared_setting_names()

@@ -224,6 +224,53 @@ def off_by_default() -> frozenset[str]:
     return frozenset(f.name for c in classes for f in fields(c) if f.default is False)
 
 
+def declared_setting_names() -> frozenset[str]:
+    """The names of every method's settings, read from the source of :mod:`workbench.methods` (the annotated
+    fields of its ``*Settings`` dataclasses) without importing it (its trainers load torch), plus those of any
+    method registered already (a plug-in from elsewhere)."""
+    import ast
+
+    names = {f.name for m in _METHODS.values() for f in fields(m.settings)}
+    for path in (Path(__file__).resolve().parent / "methods").glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Settings"):
+                names |= {a.target.id for a in node.body if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name)}
+    return frozenset(names)
+
+
+def precheck(params: Mapping[str, Any]) -> None:
+    """The cheap half of :func:`from_params`, for a command line to answer at once: every name is a field (of
+    the fixed groups or of some method's settings, :func:`declared_setting_names`), and every fixed field's
+    value has its type and lies in its range. Nothing is imported; :func:`from_params` checks the rest.
+
+    Raises:
+        ConfigError: as :func:`from_params` would (the same messages).
+    """
+    settings = declared_setting_names()
+    for key, value in params.items():
+        name = str(key).rpartition(".")[2]
+        if name == "preset":
+            if value not in PRESETS:
+                raise ConfigError(f"unknown preset {value!r}; known: {', '.join(PRESETS)}")
+            continue
+        if name not in FIELD_GROUP and name not in settings:
+            raise ConfigError(f"unknown config field {name!r}{did_you_mean(name, [*FIELD_GROUP, *sorted(settings), 'preset'])}")
+        if name not in FIELD_GROUP or value is None:
+            continue
+        f = _FIELDS[name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        try:
+            coerced = _coerce(value, default, name)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(str(err) if name in str(err) else f"{name} = {value!r}: {err}") from None
+        bounds = f.metadata.get("range")
+        if bounds and isinstance(coerced, (int, float)) and not isinstance(coerced, bool):
+            low, high, low_ok, high_ok = bounds
+            if not (low < coerced or (low_ok and coerced == low)) or not (coerced < high or (high_ok and coerced == high)):
+                lo, hi = "[" if low_ok else "(", "]" if high_ok else ")"
+                raise ConfigError(f"{name} = {coerced!r} is out of range: it must lie in {lo}{low:g}, {high:g}{hi}")
+
+
 #: per preset, per method: settings that differ from the method's defaults
 PRESET_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {"smoke": {"mar": {"mining_ratio": 0.05}}}
 

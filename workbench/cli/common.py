@@ -48,7 +48,7 @@ def add_config_options(p: argparse.ArgumentParser, helps: dict[str, str] | None 
 def config_from_args(args: argparse.Namespace, default_preset: str = "demo", saved=None):
     """The run's config: ``--preset`` (or ``saved``, a resumed run's config, or ``default_preset``),
     then the flags, then ``--set``."""
-    from workbench.config import from_params, parse_value
+    from workbench.config import from_params, parse_value, precheck
 
     params = {name: getattr(args, name) for name in FLAGS if getattr(args, name, None) is not None}
     if getattr(args, "amp", None) is not None:
@@ -60,6 +60,7 @@ def config_from_args(args: argparse.Namespace, default_preset: str = "demo", sav
         if not eq:
             raise CLIError(f"--set expects FIELD=VALUE, got {item!r}")
         params[key.strip()] = parse_value(value.strip())  # read as YAML, as grids, recipes and notebooks do
+    precheck(params)  # a wrong name or value answers before the method plug-ins (and torch) load
     return from_params(params, base=args.preset or saved or default_preset)
 
 
