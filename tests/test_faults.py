@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,6 +127,12 @@ def one_error_line(proc: subprocess.CompletedProcess | tuple[int, str], *, names
     return lines[0]
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under a folder (but its lock), for "nothing was touched"."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
 @pytest.fixture(scope="module")
 def reference_run(env, stage1, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("ref") / "mar"
@@ -171,6 +178,64 @@ def test_a_full_disk_before_the_projector_is_repaired_on_resume(env, stage1, tmp
     metadata = list((run / "tensorboard").rglob("metadata.tsv"))
     assert metadata and all(p.stat().st_size > 0 for p in metadata)
     assert RunFolder(run).state == "finished"
+
+
+# ----------------------------------------------------------------------------- one run per folder
+
+def test_a_fresh_start_in_a_folder_holding_a_run_is_refused(env, stage1, reference_run, tmp_path) -> None:
+    """Issue 36, case 1: a copy of a finished run without its checkpoint took a fresh start (another
+    seed); killed after its first checkpoint, the folder read finished, with the new run's config.json
+    beside the old run's metrics.json."""
+    run = tmp_path / "h1"
+    shutil.copytree(reference_run, run)
+    (run / "checkpoint.pt").unlink()
+    before = snapshot(run)
+    fresh = train(env, run, stage1, "--seed", "11", fault="kill@after-checkpoint#1")
+    line = one_error_line(fresh, names=run)
+    assert "already holds a run (config.json, metrics.json)" in line and "--resume" in line
+    assert snapshot(run) == before
+    assert RunFolder(run).config().train.seed == json.loads((run / "metrics.json").read_text())["seed"] == 0
+
+
+def test_no_file_of_an_earlier_run_survives_a_fresh_start(env, stage1, reference_run, tmp_path) -> None:
+    """Issue 36, case 1: what an earlier run left beside no config, checkpoint or metrics (its rows, its
+    record, its TensorBoard events) is removed before a fresh start writes anything: killed before its
+    first rows, the new run's folder holds none of the old run's."""
+    run = tmp_path / "h1"
+    shutil.copytree(reference_run, run)
+    for name in ("checkpoint.pt", "config.json", "metrics.json"):
+        (run / name).unlink()
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.old").write_bytes(b"old")
+    killed = train(env, run, stage1, "--seed", "11", fault="kill@history.csv#1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert sorted(p.name for p in run.iterdir() if not p.name.endswith(".tmp")) == [".lock", "config.json", "run.json"]
+    assert RunFolder(run).config().train.seed == RunFolder(run).record().seed == 11
+    assert RunFolder(run).state == "interrupted"
+
+
+def test_a_run_dir_that_is_a_file_is_one_error_line(env, stage1, tmp_path, capsys, monkeypatch) -> None:
+    """Issue 36, case 12: ``--run-dir`` naming a regular file was a FileExistsError traceback."""
+    monkeypatch.setenv("WORKBENCH_DATA", env["WORKBENCH_DATA"])
+    path = tmp_path / "notes.txt"
+    path.write_text("not a run\n")
+    for argv in (["train", "--preset", "smoke", "--init", str(stage1), "--run-dir", str(path), "--no-tensorboard"],
+                 ["pretrain", "--preset", "smoke", "--run-dir", str(path), "--no-tensorboard"]):
+        line = one_error_line((main(argv), capsys.readouterr().err), names=path)
+        assert "a file, not a run folder" in line
+    assert path.read_text() == "not a run\n"
+
+
+def test_a_failed_start_leaves_no_folder_behind(env, tmp_path, capsys, monkeypatch) -> None:
+    """Issue 36, also seen: a start that failed at once (here a bad ``--init``) left a run folder
+    holding only ``.lock``."""
+    monkeypatch.setenv("WORKBENCH_DATA", env["WORKBENCH_DATA"])
+    bad = tmp_path / "empty.pt"
+    bad.write_bytes(b"")
+    run = tmp_path / "new"
+    code = main(["train", "--preset", "smoke", "--init", str(bad), "--run-dir", str(run), "--no-tensorboard"])
+    one_error_line((code, capsys.readouterr().err), names=bad)
+    assert not run.exists()
 
 
 # ----------------------------------------------------------------------------- two writers

@@ -28,18 +28,20 @@ def check_run_folder(stage: str, cfg: Config, run_dir: str | Path | RunFolder, *
     """Refuse to start in a folder that holds another run.
 
     Raises:
-        RunFolderError: the folder holds a checkpoint and ``resume`` is False; or ``resume`` is True
-            and its ``config.json`` differs from ``cfg`` in a field that changes what is computed
-            (the message names each field with both values). Nothing in the folder is touched.
+        RunFolderError: ``resume`` is False and the folder holds a run (a config, a checkpoint or
+            metrics: a fresh start would mix its files with theirs); or ``resume`` is True and its
+            ``config.json`` differs from ``cfg`` in a field that changes what is computed (the message
+            names each field with both values).
+            Nothing in the folder is touched.
         RunInUseError: another process is writing the folder.
     """
     folder = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
     if folder.state == "running":
         folder.acquire()  # raises RunInUseError naming the holder
     if not resume:
-        if folder.has_checkpoint:
-            raise RunFolderError(f"{folder.path} already holds a checkpoint; pass resume=True (--resume) to continue "
-                                 "it or choose another run folder")
+        if found := folder.run_files():
+            raise RunFolderError(f"{folder.path} already holds a run ({', '.join(found)}); pass resume=True "
+                                 "(--resume) to continue it, or choose another run folder")
         return
     saved = folder.config_or_none()
     if saved is not None:

@@ -378,30 +378,21 @@ class Trainer:
     def fit(self) -> RunResult:
         """Run the remaining epochs; returns the run folder, the final metrics and the history.
 
-        Rank 0 holds the folder's lock throughout (a second writer is refused). A fresh start writes
-        ``config.json`` and ``run.json``; a resume never rewrites the config (the lifecycle checked that
-        it matches) and first rewrites ``history.csv``/``steps.csv`` from the checkpoint, repairing
-        a crash between a checkpoint and its rows. A run is finished when ``metrics.json`` exists: it is
-        written last, and a run whose last epoch is checkpointed but whose metrics are missing (a crash
-        in between) is evaluated again when resumed. An exception marks ``run.json`` failed, with the
-        error; an interrupt (Ctrl-C, a kill) leaves it interrupted, to resume.
+        Rank 0 holds the folder's lock throughout (a second writer is refused). A fresh start first
+        removes whatever an earlier run left in the folder, then writes ``run.json`` and
+        ``config.json``; a resume never rewrites the config (the lifecycle checked that it matches)
+        and first rewrites ``history.csv``/``steps.csv`` from the checkpoint, repairing a crash
+        between a checkpoint and its rows. A run is finished when ``metrics.json`` exists: it is
+        written last, and a run whose last epoch is checkpointed but whose metrics are missing (a
+        crash in between) is evaluated again when resumed. An exception marks ``run.json`` failed, with
+        the error; an interrupt (Ctrl-C, a kill) leaves it interrupted, to resume.
         """
         if not self.ctx.is_main:
             return self._fit(self._try_resume())
         with self.folder.lock():
             resumed = self._try_resume()
-            if resumed:
-                self._write_logs()
-                self.record = self.folder.record_or_none() or self.record
-                self.record.state, self.record.error = "running", None
-                self.record.threads = self.threads.threads  # the resumed part's
-            else:
-                self.folder.write_config(self.cfg)
-                self.record.started, self.record.commit = _now(), source_commit()
-            self._write_record()
-            if self.cfg.train.tensorboard:
-                self.tb = TensorBoardLog(self.run_dir, purge_step=self.start_epoch * self.steps_per_epoch)
             try:
+                self._begin(resumed)
                 result = self._fit(resumed)
             except Exception as err:
                 self.record.state, self.record.error = "failed", f"{type(err).__name__}: {err}"
@@ -413,6 +404,22 @@ class Trainer:
             self.record.state, self.record.finished = "finished", _now()
             self._write_record()
             return result
+
+    def _begin(self, resumed: bool) -> None:
+        """Rank 0, with the lock: the record (and on a fresh start a cleared folder and the config)."""
+        if resumed:
+            self._write_logs()
+            self.record = self.folder.record_or_none() or self.record
+            self.record.state, self.record.error = "running", None
+            self.record.threads = self.threads.threads  # the resumed part's
+        else:  # no file of an earlier run may survive beside this one's (metrics.json first)
+            self.folder.clear_run()
+            self.record.started, self.record.commit = _now(), source_commit()
+        self._write_record()
+        if not resumed:
+            self.folder.write_config(self.cfg)  # after run.json: a folder with a config says its stage
+        if self.cfg.train.tensorboard:
+            self.tb = TensorBoardLog(self.run_dir, purge_step=self.start_epoch * self.steps_per_epoch)
 
     def _write_record(self) -> None:
         """``run.json``: the record, with what the history and the stage's extra metrics say now."""
