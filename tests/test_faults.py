@@ -220,7 +220,8 @@ def test_a_run_dir_that_is_a_file_is_one_error_line(env, stage1, tmp_path, capsy
     path = tmp_path / "notes.txt"
     path.write_text("not a run\n")
     for argv in (["train", "--preset", "smoke", "--init", str(stage1), "--run-dir", str(path), "--no-tensorboard"],
-                 ["pretrain", "--preset", "smoke", "--run-dir", str(path), "--no-tensorboard"]):
+                 ["pretrain", "--preset", "smoke", "--run-dir", str(path), "--no-tensorboard"],
+                 ["train", "--run-dir", str(path), "--resume"]):
         line = one_error_line((main(argv), capsys.readouterr().err), names=path)
         assert "a file, not a run folder" in line
     assert path.read_text() == "not a run\n"
@@ -236,6 +237,42 @@ def test_a_failed_start_leaves_no_folder_behind(env, tmp_path, capsys, monkeypat
     code = main(["train", "--preset", "smoke", "--init", str(bad), "--run-dir", str(run), "--no-tensorboard"])
     one_error_line((code, capsys.readouterr().err), names=bad)
     assert not run.exists()
+
+
+#: issue 36, cases 4-7: ``--resume`` where it cannot continue what is there once trained something else
+RESUMES = ["pretrain on no such folder", "train on an empty folder", "train with another --init",
+           "train on a stage-1 folder"]
+
+
+def _resume_case(case: str, tmp_path: Path, stage1: Path, reference_run: Path) -> tuple[list[str], Path, str]:
+    """``(argv, the folder the error must name, what it must say)`` of a case of RESUMES."""
+    if case == "pretrain on no such folder":  # once trained a fresh stage 1 of the default preset
+        run = tmp_path / "no-such-run"
+        return ["pretrain", "--run-dir", str(run), "--resume", "--pretrain-epochs", "1"], run, "no such folder"
+    if case == "train on an empty folder":  # once answered "train needs --init"
+        run = tmp_path / "empty"
+        run.mkdir()
+        return ["train", "--run-dir", str(run), "--resume"], run, "nothing to resume"
+    if case == "train with another --init":  # once ignored --init without a word
+        other = tmp_path / "other.pt"
+        shutil.copy(stage1, other)
+        run = tmp_path / "mar"
+        shutil.copytree(reference_run, run)
+        return ["train", "--run-dir", str(run), "--resume", "--init", str(other)], run, f"not {other}"
+    run = tmp_path / "pre"  # once printed "after joint training" with the stage-1 metrics
+    shutil.copytree(stage1.parent, run)
+    return ["train", "--run-dir", str(run), "--resume"], run, f"pretrain --run-dir {run} --resume"
+
+
+@pytest.mark.parametrize("case", RESUMES)
+def test_resume_refuses_what_it_cannot_continue(env, stage1, reference_run, tmp_path, case, capsys,
+                                                monkeypatch) -> None:
+    monkeypatch.setenv("WORKBENCH_DATA", env["WORKBENCH_DATA"])
+    argv, run, says = _resume_case(case, tmp_path, stage1, reference_run)
+    before = snapshot(run) if run.exists() else None
+    line = one_error_line((main(argv), capsys.readouterr().err), names=run)
+    assert says in line, line
+    assert (snapshot(run) if run.exists() else None) == before  # nothing written, nothing trained
 
 
 # ----------------------------------------------------------------------------- two writers

@@ -9,6 +9,7 @@ Example:
 """
 from workbench.engine.lifecycle import (
            check_run_folder,
+           check_stage,
            load_result,
            pretrain,
            resume_run,
@@ -19,5 +20,6 @@ from workbench.engine.cluster_contrast import ClusterContrastTrainer
 from workbench.engine.stages import MARTrainer, PretrainTrainer, mined_pair_precision
 from workbench.engine.trainer import RunResult, Trainer, TrainingDiverged
 
-__all__ = ["ClusterContrastTrainer", "MARTrainer", "PretrainTrainer", "RunResult", "Trainer", "TrainingDiverged", "check_run_folder",
-           "load_result", "mined_pair_precision", "pretrain", "resume_run", "run_stage", "train_mar"]
+__all__ = ["ClusterContrastTrainer", "MARTrainer", "PretrainTrainer", "RunResult", "Trainer", "TrainingDiverged",
+           "check_run_folder", "check_stage", "load_result", "mined_pair_precision", "pretrain",
+           "resume_run", "run_stage", "train_mar"]

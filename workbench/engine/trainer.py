@@ -54,6 +54,10 @@ class TrainingDiverged(WorkbenchError, RuntimeError):
     """A loss term or the weights became NaN or inf; the run folder keeps the last good checkpoint."""
 
 
+#: the command that runs each stage (``python -m workbench <command>``)
+STAGE_COMMANDS = {"pretrain": "pretrain", "mar": "train"}
+
+
 @dataclass
 class RunResult:
     """What a training stage returns."""
