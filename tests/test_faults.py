@@ -154,6 +154,24 @@ def test_a_run_killed_anywhere_resumes_to_the_same_result(env, stage1, reference
     assert_same_run(run, reference_run)
 
 
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_a_run_in_one_line_and_it_resumes(env, stage1, reference_run, tmp_path, signal_name,
+                                                      monkeypatch) -> None:
+    """Issue 36, case 8: Ctrl-C (SIGINT at its default, as a terminal sends it; SIGTERM as ``kill`` and
+    schedulers send it) ended in a 34-line traceback with run.json left "running"."""
+    run = tmp_path / "mar"
+    action = {"SIGINT": "interrupt", "SIGTERM": "terminate"}[signal_name]
+    stopped = train(env, run, stage1, fault=f"{action}@after-checkpoint#1")
+    lines = [line for line in stopped.stderr.strip().splitlines() if " INFO " not in line]
+    assert stopped.returncode == 130 and len(lines) == 1, stopped.stderr
+    assert lines[0] == (f"interrupted: stage 2 in {run} stopped, its checkpoint holds epoch 1/3; resume it with: "
+                        f"python -m workbench train --run-dir {run} --resume")
+    assert RunFolder(run).state == "interrupted" and RunFolder(run).record().state == "interrupted"
+    assert RunFolder(run).record().epochs_done == 1
+    assert resume(env, run, monkeypatch) == 0
+    assert_same_run(run, reference_run)
+
+
 # ----------------------------------------------------------------------------- a full disk
 
 @pytest.mark.parametrize("point", ["checkpoint.pt#2", "metrics.json#1"])

@@ -18,8 +18,8 @@ from workbench.engine.lifecycle import (
 )
 from workbench.engine.cluster_contrast import ClusterContrastTrainer
 from workbench.engine.stages import MARTrainer, PretrainTrainer, mined_pair_precision
-from workbench.engine.trainer import RunResult, Trainer, TrainingDiverged
+from workbench.engine.trainer import RunResult, Trainer, TrainingDiverged, TrainingInterrupted
 
 __all__ = ["ClusterContrastTrainer", "MARTrainer", "PretrainTrainer", "RunResult", "Trainer", "TrainingDiverged",
-           "check_run_folder", "check_stage", "load_result", "mined_pair_precision", "pretrain",
+           "TrainingInterrupted", "check_run_folder", "check_stage", "load_result", "mined_pair_precision", "pretrain",
            "resume_run", "run_stage", "train_mar"]

@@ -54,6 +54,11 @@ class TrainingDiverged(WorkbenchError, RuntimeError):
     """A loss term or the weights became NaN or inf; the run folder keeps the last good checkpoint."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run: the message says where (the folder, the epoch its checkpoint holds) and how
+    to resume it. Still a KeyboardInterrupt, so that whatever runs the training stops too."""
+
+
 #: the command that runs each stage (``python -m workbench <command>``)
 STAGE_COMMANDS = {"pretrain": "pretrain", "mar": "train"}
 
@@ -388,8 +393,11 @@ class Trainer:
         and first rewrites ``history.csv``/``steps.csv`` from the checkpoint, repairing a crash
         between a checkpoint and its rows. A run is finished when ``metrics.json`` exists: it is
         written last, and a run whose last epoch is checkpointed but whose metrics are missing (a
-        crash in between) is evaluated again when resumed. An exception marks ``run.json`` failed, with
-        the error; an interrupt (Ctrl-C, a kill) leaves it interrupted, to resume.
+        crash in between) is evaluated again when resumed.
+
+        Raises:
+            TrainingInterrupted: Ctrl-C (or SIGTERM made one); ``run.json`` says interrupted.
+            Exception: anything else, with ``run.json`` saying failed and why.
         """
         if not self.ctx.is_main:
             return self._fit(self._try_resume())
@@ -398,9 +406,12 @@ class Trainer:
             try:
                 self._begin(resumed)
                 result = self._fit(resumed)
+            except KeyboardInterrupt:
+                self._stopped("interrupted", "interrupted (Ctrl-C or SIGTERM)")
+                raise TrainingInterrupted(f"{self._title} in {self.run_dir} stopped, {self._where()}; "
+                                          f"resume it with: {self._resume_command()}") from None
             except Exception as err:
-                self.record.state, self.record.error = "failed", f"{type(err).__name__}: {err}"
-                self._write_record()
+                self._stopped("failed", f"{type(err).__name__}: {err}")
                 raise
             finally:
                 if self.tb is not None:
@@ -424,6 +435,23 @@ class Trainer:
             self.folder.write_config(self.cfg)  # after run.json: a folder with a config says its stage
         if self.cfg.train.tensorboard:
             self.tb = TensorBoardLog(self.run_dir, purge_step=self.start_epoch * self.steps_per_epoch)
+
+    def _stopped(self, state: str, error: str) -> None:
+        """Record why the run stopped in ``run.json``."""
+        self.record.state, self.record.error = state, error
+        self._write_record()
+
+    @property
+    def _title(self) -> str:
+        return STAGE_TITLES.get(self.stage, self.stage)
+
+    def _where(self) -> str:
+        if self.good_epoch:
+            return f"its checkpoint holds epoch {self.good_epoch}/{self.num_epochs}"
+        return "no epoch had finished"
+
+    def _resume_command(self) -> str:
+        return f"python -m workbench {STAGE_COMMANDS.get(self.stage, self.stage)} --run-dir {self.run_dir} --resume"
 
     def _write_record(self) -> None:
         """``run.json``: the record, with what the history and the stage's extra metrics say now."""

@@ -53,7 +53,7 @@ class RunRecord:
     """
 
     stage: str = ""                          # pretrain | mar
-    state: str = "running"                   # running | failed | finished (interrupted: a dead lock holder)
+    state: str = "running"                   # running | interrupted (Ctrl-C, SIGTERM) | failed | finished
     seed: int | None = None
     commit: str | None = None                # source commit of the code that trained (None: not a checkout)
     started: str | None = None               # ISO time of the fresh start
@@ -68,7 +68,7 @@ class RunRecord:
     init_threshold: float | None = None      # stage 2: T at the start (L_MDL's agreement threshold)
     final_threshold: float | None = None     # stage 2: T after the last epoch
     final_pos_precision: float | None = None  # stage 2: share of the last epoch's mined positives that are true
-    error: str | None = None                 # why the run failed (state "failed")
+    error: str | None = None                 # why the run failed or stopped (state "failed", "interrupted")
     curve: list = field(default_factory=list)  # per evaluated epoch: {"epoch", "rank1", "mAP"} (epoch 0: the start)
 
     @classmethod
