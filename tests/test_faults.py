@@ -179,7 +179,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_resumes(env, stage1, referenc
                                                            monkeypatch) -> None:
     run = tmp_path / "mar"
     full = train(env, run, stage1, fault=f"enospc@{point}")
-    assert full.returncode == 1 and "No space left on device" in full.stderr
+    assert "No space left on device" in one_error_line(full, names=run)
     assert not list(run.glob(".*.tmp"))  # the temporary file went with the failed write
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == (0 if point.startswith("checkpoint") else 2)
     assert RunFolder(run).state == "failed" and "No space left" in RunFolder(run).record().error
@@ -191,11 +191,83 @@ def test_a_full_disk_before_the_projector_is_repaired_on_resume(env, stage1, tmp
     run = tmp_path / "mar"
     args = ("train", "--preset", "smoke", "--init", str(stage1), "--run-dir", str(run), *EPOCHS[:2])
     full = workbench(env, *args, fault="enospc@projector")
-    assert full.returncode == 1 and not (run / "metrics.json").exists()
+    assert "No space left on device" in one_error_line(full, names=run) and not (run / "metrics.json").exists()
     assert resume(env, run, monkeypatch) == 0
     metadata = list((run / "tensorboard").rglob("metadata.tsv"))
     assert metadata and all(p.stat().st_size > 0 for p in metadata)
     assert RunFolder(run).state == "finished"
+
+
+def mount_tmpfs(folder: Path, size: str) -> bool:
+    """Mount a tmpfs of ``size`` on ``folder`` (root only); False where that is not allowed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    return done.returncode == 0
+
+
+def fill(folder: Path) -> None:
+    """Write zeros into ``folder`` until not one byte more fits."""
+    with open(folder / "filler", "wb", buffering=0) as fh:
+        for chunk in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    fh.write(bytes(chunk))
+            except OSError:
+                pass
+
+
+def train_until_the_disk_fills(env: dict, run: Path, stage1: Path) -> subprocess.CompletedProcess:
+    """Stage 2 on a tmpfs that this test fills once the first checkpoint is written (the run paused
+    meanwhile with SIGSTOP): every write after it fails, run.json's too."""
+    args = [sys.executable, "-m", "workbench", "train", "--preset", "smoke", "--init", str(stage1), "--run-dir",
+            str(run), *EPOCHS]
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGSTOP)
+        fill(run.parent)
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+        proc.wait()
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+#: (tmpfs size, whether the test fills it after the first checkpoint, the fail point standing in for it
+#: where no tmpfs can be mounted): a smoke checkpoint is 18 MB, so 2 MiB holds none and 30 MiB one
+DISKS = {"2MiB": ("2m", False, "checkpoint.pt#1"), "30MiB": ("30m", False, "checkpoint.pt#2"),
+         "64MiB-filled": ("64m", True, "history.csv#2")}
+
+
+@pytest.mark.parametrize("disk", list(DISKS))
+def test_a_full_disk_is_one_line_naming_the_folder(env, stage1, reference_run, tmp_path, disk, monkeypatch) -> None:
+    """Issue 36, cases 9-11: a run folder on a small tmpfs (TensorBoard on, as by default) ended in a
+    30-59-line ``OSError`` traceback that did not name the folder, and a disk filled after the first
+    checkpoint left run.json "running". Now one line names the file, the folder and the resume, run.json
+    says failed, and the run resumes exactly once there is room."""
+    size, filled, point = DISKS[disk]
+    mounted = mount_tmpfs(tmp_path / "disk", size)
+    run = tmp_path / "disk" / "mar"
+    try:
+        if mounted and filled:
+            full = train_until_the_disk_fills(env, run, stage1)
+        else:
+            full = workbench(env, "train", "--preset", "smoke", "--init", str(stage1), "--run-dir", str(run), *EPOCHS,
+                             fault=None if mounted else f"enospc@{point}")
+        line = one_error_line(full, names=run)
+        assert "No space left on device" in line and f"train --run-dir {run} --resume" in line
+        assert RunFolder(run).state == "failed" and RunFolder(run).record().state == "failed"
+        assert not list(run.glob(".*.tmp"))
+        moved = tmp_path / "mar"  # room again: the folder where there is space
+        shutil.copytree(run, moved)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(tmp_path / "disk")], check=True)
+    assert resume(env, moved, monkeypatch) == 0
+    assert_same_run(moved, reference_run)
 
 
 # ----------------------------------------------------------------------------- one run per folder

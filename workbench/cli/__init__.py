@@ -3,8 +3,8 @@
 Commands: ``demo`` (the README's main job: both stages on the synthetic set), ``pretrain`` and
 ``train`` (stage 1 and stage 2, resumable with ``--resume``), ``evaluate`` and ``extract`` (a
 checkpoint on a dataset), ``data`` (generate the synthetic set, describe a dataset) and ``sweep``
-(a notebook over a parameter grid). Bad input (the workbench's own error types) is one
-``error:`` line with exit status 2; Ctrl-C (and SIGTERM) one ``interrupted:`` line saying where
+(a notebook over a parameter grid). Bad input (the workbench's own error types) and a full disk
+are one ``error:`` line with exit status 2; Ctrl-C (and SIGTERM) one ``interrupted:`` line saying where
 the run stopped and how to resume it, exit status 130; anything else keeps its traceback.
 """
 from __future__ import annotations
@@ -14,10 +14,11 @@ import logging
 import sys
 import traceback
 
-from workbench.cli.common import CLIError, sigterm_as_interrupt
+from workbench.cli.common import CLIError, quiet_disk_full_threads, sigterm_as_interrupt
 from workbench.cli.experiments import add_diagnose, add_report, add_reproduce, add_results, add_sweep, add_zoo
 from workbench.cli.training import add_data, add_demo, add_eval, add_training
 from workbench.errors import WorkbenchError
+from workbench.runs.files import DISK_FULL
 
 __all__ = ["CLIError", "build_parser", "main"]
 
@@ -51,10 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), quiet_disk_full_threads():
             return args.func(args)
     except (CLIError, WorkbenchError) as err:  # the input's fault: one line, exit 2
         return _one_line("error", err, 2, args.verbose)
+    except OSError as err:  # a full disk outside a run's own writes (a run says more: DiskFullError)
+        if err.errno not in DISK_FULL:
+            raise
+        return _one_line("error", f"{err.strerror}: {err.filename or err}; free space and run the command again",
+                         2, args.verbose)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: where the run stopped and how to resume it
         return _one_line("interrupted", str(err) or "before anything was written", 130, args.verbose)
     finally:  # anything else is a bug and keeps its traceback

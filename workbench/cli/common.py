@@ -15,6 +15,25 @@ class CLIError(Exception):
 
 
 @contextmanager
+def quiet_disk_full_threads() -> Iterator[None]:
+    """A helper thread (TensorBoard's event writer) that dies of a full disk prints no traceback: its
+    error reaches the main thread, which reports the full disk in one line naming the run folder."""
+    from workbench.runs import DISK_FULL
+
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in DISK_FULL):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
+@contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (``kill``, a scheduler's time limit) stops a command as Ctrl-C does: the run records
     itself interrupted and says how to resume, instead of dying mid-epoch with ``run.json`` "running".

@@ -30,11 +30,12 @@ from workbench.config import Config
 from workbench.data import ImageCache
 from workbench.distributed import barrier, setup_context
 from workbench.engine.progress import STAGE_TITLES, ProgressLog, bar_values, in_notebook
-from workbench.errors import WorkbenchError
+from workbench.errors import DiskFullError, WorkbenchError
 from workbench.evaluation import METRIC_KEYS, evaluate, format_metrics
 from workbench.losses import LOSS_TERMS
 from workbench.paths import source_commit
 from workbench.runs import (
+    DISK_FULL,
     RunFolder,
     RunRecord,
     epoch_summary,
@@ -397,6 +398,7 @@ class Trainer:
 
         Raises:
             TrainingInterrupted: Ctrl-C (or SIGTERM made one); ``run.json`` says interrupted.
+            DiskFullError: a write found no room; ``run.json`` says failed.
             Exception: anything else, with ``run.json`` saying failed and why.
         """
         if not self.ctx.is_main:
@@ -410,6 +412,13 @@ class Trainer:
                 self._stopped("interrupted", "interrupted (Ctrl-C or SIGTERM)")
                 raise TrainingInterrupted(f"{self._title} in {self.run_dir} stopped, {self._where()}; "
                                           f"resume it with: {self._resume_command()}") from None
+            except OSError as err:
+                self._stopped("failed", f"{type(err).__name__}: {err}")
+                if err.errno not in DISK_FULL:
+                    raise
+                raise DiskFullError(f"{err.strerror} writing {err.filename or self.run_dir}: {self._title} in "
+                                    f"{self.run_dir} stopped, {self._where()}; free space, then resume it with: "
+                                    f"{self._resume_command()}") from None
             except Exception as err:
                 self._stopped("failed", f"{type(err).__name__}: {err}")
                 raise
@@ -437,9 +446,13 @@ class Trainer:
             self.tb = TensorBoardLog(self.run_dir, purge_step=self.start_epoch * self.steps_per_epoch)
 
     def _stopped(self, state: str, error: str) -> None:
-        """Record why the run stopped in ``run.json``."""
+        """Record why the run stopped in ``run.json``; a record that cannot be written (the disk is full
+        even for that) must not hide the error that stopped the run."""
         self.record.state, self.record.error = state, error
-        self._write_record()
+        try:
+            self._write_record()
+        except OSError as err:
+            log.warning("could not record the run as %s in %s: %s", state, self.folder.record_path, err)
 
     @property
     def _title(self) -> str:
@@ -454,8 +467,9 @@ class Trainer:
         return f"python -m workbench {STAGE_COMMANDS.get(self.stage, self.stage)} --run-dir {self.run_dir} --resume"
 
     def _write_record(self) -> None:
-        """``run.json``: the record, with what the history and the stage's extra metrics say now."""
-        summary = epoch_summary(self.history)
+        """``run.json``: the record, with what the checkpointed epochs and the stage's extra metrics say now
+        (an epoch trained but not checkpointed when the run stopped is not done)."""
+        summary = epoch_summary(self.history[:self.good_epoch])
         if self.stage != "mar":
             summary.pop("final_threshold", None), summary.pop("final_pos_precision", None)
         self.record.__dict__.update(summary)

@@ -5,6 +5,7 @@ lock and :class:`RunRecord`; :mod:`workbench.runs.files` holds the atomic writes
 under it, :class:`FolderLock` the one-writer lock (of run and sweep folders).
 """
 from workbench.runs.files import (
+    DISK_FULL,
     atomic_write_bytes,
     atomic_write_text,
     load_checkpoint,
@@ -28,7 +29,7 @@ from workbench.runs.folder import (
 from workbench.runs.lock import FolderLock
 
 __all__ = [
-    "STATES", "FolderLock", "PointFolder", "RunFolder", "RunRecord", "atomic_write_bytes",
+    "DISK_FULL", "STATES", "FolderLock", "PointFolder", "RunFolder", "RunRecord", "atomic_write_bytes",
     "atomic_write_text", "epoch_summary",
     "load_checkpoint", "new_run_dir", "nonfinite_tensors", "read_rows", "rng_state", "run_state",
     "save_checkpoint", "set_rng_state", "write_csv", "write_json",

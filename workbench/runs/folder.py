@@ -34,7 +34,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from workbench.errors import RunFolderError
-from workbench.runs.files import load_checkpoint, read_rows, write_csv, write_json
+from workbench.runs.files import (
+    DISK_FULL,
+    atomic_write_text,
+    json_text,
+    load_checkpoint,
+    overwrite_in_place,
+    read_rows,
+    write_csv,
+    write_json,
+)
 from workbench.runs.lock import FolderLock
 
 if TYPE_CHECKING:
@@ -224,9 +233,11 @@ class RunFolder:
         return load_checkpoint(self.checkpoint_path, map_location=map_location)
 
     def record_or_none(self) -> RunRecord | None:
-        if self.record_path.is_file():
+        """``run.json``, or None when absent or unreadable (torn by a kill during a full-disk rewrite)."""
+        try:
             return RunRecord.from_dict(json.loads(self.record_path.read_text()))
-        return None
+        except (OSError, ValueError):
+            return None
 
     def record(self) -> RunRecord:
         """The engine's record; for folders written before ``run.json`` existed, rebuilt from
@@ -270,7 +281,19 @@ class RunFolder:
         write_json(self.config_path, cfg.to_dict())
 
     def write_record(self, record: RunRecord) -> None:
-        write_json(self.record_path, asdict(record))
+        """``run.json``, atomically; on a full disk, rewritten in place instead, so that a run stopped by
+        the full disk is still recorded as failed (the existing file's blocks hold the few bytes more).
+
+        Raises:
+            OSError: it could not be written either way.
+        """
+        text = json_text(asdict(record))
+        try:
+            atomic_write_text(self.record_path, text)
+        except OSError as err:
+            if err.errno not in DISK_FULL or not self.record_path.is_file():
+                raise
+            overwrite_in_place(self.record_path, text)
 
     def write_logs(self, history: list[dict], steps: list[dict]) -> None:
         write_csv(self.history_path, history)
