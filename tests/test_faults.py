@@ -329,6 +329,34 @@ def test_a_failed_start_leaves_no_folder_behind(env, tmp_path, capsys, monkeypat
     assert not run.exists()
 
 
+class _Crafted:
+    """Unpickled by a trusting loader (``weights_only=False``), it makes a folder: what a crafted
+    "checkpoint" could do instead."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.makedirs, (self.path,)
+
+
+@pytest.mark.parametrize("option", ["--pretrained", "--init"])
+def test_a_crafted_pickle_is_not_a_weights_file_and_nothing_more(env, tmp_path, option, capsys, monkeypatch) -> None:
+    """Issue 36, also seen: ``pretrain --pretrained evil.pt`` showed torch's advice to retry with
+    ``weights_only=False``, which would run what the file holds; the file is named as not a weights
+    file, and nothing else is said (nor run, nor left behind)."""
+    monkeypatch.setenv("WORKBENCH_DATA", env["WORKBENCH_DATA"])
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _Crafted(str(marker))}, evil)
+    run = tmp_path / "run"
+    command = ["pretrain", "--pretrained"] if option == "--pretrained" else ["train", "--init"]
+    code = main([*command, str(evil), "--preset", "smoke", "--run-dir", str(run), "--no-tensorboard"])
+    line = one_error_line((code, capsys.readouterr().err), names=evil)
+    assert "not a weights file" in line and "weights_only" not in line and "can still be loaded" not in line
+    assert not marker.exists() and not run.exists()
+
+
 #: issue 36, cases 4-7: ``--resume`` where it cannot continue what is there once trained something else
 RESUMES = ["pretrain on no such folder", "train on an empty folder", "train with another --init",
            "train on a stage-1 folder"]

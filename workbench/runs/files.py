@@ -195,11 +195,11 @@ def load_checkpoint(path: str | Path, map_location: "str | torch.device" = "cpu"
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, KeyError ... for bad files
+    except Exception:  # torch raises RuntimeError, EOFError, UnpicklingError, KeyError ... for bad files
+        # (torch's message suggests weights_only=False, which would run what a crafted pickle holds: not repeated)
         size = path.stat().st_size
-        what = "empty" if size == 0 else f"{size} bytes, truncated or not a torch file"
-        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({what}: {first})") from None
+        what = "empty" if size == 0 else f"{size} bytes: truncated, or not a weights file"
+        raise CheckpointError(f"{path} is not a readable checkpoint ({what})") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path} is not a workbench checkpoint (no 'model' state dict)")
     bad = nonfinite_tensors(state["model"])
