@@ -513,16 +513,64 @@ def test_a_sweep_point_killed_mid_run_resumes_from_its_last_epoch_checkpoint(env
     assert json.loads((point / "status.json").read_text())["state"] == "done"
 
 
-def test_a_background_sweep_stops_its_workers_at_once(env, tmp_path) -> None:
-    """A sweep started as `... &` by a non-interactive shell has SIGINT ignored, and so had its workers:
-    stopping it (SIGTERM) sent them SIGINT in vain and killed them 20 s later. Now they stop at once."""
+def sleep_notebook(folder: Path) -> Path:
+    """A notebook that sleeps ``seconds`` (its one parameter besides ``out_dir``)."""
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
     nb = new_notebook(cells=[new_code_cell("seconds = 1\nout_dir = None", metadata={"tags": ["parameters"]}),
                              new_code_cell("import time\ntime.sleep(seconds)")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, tmp_path / "sleep.ipynb")
+    nbformat.write(nb, folder / "sleep.ipynb")
+    return folder / "sleep.ipynb"
+
+
+def wait_until_sleeping(out: Path, points: int, timeout: float = 120) -> None:
+    """Until the kernels of ``points`` points of a sweep of :func:`sleep_notebook` execute the sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        executed = list(out.glob("*/sleep.ipynb"))
+        if len(executed) == points and all("time.sleep" in p.read_text() for p in executed):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no sweep point of {out} started sleeping in {timeout} s")
+
+
+def test_a_second_identical_sweep_leaves_the_busy_point_alone(env, tmp_path) -> None:
+    """Issue 36, case 2: a sweep folder had no lock; a second identical sweep ran the busy point again,
+    marked it failed in its live status.json and replaced its executed notebook. Now it is refused in
+    one line naming the folder and the sweep that holds it, and touches nothing."""
+    (tmp_path / "grid.yaml").write_text("seconds: [30]\n")
+    out = tmp_path / "sweep"
+    args = ("sweep", str(sleep_notebook(tmp_path)), "--grid", str(tmp_path / "grid.yaml"), "--out", str(out))
+    first = subprocess.Popen([sys.executable, "-m", "workbench", *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_sleeping(out, 1)
+        (point,) = [p for p in out.iterdir() if p.is_dir()]
+
+        def started() -> str:  # the executed notebook's start, which a second run would replace
+            return json.loads((point / "sleep.ipynb").read_text())["metadata"]["papermill"]["start_time"]
+
+        status, notebook = (point / "status.json").read_bytes(), started()
+        assert json.loads(status)["state"] == "running"
+        second = workbench(env, *args, timeout=120)
+        line = one_error_line(second, names=out)
+        assert f"in use by pid {first.pid}" in line and "another sweep folder" in line
+        assert (point / "status.json").read_bytes() == status and started() == notebook
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        try:
+            first.wait(timeout=60)
+        finally:
+            first.kill()
+
+
+def test_a_background_sweep_stops_its_workers_at_once(env, tmp_path) -> None:
+    """A sweep started as `... &` by a non-interactive shell has SIGINT ignored, and so had its workers:
+    stopping it (SIGTERM) sent them SIGINT in vain and killed them 20 s later. Now they stop at once."""
+    sleep_notebook(tmp_path)
     (tmp_path / "grid.yaml").write_text("seconds: [120, 121]\n")
     out = tmp_path / "sweep"
     proc = subprocess.Popen([sys.executable, "-m", "workbench", "sweep", str(tmp_path / "sleep.ipynb"), "--grid",
@@ -530,12 +578,7 @@ def test_a_background_sweep_stops_its_workers_at_once(env, tmp_path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as `cmd &` does
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # both kernels are executing the sleep cell
-            executed = list(out.glob("*/sleep.ipynb"))
-            if len(executed) == 2 and all("time.sleep" in p.read_text() for p in executed):
-                break
-            time.sleep(0.5)
+        wait_until_sleeping(out, 2)
         time.sleep(3)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)

@@ -8,6 +8,8 @@ Example:
     >>> lock = FolderLock("/tmp/no-such-folder")
     >>> lock.locked_by_other()
     False
+    >>> with FolderLock("/tmp/a-sweep", "sweep folder"):  # doctest: +SKIP
+    ...     pass  # a second process taking it now gets RunInUseError
 """
 from __future__ import annotations
 
@@ -38,6 +40,13 @@ class FolderLock:
         self.kind = kind
         self._fd: int | None = None
         self._created = False  # acquire made the folder: release removes it again when nothing else landed
+
+    def __enter__(self) -> "FolderLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     @property
     def file(self) -> Path:
