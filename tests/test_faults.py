@@ -590,6 +590,26 @@ def test_a_background_sweep_stops_its_workers_at_once(env, tmp_path) -> None:
     assert states == ["interrupted", "interrupted"]
 
 
+def test_a_parameter_the_notebook_does_not_declare_stops_it_before_anything_runs(env, tmp_path) -> None:
+    """Issue 36, case 3: ``papermill 03_train_mar.ipynb out.ipynb -p prest smoke`` (papermill's own
+    command line, outside the workbench's checks): papermill warned "Passed unknown parameter" and the
+    notebook trained the demo preset. Now the cell after the parameters cell stops it, with the
+    declared name closest to the typo, before any run folder exists."""
+    out, runs = tmp_path / "point", tmp_path / "runs"
+    executed = tmp_path / "out.ipynb"
+    done = subprocess.run([sys.executable, "-m", "papermill", str(REPO / "notebooks" / "03_train_mar.ipynb"),
+                           str(executed), "-p", "prest", "smoke", "-p", "out_dir", str(out),
+                           "-p", "pretrain_epochs", "1", "-p", "epochs", "1"],
+                          env=env | {"WORKBENCH_RUNS": str(runs)}, cwd=REPO / "notebooks", capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode != 0, "the notebook ran with a parameter it does not declare"
+    cells = json.loads(executed.read_text())["cells"]
+    errors = [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert [(e["ename"], e["evalue"]) for e in errors] == [
+        ("NotebookParameterError", "this notebook declares no parameter 'prest'; did you mean 'preset'?")]
+    assert not out.exists() and not runs.exists()
+
+
 def test_run_files_follow_the_umask(tmp_path) -> None:
     """Atomic writes go through mkstemp (mode 0600); the file that lands takes the process umask, as any
     other file the user writes (0644 under the usual 022)."""
