@@ -155,8 +155,8 @@ def test_a_run_killed_anywhere_resumes_to_the_same_result(env, stage1, reference
 
 
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
-def test_ctrl_c_stops_a_run_in_one_line_and_it_resumes(env, stage1, reference_run, tmp_path, signal_name,
-                                                      monkeypatch) -> None:
+def test_an_interrupt_stops_a_run_in_one_line_and_it_resumes(env, stage1, reference_run, tmp_path, signal_name,
+                                                               monkeypatch) -> None:
     """Issue 36, case 8: Ctrl-C (SIGINT at its default, as a terminal sends it; SIGTERM as ``kill`` and
     schedulers send it) ended in a 34-line traceback with run.json left "running"."""
     run = tmp_path / "mar"
