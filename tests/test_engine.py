@@ -113,7 +113,7 @@ def test_resume_reaches_the_same_result(stage1, tmp_path) -> None:
     with pytest.raises(Interrupt):
         train_mar(cfg, tmp_path / "cut", init_checkpoint=stage1.checkpoint, callbacks=[stop_after_first])
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 0
-    with pytest.raises(FileExistsError, match="already holds a checkpoint"):
+    with pytest.raises(FileExistsError, match="already holds a run"):
         train_mar(cfg, tmp_path / "cut", init_checkpoint=stage1.checkpoint)
     resumed = train_mar(cfg, tmp_path / "cut", init_checkpoint=stage1.checkpoint, resume=True)
     assert resumed.metrics["rank1"] == full.metrics["rank1"] and resumed.metrics["mAP"] == full.metrics["mAP"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,6 +127,12 @@ def one_error_line(proc: subprocess.CompletedProcess | tuple[int, str], *, names
     return lines[0]
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under a folder (but its lock), for "nothing was touched"."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
 @pytest.fixture(scope="module")
 def reference_run(env, stage1, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("ref") / "mar"
@@ -147,6 +154,24 @@ def test_a_run_killed_anywhere_resumes_to_the_same_result(env, stage1, reference
     assert_same_run(run, reference_run)
 
 
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_stops_a_run_in_one_line_and_it_resumes(env, stage1, reference_run, tmp_path, signal_name,
+                                                               monkeypatch) -> None:
+    """Issue 36, case 8: Ctrl-C (SIGINT at its default, as a terminal sends it; SIGTERM as ``kill`` and
+    schedulers send it) ended in a 34-line traceback with run.json left "running"."""
+    run = tmp_path / "mar"
+    action = {"SIGINT": "interrupt", "SIGTERM": "terminate"}[signal_name]
+    stopped = train(env, run, stage1, fault=f"{action}@after-checkpoint#1")
+    lines = [line for line in stopped.stderr.strip().splitlines() if " INFO " not in line]
+    assert stopped.returncode == 130 and len(lines) == 1, stopped.stderr
+    assert lines[0] == (f"interrupted: stage 2 in {run} stopped, its checkpoint holds epoch 1/3; resume it with: "
+                        f"python -m workbench train --run-dir {run} --resume")
+    assert RunFolder(run).state == "interrupted" and RunFolder(run).record().state == "interrupted"
+    assert RunFolder(run).record().epochs_done == 1
+    assert resume(env, run, monkeypatch) == 0
+    assert_same_run(run, reference_run)
+
+
 # ----------------------------------------------------------------------------- a full disk
 
 @pytest.mark.parametrize("point", ["checkpoint.pt#2", "metrics.json#1"])
@@ -154,7 +179,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_resumes(env, stage1, referenc
                                                            monkeypatch) -> None:
     run = tmp_path / "mar"
     full = train(env, run, stage1, fault=f"enospc@{point}")
-    assert full.returncode == 1 and "No space left on device" in full.stderr
+    assert "No space left on device" in one_error_line(full, names=run)
     assert not list(run.glob(".*.tmp"))  # the temporary file went with the failed write
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == (0 if point.startswith("checkpoint") else 2)
     assert RunFolder(run).state == "failed" and "No space left" in RunFolder(run).record().error
@@ -166,11 +191,206 @@ def test_a_full_disk_before_the_projector_is_repaired_on_resume(env, stage1, tmp
     run = tmp_path / "mar"
     args = ("train", "--preset", "smoke", "--init", str(stage1), "--run-dir", str(run), *EPOCHS[:2])
     full = workbench(env, *args, fault="enospc@projector")
-    assert full.returncode == 1 and not (run / "metrics.json").exists()
+    assert "No space left on device" in one_error_line(full, names=run) and not (run / "metrics.json").exists()
     assert resume(env, run, monkeypatch) == 0
     metadata = list((run / "tensorboard").rglob("metadata.tsv"))
     assert metadata and all(p.stat().st_size > 0 for p in metadata)
     assert RunFolder(run).state == "finished"
+
+
+def mount_tmpfs(folder: Path, size: str) -> bool:
+    """Mount a tmpfs of ``size`` on ``folder`` (root only); False where that is not allowed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    return done.returncode == 0
+
+
+def fill(folder: Path) -> None:
+    """Write zeros into ``folder`` until not one byte more fits."""
+    with open(folder / "filler", "wb", buffering=0) as fh:
+        for chunk in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    fh.write(bytes(chunk))
+            except OSError:
+                pass
+
+
+def train_until_the_disk_fills(env: dict, run: Path, stage1: Path) -> subprocess.CompletedProcess:
+    """Stage 2 on a tmpfs that this test fills once the first checkpoint is written (the run paused
+    meanwhile with SIGSTOP): every write after it fails, run.json's too."""
+    args = [sys.executable, "-m", "workbench", "train", "--preset", "smoke", "--init", str(stage1), "--run-dir",
+            str(run), *EPOCHS]
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGSTOP)
+        fill(run.parent)
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+        proc.wait()
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+#: (tmpfs size, whether the test fills it after the first checkpoint, the fail point standing in for it
+#: where no tmpfs can be mounted): a smoke checkpoint is 18 MB, so 2 MiB holds none and 30 MiB one
+DISKS = {"2MiB": ("2m", False, "checkpoint.pt#1"), "30MiB": ("30m", False, "checkpoint.pt#2"),
+         "64MiB-filled": ("64m", True, "history.csv#2")}
+
+
+@pytest.mark.parametrize("disk", list(DISKS))
+def test_a_full_disk_is_one_line_naming_the_folder(env, stage1, reference_run, tmp_path, disk, monkeypatch) -> None:
+    """Issue 36, cases 9-11: a run folder on a small tmpfs (TensorBoard on, as by default) ended in a
+    30-59-line ``OSError`` traceback that did not name the folder, and a disk filled after the first
+    checkpoint left run.json "running". Now one line names the file, the folder and the resume, run.json
+    says failed, and the run resumes exactly once there is room."""
+    size, filled, point = DISKS[disk]
+    mounted = mount_tmpfs(tmp_path / "disk", size)
+    run = tmp_path / "disk" / "mar"
+    try:
+        if mounted and filled:
+            full = train_until_the_disk_fills(env, run, stage1)
+        else:
+            full = workbench(env, "train", "--preset", "smoke", "--init", str(stage1), "--run-dir", str(run), *EPOCHS,
+                             fault=None if mounted else f"enospc@{point}")
+        line = one_error_line(full, names=run)
+        assert "No space left on device" in line and f"train --run-dir {run} --resume" in line
+        assert RunFolder(run).state == "failed" and RunFolder(run).record().state == "failed"
+        assert not list(run.glob(".*.tmp"))
+        moved = tmp_path / "mar"  # room again: the folder where there is space
+        shutil.copytree(run, moved)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(tmp_path / "disk")], check=True)
+    assert resume(env, moved, monkeypatch) == 0
+    assert_same_run(moved, reference_run)
+
+
+# ----------------------------------------------------------------------------- one run per folder
+
+def test_a_fresh_start_in_a_folder_holding_a_run_is_refused(env, stage1, reference_run, tmp_path) -> None:
+    """Issue 36, case 1: a copy of a finished run without its checkpoint took a fresh start (another
+    seed); killed after its first checkpoint, the folder read finished, with the new run's config.json
+    beside the old run's metrics.json."""
+    run = tmp_path / "h1"
+    shutil.copytree(reference_run, run)
+    (run / "checkpoint.pt").unlink()
+    before = snapshot(run)
+    fresh = train(env, run, stage1, "--seed", "11", fault="kill@after-checkpoint#1")
+    line = one_error_line(fresh, names=run)
+    assert "already holds a run (config.json, metrics.json)" in line and "--resume" in line
+    assert snapshot(run) == before
+    assert RunFolder(run).config().train.seed == json.loads((run / "metrics.json").read_text())["seed"] == 0
+
+
+def test_no_file_of_an_earlier_run_survives_a_fresh_start(env, stage1, reference_run, tmp_path) -> None:
+    """Issue 36, case 1: what an earlier run left beside no config, checkpoint or metrics (its rows, its
+    record, its TensorBoard events) is removed before a fresh start writes anything: killed before its
+    first rows, the new run's folder holds none of the old run's."""
+    run = tmp_path / "h1"
+    shutil.copytree(reference_run, run)
+    for name in ("checkpoint.pt", "config.json", "metrics.json"):
+        (run / name).unlink()
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.old").write_bytes(b"old")
+    killed = train(env, run, stage1, "--seed", "11", fault="kill@history.csv#1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert sorted(p.name for p in run.iterdir() if not p.name.endswith(".tmp")) == [".lock", "config.json", "run.json"]
+    assert RunFolder(run).config().train.seed == RunFolder(run).record().seed == 11
+    assert RunFolder(run).state == "interrupted"
+
+
+def test_a_run_dir_that_is_a_file_is_one_error_line(env, stage1, tmp_path, capsys, monkeypatch) -> None:
+    """Issue 36, case 12: ``--run-dir`` naming a regular file was a FileExistsError traceback."""
+    monkeypatch.setenv("WORKBENCH_DATA", env["WORKBENCH_DATA"])
+    path = tmp_path / "notes.txt"
+    path.write_text("not a run\n")
+    for argv in (["train", "--preset", "smoke", "--init", str(stage1), "--run-dir", str(path), "--no-tensorboard"],
+                 ["pretrain", "--preset", "smoke", "--run-dir", str(path), "--no-tensorboard"],
+                 ["train", "--run-dir", str(path), "--resume"]):
+        line = one_error_line((main(argv), capsys.readouterr().err), names=path)
+        assert "a file, not a run folder" in line
+    assert path.read_text() == "not a run\n"
+
+
+def test_a_failed_start_leaves_no_folder_behind(env, tmp_path, capsys, monkeypatch) -> None:
+    """Issue 36, also seen: a start that failed at once (here a bad ``--init``) left a run folder
+    holding only ``.lock``."""
+    monkeypatch.setenv("WORKBENCH_DATA", env["WORKBENCH_DATA"])
+    bad = tmp_path / "empty.pt"
+    bad.write_bytes(b"")
+    run = tmp_path / "new"
+    code = main(["train", "--preset", "smoke", "--init", str(bad), "--run-dir", str(run), "--no-tensorboard"])
+    one_error_line((code, capsys.readouterr().err), names=bad)
+    assert not run.exists()
+
+
+class _Crafted:
+    """Unpickled by a trusting loader (``weights_only=False``), it makes a folder: what a crafted
+    "checkpoint" could do instead."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.makedirs, (self.path,)
+
+
+@pytest.mark.parametrize("option", ["--pretrained", "--init"])
+def test_a_crafted_pickle_is_not_a_weights_file_and_nothing_more(env, tmp_path, option, capsys, monkeypatch) -> None:
+    """Issue 36, also seen: ``pretrain --pretrained evil.pt`` showed torch's advice to retry with
+    ``weights_only=False``, which would run what the file holds; the file is named as not a weights
+    file, and nothing else is said (nor run, nor left behind)."""
+    monkeypatch.setenv("WORKBENCH_DATA", env["WORKBENCH_DATA"])
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _Crafted(str(marker))}, evil)
+    run = tmp_path / "run"
+    command = ["pretrain", "--pretrained"] if option == "--pretrained" else ["train", "--init"]
+    code = main([*command, str(evil), "--preset", "smoke", "--run-dir", str(run), "--no-tensorboard"])
+    line = one_error_line((code, capsys.readouterr().err), names=evil)
+    assert "not a weights file" in line and "weights_only" not in line and "can still be loaded" not in line
+    assert not marker.exists() and not run.exists()
+
+
+#: issue 36, cases 4-7: ``--resume`` where it cannot continue what is there once trained something else
+RESUMES = ["pretrain on no such folder", "train on an empty folder", "train with another --init",
+           "train on a stage-1 folder"]
+
+
+def _resume_case(case: str, tmp_path: Path, stage1: Path, reference_run: Path) -> tuple[list[str], Path, str]:
+    """``(argv, the folder the error must name, what it must say)`` of a case of RESUMES."""
+    if case == "pretrain on no such folder":  # once trained a fresh stage 1 of the default preset
+        run = tmp_path / "no-such-run"
+        return ["pretrain", "--run-dir", str(run), "--resume", "--pretrain-epochs", "1"], run, "no such folder"
+    if case == "train on an empty folder":  # once answered "train needs --init"
+        run = tmp_path / "empty"
+        run.mkdir()
+        return ["train", "--run-dir", str(run), "--resume"], run, "nothing to resume"
+    if case == "train with another --init":  # once ignored --init without a word
+        other = tmp_path / "other.pt"
+        shutil.copy(stage1, other)
+        run = tmp_path / "mar"
+        shutil.copytree(reference_run, run)
+        return ["train", "--run-dir", str(run), "--resume", "--init", str(other)], run, f"not {other}"
+    run = tmp_path / "pre"  # once printed "after joint training" with the stage-1 metrics
+    shutil.copytree(stage1.parent, run)
+    return ["train", "--run-dir", str(run), "--resume"], run, f"pretrain --run-dir {run} --resume"
+
+
+@pytest.mark.parametrize("case", RESUMES)
+def test_resume_refuses_what_it_cannot_continue(env, stage1, reference_run, tmp_path, case, capsys,
+                                                monkeypatch) -> None:
+    monkeypatch.setenv("WORKBENCH_DATA", env["WORKBENCH_DATA"])
+    argv, run, says = _resume_case(case, tmp_path, stage1, reference_run)
+    before = snapshot(run) if run.exists() else None
+    line = one_error_line((main(argv), capsys.readouterr().err), names=run)
+    assert says in line, line
+    assert (snapshot(run) if run.exists() else None) == before  # nothing written, nothing trained
 
 
 # ----------------------------------------------------------------------------- two writers
@@ -293,16 +513,64 @@ def test_a_sweep_point_killed_mid_run_resumes_from_its_last_epoch_checkpoint(env
     assert json.loads((point / "status.json").read_text())["state"] == "done"
 
 
-def test_a_background_sweep_stops_its_workers_at_once(env, tmp_path) -> None:
-    """A sweep started as `... &` by a non-interactive shell has SIGINT ignored, and so had its workers:
-    stopping it (SIGTERM) sent them SIGINT in vain and killed them 20 s later. Now they stop at once."""
+def sleep_notebook(folder: Path) -> Path:
+    """A notebook that sleeps ``seconds`` (its one parameter besides ``out_dir``)."""
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
     nb = new_notebook(cells=[new_code_cell("seconds = 1\nout_dir = None", metadata={"tags": ["parameters"]}),
                              new_code_cell("import time\ntime.sleep(seconds)")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, tmp_path / "sleep.ipynb")
+    nbformat.write(nb, folder / "sleep.ipynb")
+    return folder / "sleep.ipynb"
+
+
+def wait_until_sleeping(out: Path, points: int, timeout: float = 120) -> None:
+    """Until the kernels of ``points`` points of a sweep of :func:`sleep_notebook` execute the sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        executed = list(out.glob("*/sleep.ipynb"))
+        if len(executed) == points and all("time.sleep" in p.read_text() for p in executed):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no sweep point of {out} started sleeping in {timeout} s")
+
+
+def test_a_second_identical_sweep_leaves_the_busy_point_alone(env, tmp_path) -> None:
+    """Issue 36, case 2: a sweep folder had no lock; a second identical sweep ran the busy point again,
+    marked it failed in its live status.json and replaced its executed notebook. Now it is refused in
+    one line naming the folder and the sweep that holds it, and touches nothing."""
+    (tmp_path / "grid.yaml").write_text("seconds: [30]\n")
+    out = tmp_path / "sweep"
+    args = ("sweep", str(sleep_notebook(tmp_path)), "--grid", str(tmp_path / "grid.yaml"), "--out", str(out))
+    first = subprocess.Popen([sys.executable, "-m", "workbench", *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_sleeping(out, 1)
+        (point,) = [p for p in out.iterdir() if p.is_dir()]
+
+        def started() -> str:  # the executed notebook's start, which a second run would replace
+            return json.loads((point / "sleep.ipynb").read_text())["metadata"]["papermill"]["start_time"]
+
+        status, notebook = (point / "status.json").read_bytes(), started()
+        assert json.loads(status)["state"] == "running"
+        second = workbench(env, *args, timeout=120)
+        line = one_error_line(second, names=out)
+        assert f"in use by pid {first.pid}" in line and "another sweep folder" in line
+        assert (point / "status.json").read_bytes() == status and started() == notebook
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        try:
+            first.wait(timeout=60)
+        finally:
+            first.kill()
+
+
+def test_a_background_sweep_stops_its_workers_at_once(env, tmp_path) -> None:
+    """A sweep started as `... &` by a non-interactive shell has SIGINT ignored, and so had its workers:
+    stopping it (SIGTERM) sent them SIGINT in vain and killed them 20 s later. Now they stop at once."""
+    sleep_notebook(tmp_path)
     (tmp_path / "grid.yaml").write_text("seconds: [120, 121]\n")
     out = tmp_path / "sweep"
     proc = subprocess.Popen([sys.executable, "-m", "workbench", "sweep", str(tmp_path / "sleep.ipynb"), "--grid",
@@ -310,12 +578,7 @@ def test_a_background_sweep_stops_its_workers_at_once(env, tmp_path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as `cmd &` does
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # both kernels are executing the sleep cell
-            executed = list(out.glob("*/sleep.ipynb"))
-            if len(executed) == 2 and all("time.sleep" in p.read_text() for p in executed):
-                break
-            time.sleep(0.5)
+        wait_until_sleeping(out, 2)
         time.sleep(3)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -325,6 +588,26 @@ def test_a_background_sweep_stops_its_workers_at_once(env, tmp_path) -> None:
         proc.kill()
     states = [json.loads(p.read_text())["state"] for p in out.glob("*/status.json")]
     assert states == ["interrupted", "interrupted"]
+
+
+def test_a_parameter_the_notebook_does_not_declare_stops_it_before_anything_runs(env, tmp_path) -> None:
+    """Issue 36, case 3: ``papermill 03_train_mar.ipynb out.ipynb -p prest smoke`` (papermill's own
+    command line, outside the workbench's checks): papermill warned "Passed unknown parameter" and the
+    notebook trained the demo preset. Now the cell after the parameters cell stops it, with the
+    declared name closest to the typo, before any run folder exists."""
+    out, runs = tmp_path / "point", tmp_path / "runs"
+    executed = tmp_path / "out.ipynb"
+    done = subprocess.run([sys.executable, "-m", "papermill", str(REPO / "notebooks" / "03_train_mar.ipynb"),
+                           str(executed), "-p", "prest", "smoke", "-p", "out_dir", str(out),
+                           "-p", "pretrain_epochs", "1", "-p", "epochs", "1"],
+                          env=env | {"WORKBENCH_RUNS": str(runs)}, cwd=REPO / "notebooks", capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode != 0, "the notebook ran with a parameter it does not declare"
+    cells = json.loads(executed.read_text())["cells"]
+    errors = [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert [(e["ename"], e["evalue"]) for e in errors] == [
+        ("NotebookParameterError", "this notebook declares no parameter 'prest'; did you mean 'preset'?")]
+    assert not out.exists() and not runs.exists()
 
 
 def test_run_files_follow_the_umask(tmp_path) -> None:

@@ -30,3 +30,8 @@ class CheckpointError(MissingFileError):
 
 class RunInUseError(RunFolderError):
     """Another process holds the run folder's lock (two writers never share a run folder)."""
+
+
+class DiskFullError(WorkbenchError, OSError):
+    """A write found no room (a full disk, a quota): the message names the file, the run folder and how
+    to go on once there is space; what was written before stays good."""

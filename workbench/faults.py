@@ -8,8 +8,9 @@ lookup per write. ``WORKBENCH_FAILPOINT`` holds ``ACTION@POINT[#N]``:
   (``step``: after each training step; ``epoch-end``: an epoch trained, nothing of it written;
   ``after-checkpoint``: its checkpoint renamed into place; ``projector``: before the TensorBoard
   projector files of a finished run).
-* ``ACTION`` is ``kill`` (SIGKILL to this process: what a power cut or the OOM killer does) or
-  ``enospc`` (the write raises ``OSError(ENOSPC)``, as on a full disk).
+* ``ACTION`` is ``kill`` (SIGKILL to this process: what a power cut or the OOM killer does),
+  ``interrupt`` (SIGINT: what Ctrl-C in a terminal sends), ``terminate`` (SIGTERM: what ``kill`` and
+  batch schedulers send) or ``enospc`` (the write raises ``OSError(ENOSPC)``, as on a full disk).
 * ``#N`` fires at the N-th time the point is reached (1-based; default 1), so a test can cut a run
   after its second checkpoint.
 
@@ -53,9 +54,12 @@ def _armed(name: str) -> str | None:
 def _fire(action: str, name: str) -> None:
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action in ("interrupt", "terminate"):  # the handler runs at the next bytecode
+        os.kill(os.getpid(), signal.SIGINT if action == "interrupt" else signal.SIGTERM)
+        return
     if action == "enospc":
         raise OSError(errno.ENOSPC, f"No space left on device (fail point {name})")
-    raise ValueError(f"{ENV}: unknown action {action!r} (kill | enospc)")
+    raise ValueError(f"{ENV}: unknown action {action!r} (kill | interrupt | terminate | enospc)")
 
 
 def point(name: str) -> None:

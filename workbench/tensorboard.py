@@ -15,8 +15,9 @@ A resumed run purges the events written after its checkpoint, so curves never do
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,19 +46,35 @@ class TensorBoardLog:
         self.writer = SummaryWriter(str(self.log_dir), purge_step=purge_step)
 
     def step(self, global_step: int, values: Mapping[str, float], lr: float, images_per_s: float) -> None:
-        """One training step: every finite value under ``train/``."""
-        for name, value in values.items():
-            if name in ("epoch", "step") or value != value:  # NaN (e.g. no mined positive)
-                continue
-            self.writer.add_scalar(f"train/{name}", value, global_step)
-        self.writer.add_scalar("train/lr", lr, global_step)
-        self.writer.add_scalar("train/images_per_s", images_per_s, global_step)
+        """One training step: every finite value under ``train/``.
+
+        Raises:
+            OSError: the event writer failed (a full disk); ``filename`` is the events folder.
+        """
+        with self._naming_the_folder():
+            for name, value in values.items():
+                if name in ("epoch", "step") or value != value:  # NaN (e.g. no mined positive)
+                    continue
+                self.writer.add_scalar(f"train/{name}", value, global_step)
+            self.writer.add_scalar("train/lr", lr, global_step)
+            self.writer.add_scalar("train/images_per_s", images_per_s, global_step)
 
     def evaluation(self, global_step: int, metrics: Mapping[str, float]) -> None:
-        """One evaluation on the target query/gallery, in percent."""
-        for name in METRIC_KEYS:
-            if name in metrics:
-                self.writer.add_scalar(f"eval/{name}", 100.0 * float(metrics[name]), global_step)
+        """One evaluation on the target query/gallery, in percent (raises as :meth:`step`)."""
+        with self._naming_the_folder():
+            for name in METRIC_KEYS:
+                if name in metrics:
+                    self.writer.add_scalar(f"eval/{name}", 100.0 * float(metrics[name]), global_step)
+
+    @contextmanager
+    def _naming_the_folder(self) -> Iterator[None]:
+        """The event writer's thread fails without a file name; its error, raised here, names the folder."""
+        try:
+            yield
+        except OSError as err:
+            if err.filename is None:
+                err.filename = str(self.log_dir)
+            raise
 
     def projector(self, tag: str, points: torch.Tensor, labels: Sequence[tuple[int, int]],
                   images: torch.Tensor | None, global_step: int, thumbnail: tuple[int, int] = (32, 16)) -> None:
@@ -84,5 +101,10 @@ class TensorBoardLog:
                                   tag=tag)
 
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()
+        """Flush and close the event files; a failed write (a full disk) is logged, not raised: the run's
+        own files and the error that stopped it are what count."""
+        try:
+            self.writer.flush()
+            self.writer.close()
+        except OSError as err:
+            log.info("TensorBoard events in %s not all written: %s", self.log_dir, err)

@@ -5,12 +5,56 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 class CLIError(Exception):
     """A bad argument: printed as one line, exit status 2."""
+
+
+@contextmanager
+def quiet_disk_full_threads() -> Iterator[None]:
+    """A helper thread (TensorBoard's event writer) that dies of a full disk prints no traceback: its
+    error reaches the main thread, which reports the full disk in one line naming the run folder."""
+    from workbench.runs import DISK_FULL
+
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in DISK_FULL):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's time limit) stops a command as Ctrl-C does: the run records
+    itself interrupted and says how to resume, instead of dying mid-epoch with ``run.json`` "running".
+
+    Left alone under torchrun (it stops every rank with SIGTERM and expects them gone), outside the main
+    thread, and when the parent chose another handler than the default.
+    """
+    def terminated(signum, frame):
+        raise KeyboardInterrupt
+
+    usable = (threading.current_thread() is threading.main_thread() and os.environ.get("WORLD_SIZE", "1") == "1"
+              and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+    previous = signal.signal(signal.SIGTERM, terminated) if usable else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 # ----------------------------------------------------------------------------- config options

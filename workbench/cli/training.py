@@ -3,6 +3,7 @@ and ``demo``."""
 from __future__ import annotations
 
 import argparse
+import logging
 
 from workbench.cli.common import (
     CLIError,
@@ -14,6 +15,8 @@ from workbench.cli.common import (
 )
 from workbench.data.datasets import READERS, load_dataset  # no torch: the parser and its errors stay fast
 from workbench.threads import configure_threads
+
+log = logging.getLogger("workbench.cli")
 
 
 # ----------------------------------------------------------------------------- data
@@ -65,22 +68,82 @@ def _resolve_resume(args: argparse.Namespace) -> None:
         raise CLIError("--resume needs --run-dir (the run folder to continue)")
 
 
-def _resumable(args: argparse.Namespace):
+def _names_a_start(args: argparse.Namespace, stage: str) -> bool:
+    """Whether the command line says how to start a run (stage 2: ``--init``/``--no-pretraining``;
+    stage 1: ``--preset``), so that ``--resume`` may start one where none has started (start or
+    continue: what a recipe's command does)."""
+    if stage == "mar":
+        return args.init is not None or bool(args.no_pretraining)
+    return args.preset is not None
+
+
+def _resumable(args: argparse.Namespace, stage: str):
     """With ``--resume``, the run folder when a run started there (its ``config.json`` is written, a
-    checkpoint or not), else None."""
+    checkpoint or not); None without ``--resume``, or when no run started there and the command names
+    one to start.
+
+    Raises:
+        CLIError: ``--resume`` alone and nothing to resume in the folder.
+    """
     from workbench.runs import RunFolder
 
     _resolve_resume(args)
     folder = RunFolder(args.run_dir) if args.resume else None
-    return folder if folder is not None and folder.has_config else None
+    if folder is None or folder.has_config:
+        return folder
+    if not _names_a_start(args, stage):
+        raise CLIError(f"nothing to resume in {folder.path} ({_why_empty(folder)}); check the path, or drop "
+                       "--resume to start a run there")
+    log.info("no run in %s yet: starting one", folder.path)
+    return None
 
 
-def _resume(args: argparse.Namespace, folder):
+def _why_empty(folder) -> str:
+    if not folder.path.exists():
+        return "no such folder"
+    if not folder.path.is_dir():
+        return "a file, not a run folder"
+    return f"no run started there: no {folder.CONFIG}"
+
+
+def _resume(args: argparse.Namespace, folder, stage: str):
     """``--resume``: everything from the run folder (config, stage, start checkpoint) plus any option
-    given now; a difference is refused."""
-    from workbench.engine import resume_run
+    given now; a difference is refused (another stage, another ``--init``, another configuration)."""
+    from workbench.engine import check_stage, resume_run
 
-    return resume_run(folder.path, config_from_args(args, saved=folder.config()))
+    check_stage(folder, stage)
+    if stage == "mar":
+        _check_start(args, folder)
+    return resume_run(folder.path, config_from_args(args, saved=folder.config()), stage=stage)
+
+
+def _check_start(args: argparse.Namespace, folder) -> None:
+    """``train --resume`` with ``--init`` or ``--no-pretraining``: the run must have started from that.
+
+    Raises:
+        RunFolderError: it started from another checkpoint (or from none, or from one).
+    """
+    from workbench.errors import RunFolderError
+
+    if args.init is None and not args.no_pretraining:
+        return
+    started = folder.record().start_checkpoint
+    if not _same_file(started, args.init):
+        none = "no stage-1 checkpoint (--no-pretraining)"
+        raise RunFolderError(f"{folder.path} started from {started or none}, not {args.init or none}; drop "
+                             "--init/--no-pretraining to resume it, or choose another run folder")
+
+
+def _same_file(a, b) -> bool:
+    """Whether two checkpoint paths (None: no checkpoint) name the same file."""
+    import os
+    from pathlib import Path
+
+    if a is None or b is None:
+        return a is None and b is None
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
 
 
 def _stage1_epochs(args: argparse.Namespace) -> None:
@@ -96,8 +159,8 @@ def _stage1_epochs(args: argparse.Namespace) -> None:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     _stage1_epochs(args)
-    if (folder := _resumable(args)) is not None:
-        result = _resume(args, folder)
+    if (folder := _resumable(args, "pretrain")) is not None:
+        result = _resume(args, folder, "pretrain")
     else:
         cfg = config_from_args(args)  # a bad --set is reported before torch loads
         from workbench.engine import pretrain
@@ -110,8 +173,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    if (folder := _resumable(args)) is not None:
-        result = _resume(args, folder)
+    if (folder := _resumable(args, "mar")) is not None:
+        result = _resume(args, folder, "mar")
     else:
         cfg = config_from_args(args)  # a bad --set is reported before anything else (and before torch loads)
         if args.init is None and not args.no_pretraining:
@@ -132,14 +195,16 @@ def add_training(sub: argparse._SubParsersAction) -> None:
     add_config_options(pre, helps={"epochs": "stage-1 epochs (here the same as --pretrain-epochs)",
                                    "pretrain_epochs": "stage-1 epochs (--epochs says the same here)"})
     pre.add_argument("--run-dir", default=None, help="run folder (default: runs/<time>-pretrain)")
-    pre.add_argument("--resume", action="store_true", help="continue the checkpoint in --run-dir")
+    pre.add_argument("--resume", action="store_true",
+                     help="continue the run in --run-dir (with --preset: start one there if none started)")
     pre.set_defaults(func=_cmd_pretrain)
     tr = sub.add_parser("train", help="stage 2: joint MAR training on the unlabeled target set")
     add_config_options(tr)
     tr.add_argument("--init", default=None, help="stage-1 checkpoint.pt to start from")
     tr.add_argument("--no-pretraining", action="store_true", help="start without a stage-1 checkpoint")
     tr.add_argument("--run-dir", default=None, help="run folder (default: runs/<time>-mar)")
-    tr.add_argument("--resume", action="store_true", help="continue the checkpoint in --run-dir")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue the run in --run-dir (with --init: start one there if none started)")
     tr.set_defaults(func=_cmd_train)
 
 

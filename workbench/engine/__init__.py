@@ -10,6 +10,7 @@ Example:
 """
 from workbench.engine.lifecycle import (
            check_run_folder,
+           check_stage,
            load_result,
            pretrain,
            resume_run,
@@ -17,7 +18,7 @@ from workbench.engine.lifecycle import (
            train_mar,
 )
 from workbench.engine.pretrain import PretrainTrainer
-from workbench.engine.trainer import RunResult, Trainer, TrainingDiverged
+from workbench.engine.trainer import RunResult, Trainer, TrainingDiverged, TrainingInterrupted
 
-__all__ = ["PretrainTrainer", "RunResult", "Trainer", "TrainingDiverged", "check_run_folder", "load_result",
-           "pretrain", "resume_run", "run_stage", "train_mar"]
+__all__ = ["PretrainTrainer", "RunResult", "Trainer", "TrainingDiverged", "TrainingInterrupted", "check_run_folder",
+           "check_stage", "load_result", "pretrain", "resume_run", "run_stage", "train_mar"]

@@ -14,7 +14,8 @@ from typing import Callable, Sequence
 
 from workbench.config import Config, config_differences, method_of
 from workbench.engine.pretrain import PretrainTrainer
-from workbench.engine.trainer import RunResult
+from workbench.engine.progress import STAGE_TITLES
+from workbench.engine.trainer import STAGE_COMMANDS, RunResult
 from workbench.errors import CheckpointError, ConfigError, RunFolderError
 from workbench.runs import RunFolder
 
@@ -27,25 +28,42 @@ def check_run_folder(stage: str, cfg: Config, run_dir: str | Path | RunFolder, *
     """Refuse to start in a folder that holds another run.
 
     Raises:
-        RunFolderError: the folder holds a checkpoint and ``resume`` is False; or ``resume`` is True
-            and its ``config.json`` differs from ``cfg`` in a field that changes what is computed
-            (the message names each field with both values). Nothing in the folder is touched.
+        RunFolderError: ``resume`` is False and the folder holds a run (a config, a checkpoint or
+            metrics: a fresh start would mix its files with theirs); or ``resume`` is True and the
+            folder holds a run of the other stage, or its ``config.json`` differs from ``cfg`` in a
+            field that changes what is computed (the message names each field with both values).
+            Nothing in the folder is touched.
         RunInUseError: another process is writing the folder.
     """
     folder = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
     if folder.state == "running":
         folder.acquire()  # raises RunInUseError naming the holder
     if not resume:
-        if folder.has_checkpoint:
-            raise RunFolderError(f"{folder.path} already holds a checkpoint; pass resume=True (--resume) to continue "
-                                 "it or choose another run folder")
+        if found := folder.run_files():
+            raise RunFolderError(f"{folder.path} already holds a run ({', '.join(found)}); pass resume=True "
+                                 "(--resume) to continue it, or choose another run folder")
         return
+    check_stage(folder, stage)
     saved = folder.config_or_none()
     if saved is not None:
         diff = config_differences(saved, cfg, stage)
         if diff:
             raise RunFolderError(f"{folder.path} holds a {stage} run with another configuration: {'; '.join(diff)}. "
                                  "Resume it with its own configuration, or choose another run folder")
+
+
+def check_stage(folder: RunFolder, stage: str) -> None:
+    """Refuse to resume (or reload) a run of one stage as the other.
+
+    Raises:
+        RunFolderError: the folder's record says another stage (naming the command that resumes it).
+    """
+    record = folder.record_or_none()
+    held = record.stage if record is not None else ""
+    if held in STAGES and held != stage:
+        raise RunFolderError(f"{folder.path} holds a {STAGE_TITLES[held]} run ({held}), not {STAGE_TITLES[stage]}; "
+                             f"resume it with: python -m workbench {STAGE_COMMANDS[held]} --run-dir {folder.path} "
+                             "--resume")
 
 
 def load_result(run_dir: str | Path) -> RunResult | None:
@@ -110,7 +128,8 @@ class _main_rank_lock:
             self.folder.release()
 
 
-def resume_run(run_dir: str | Path, cfg: Config | None = None, callbacks: Sequence[Callable] = ()) -> RunResult:
+def resume_run(run_dir: str | Path, cfg: Config | None = None, callbacks: Sequence[Callable] = (), *,
+               stage: str | None = None) -> RunResult:
     """Continue (or reload) the run in ``run_dir``, from whatever it holds: its ``config.json`` and
     ``run.json`` say the stage and the start checkpoint, so a run killed before its first
     checkpoint resumes too.
@@ -119,10 +138,11 @@ def resume_run(run_dir: str | Path, cfg: Config | None = None, callbacks: Sequen
         run_dir: a run folder (at least ``config.json`` written: the run started).
         cfg: the configuration the caller expects (None: the saved one); a different one is refused.
         callbacks: passed to the trainer.
+        stage: the stage the caller expects (None: whichever the folder holds); another is refused.
 
     Raises:
         CheckpointError: ``run_dir`` holds no run to resume.
-        RunFolderError: ``cfg`` differs from the saved configuration.
+        RunFolderError: ``cfg`` differs from the saved configuration, or the run is of another stage.
     """
     folder = RunFolder(run_dir)
     if not folder.has_config:
@@ -131,6 +151,8 @@ def resume_run(run_dir: str | Path, cfg: Config | None = None, callbacks: Sequen
     if record.stage not in STAGES:
         raise CheckpointError(f"{folder.path}: cannot tell which stage the run is ({folder.RECORD} and the "
                               "checkpoint are missing)")
+    if stage is not None:
+        check_stage(folder, stage)
     cfg = folder.config() if cfg is None else cfg
     return run_stage(record.stage, cfg, folder.path, init_checkpoint=record.start_checkpoint, resume=True,
                      callbacks=callbacks)

@@ -30,11 +30,12 @@ from workbench.config import Config
 from workbench.data import ImageCache
 from workbench.distributed import barrier, setup_context
 from workbench.engine.progress import STAGE_TITLES, ProgressLog, bar_values, in_notebook
-from workbench.errors import WorkbenchError
+from workbench.errors import DiskFullError, WorkbenchError
 from workbench.evaluation import METRIC_KEYS, evaluate, format_metrics
 from workbench.losses import LOSS_TERMS
 from workbench.paths import source_commit
 from workbench.runs import (
+    DISK_FULL,
     RunFolder,
     RunRecord,
     epoch_summary,
@@ -52,6 +53,15 @@ log = logging.getLogger("workbench.engine")
 
 class TrainingDiverged(WorkbenchError, RuntimeError):
     """A loss term or the weights became NaN or inf; the run folder keeps the last good checkpoint."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run: the message says where (the folder, the epoch its checkpoint holds) and how
+    to resume it. Still a KeyboardInterrupt, so that whatever runs the training stops too."""
+
+
+#: the command that runs each stage (``python -m workbench <command>``)
+STAGE_COMMANDS = {"pretrain": "pretrain", "mar": "train"}
 
 
 @dataclass
@@ -413,34 +423,39 @@ class Trainer:
     def fit(self) -> RunResult:
         """Run the remaining epochs; returns the run folder, the final metrics and the history.
 
-        Rank 0 holds the folder's lock throughout (a second writer is refused). A fresh start writes
-        ``config.json`` and ``run.json``; a resume never rewrites the config (the lifecycle checked that
-        it matches) and first rewrites ``history.csv``/``steps.csv`` from the checkpoint, repairing
-        a crash between a checkpoint and its rows. A run is finished when ``metrics.json`` exists: it is
-        written last, and a run whose last epoch is checkpointed but whose metrics are missing (a crash
-        in between) is evaluated again when resumed. An exception marks ``run.json`` failed, with the
-        error; an interrupt (Ctrl-C, a kill) leaves it interrupted, to resume.
+        Rank 0 holds the folder's lock throughout (a second writer is refused). A fresh start first
+        removes whatever an earlier run left in the folder, then writes ``run.json`` and
+        ``config.json``; a resume never rewrites the config (the lifecycle checked that it matches)
+        and first rewrites ``history.csv``/``steps.csv`` from the checkpoint, repairing a crash
+        between a checkpoint and its rows. A run is finished when ``metrics.json`` exists: it is
+        written last, and a run whose last epoch is checkpointed but whose metrics are missing (a
+        crash in between) is evaluated again when resumed.
+
+        Raises:
+            TrainingInterrupted: Ctrl-C (or SIGTERM made one); ``run.json`` says interrupted.
+            DiskFullError: a write found no room; ``run.json`` says failed.
+            Exception: anything else, with ``run.json`` saying failed and why.
         """
         if not self.ctx.is_main:
             return self._fit(self._try_resume())
         with self.folder.lock():
             resumed = self._try_resume()
-            if resumed:
-                self._write_logs()
-                self.record = self.folder.record_or_none() or self.record
-                self.record.state, self.record.error = "running", None
-                self.record.threads = self.threads.threads  # the resumed part's
-            else:
-                self.folder.write_config(self.cfg)
-                self.record.started, self.record.commit = _now(), source_commit()
-            self._write_record()
-            if self.cfg.train.tensorboard:
-                self.tb = TensorBoardLog(self.run_dir, purge_step=self.global_step(self.start_epoch))
             try:
+                self._begin(resumed)
                 result = self._fit(resumed)
+            except KeyboardInterrupt:
+                self._stopped("interrupted", "interrupted (Ctrl-C or SIGTERM)")
+                raise TrainingInterrupted(f"{self._title} in {self.run_dir} stopped, {self._where()}; "
+                                          f"resume it with: {self._resume_command()}") from None
+            except OSError as err:
+                self._stopped("failed", f"{type(err).__name__}: {err}")
+                if err.errno not in DISK_FULL:
+                    raise
+                raise DiskFullError(f"{err.strerror} writing {err.filename or self.run_dir}: {self._title} in "
+                                    f"{self.run_dir} stopped, {self._where()}; free space, then resume it with: "
+                                    f"{self._resume_command()}") from None
             except Exception as err:
-                self.record.state, self.record.error = "failed", f"{type(err).__name__}: {err}"
-                self._write_record()
+                self._stopped("failed", f"{type(err).__name__}: {err}")
                 raise
             finally:
                 if self.tb is not None:
@@ -449,9 +464,47 @@ class Trainer:
             self._write_record()
             return result
 
+    def _begin(self, resumed: bool) -> None:
+        """Rank 0, with the lock: the record (and on a fresh start a cleared folder and the config)."""
+        if resumed:
+            self._write_logs()
+            self.record = self.folder.record_or_none() or self.record
+            self.record.state, self.record.error = "running", None
+            self.record.threads = self.threads.threads  # the resumed part's
+        else:  # no file of an earlier run may survive beside this one's (metrics.json first)
+            self.folder.clear_run()
+            self.record.started, self.record.commit = _now(), source_commit()
+        self._write_record()
+        if not resumed:
+            self.folder.write_config(self.cfg)  # after run.json: a folder with a config says its stage
+        if self.cfg.train.tensorboard:
+            self.tb = TensorBoardLog(self.run_dir, purge_step=self.global_step(self.start_epoch))
+
+    def _stopped(self, state: str, error: str) -> None:
+        """Record why the run stopped in ``run.json``; a record that cannot be written (the disk is full
+        even for that) must not hide the error that stopped the run."""
+        self.record.state, self.record.error = state, error
+        try:
+            self._write_record()
+        except OSError as err:
+            log.warning("could not record the run as %s in %s: %s", state, self.folder.record_path, err)
+
+    @property
+    def _title(self) -> str:
+        return STAGE_TITLES.get(self.stage, self.stage)
+
+    def _where(self) -> str:
+        if self.good_epoch:
+            return f"its checkpoint holds epoch {self.good_epoch}/{self.num_epochs}"
+        return "no epoch had finished"
+
+    def _resume_command(self) -> str:
+        return f"python -m workbench {STAGE_COMMANDS.get(self.stage, self.stage)} --run-dir {self.run_dir} --resume"
+
     def _write_record(self) -> None:
-        """``run.json``: the record, with what the history and the stage's extra metrics say now."""
-        summary = epoch_summary(self.history)
+        """``run.json``: the record, with what the checkpointed epochs and the stage's extra metrics say now
+        (an epoch trained but not checkpointed when the run stopped is not done)."""
+        summary = epoch_summary(self.history[:self.good_epoch])
         if self.stage != "mar":
             summary.pop("final_threshold", None), summary.pop("final_pos_precision", None)
         self.record.__dict__.update(summary)

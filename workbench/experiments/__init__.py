@@ -8,8 +8,8 @@ One module per step, every public name re-exported here (notebooks use ``ex.<nam
     results.py   collect a sweep folder, select, paper_table / paper_rows, curve, metrics tables
     report.py    markdown tables and results CSVs (``python -m workbench report``)
     paper.py     the paper's numbers (PAPER.md) and the ablation / fusion / pretraining definitions
-    notebook.py  notebook-side helpers: notebook_config, ensure_run, find_run, finished_runs, run_choice,
-                 existing_folder, record_point
+    notebook.py  notebook-side helpers: check_parameters, notebook_config, ensure_run, find_run, finished_runs,
+                 run_choice, existing_folder, record_point
     catalog.py   EXPERIMENTS: the paper's tables and figures as rows over run records
     records.py   run records from sweep folders and results folders
     stats.py     seeds, paired intervals, budgets, curves (numbers)
@@ -63,6 +63,7 @@ from workbench.experiments.grids import (
 )
 from workbench.experiments.notebook import (
     DATA_PARAMETERS,
+    check_parameters,
     ensure_run,
     existing_folder,
     find_run,
@@ -116,7 +117,8 @@ from workbench.experiments.sweep import (
 
 __all__ = [
     "load_grid", "one_at_a_time", "parse_value", "point_name",
-    "DATA_PARAMETERS", "ensure_run", "existing_folder", "find_run", "finished_runs", "run_choice", "shown_path", "notebook_config", "notebook_out_dir",
+    "DATA_PARAMETERS", "check_parameters", "ensure_run", "existing_folder", "find_run", "finished_runs", "run_choice",
+    "shown_path", "notebook_config", "notebook_out_dir",
     "record_point",
     "FUSION_COMBINATIONS", "LOSS_ABLATION", "METHOD_COMPARISON", "PAPER_METRICS", "PAPER_NETWORKS", "PAPER_RESULTS",
     "PRETRAINING_ABLATION", "pretraining_points",

@@ -33,12 +33,13 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
     return {name: info.get("default") for name, info in pm.inspect_notebook(str(path)).items()}
 
 
-def unknown_parameter(path: Path, name: str, declared: Mapping[str, Any]) -> str:
-    """The message for a parameter ``path`` does not declare, with the closest declared name when one is close."""
+def unknown_parameter(path: str | os.PathLike, name: str, declared: Mapping[str, Any] | Sequence[str]) -> str:
+    """The message for a parameter the notebook ``path`` does not declare, with the closest declared name
+    when one is close."""
     from workbench.config import did_you_mean
 
     hint = did_you_mean(name, list(declared)) if declared else "; (none: it has no cell tagged parameters)"
-    return f"{path.name} declares no parameter {name!r}{hint.replace('; known:', '; its parameters:')}"
+    return f"{Path(path).name} declares no parameter {name!r}{hint.replace('; known:', '; its parameters:')}"
 
 
 def check_params(path: Path, params: Mapping[str, Any], declared: Mapping[str, Any]) -> None:

@@ -1,5 +1,5 @@
-"""Notebook-side helpers: a parameters cell to a config, output folders, finished runs, recorded
-point summaries. (Notebooks are committed without outputs by nbstripout: ``make notebooks-strip``.)"""
+"""Notebook-side helpers: the parameters papermill gave checked, a parameters cell to a config, output
+folders, finished runs, recorded point summaries. (Notebooks are committed without outputs by nbstripout: ``make notebooks-strip``.)"""
 from __future__ import annotations
 
 import logging
@@ -16,12 +16,82 @@ if TYPE_CHECKING:  # heavy imports (torch, pandas, papermill) stay inside the fu
 from workbench.errors import WorkbenchError
 from workbench.evaluation.names import METRIC_KEYS
 from workbench.experiments.results import flatten_metrics
-from workbench.experiments.execute import NotebookParameterError, repo_path
+from workbench.experiments.execute import NOTEBOOK_ENV, NotebookParameterError, repo_path, unknown_parameter
 from workbench.runs import RunFolder
 
 log = logging.getLogger("workbench.experiments")
 
 # ----------------------------------------------------------------------------- notebook-side helpers
+
+#: how papermill's ``injected-parameters`` cell starts in a Python kernel (its default comment)
+INJECTED_CELL_START = "# Parameters\n"
+
+
+def check_parameters() -> None:
+    """Stop the notebook when papermill was given a parameter that its parameters cell does not declare.
+
+    papermill (``papermill NB OUT -p NAME VALUE``, ``execute_notebook(parameters=...)``) writes the
+    values it is given into a cell tagged ``injected-parameters`` right after the parameters cell and
+    only warns ("Passed unknown parameter") about a name the notebook does not declare: ``-p prest
+    smoke`` ran the default preset. Called first thing after the parameters cell, this reads the
+    kernel's input history: every name the last injected cell assigns must have been assigned by a
+    cell run before it (the parameters cell; papermill's ``PAPERMILL_*`` paths excepted). Outside a
+    kernel, or in a notebook nobody parameterized, it does nothing. (:func:`run_notebook` and sweeps
+    refuse such a parameter before any kernel starts.)
+
+    Raises:
+        NotebookParameterError: one line naming the parameter and the declared name closest to it.
+
+    Example:
+        >>> check_parameters()  # outside a kernel: nothing to check
+    """
+    cells = _kernel_inputs()
+    injected = [i for i, cell in enumerate(cells) if cell.startswith(INJECTED_CELL_START)]
+    if not injected:
+        return
+    declared = sorted(set().union(*(_assigned(cells[i]) for i in range(injected[-1]) if i not in injected)))
+    given = _assigned(cells[injected[-1]])
+    unknown = sorted(name for name in given if name not in declared and not name.startswith("PAPERMILL_"))
+    if unknown:
+        more = f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""
+        raise NotebookParameterError(unknown_parameter(_notebook_name(), unknown[0], declared) + more)
+
+
+def _kernel_inputs() -> list[str]:
+    """The code cells this kernel ran, in order (IPython's history, magics translated); [] outside one."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return []
+    shell = get_ipython()
+    return list(shell.history_manager.input_hist_parsed) if shell is not None else []
+
+
+def _assigned(source: str) -> set[str]:
+    """The names a cell assigns at its top level (``name = ...``, ``name: type = ...``)."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def _notebook_name() -> str:
+    """The running notebook's file name, when :func:`run_notebook` or JupyterLab said it."""
+    for env in (NOTEBOOK_ENV, "JPY_SESSION_NAME"):
+        value = os.environ.get(env)
+        if value and value.endswith(".ipynb"):
+            return Path(value).name
+    return "this notebook"
+
 
 #: the dataset fields every notebook that trains or evaluates declares (README: "the same fields in a
 #: notebook's parameters" as ``--target``/``--target-root``/``--reference``/``--reference-root``)

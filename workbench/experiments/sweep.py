@@ -2,7 +2,8 @@
 
 A sweep runs one notebook once per point, each point in its own folder with ``status.json``
 (running | done | failed, params, error, times), the executed notebook and ``metrics.json``.
-Re-running a sweep skips the points that are done; a failing point never stops the others.
+Re-running a sweep skips the points that are done; a failing point never stops the others. The sweep
+folder's ``.lock`` is held while a sweep runs it: a second sweep of the same folder is refused.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from workbench.experiments.execute import (
     unknown_parameter,
 )
 from workbench.experiments.grids import point_name, read_grid
-from workbench.runs import PointFolder
+from workbench.runs import FolderLock, PointFolder
 
 STATUS_FILE = PointFolder.STATUS
 #: what runs one attempt of a point, handed to the executors (which know no notebook runner themselves)
@@ -208,43 +209,44 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, Sequence] | Sequence[Mappi
             or an invalid config (:func:`check_points`, before any kernel starts). A failing point
             raises nothing: its status says ``failed``.
         workbench.experiments.executors.SharedStorageError: with Ray, a node that does not see the sweep folder.
+        RunInUseError: another sweep is running in ``out_dir`` (its ``.lock``); nothing was touched.
         KeyboardInterrupt: after every running point was stopped and recorded as interrupted.
     """
     from workbench.experiments.executors import Attempt
+    from workbench.experiments.results import collect  # results reads the status files written here
 
     nb_path = Path(path).resolve()
     base = absolute_paths(dict(base_params or {}))
     points, where, source = read_grid(grid)
     points = [absolute_paths(p) for p in points]
     check_points(nb_path, points, base, where=where, source=source)  # the whole grid, before any kernel
-    runner = make_executor(executor, jobs=jobs, devices=devices, gpus_per_point=gpus_per_point,
-                           cpus_per_point=cpus_per_point, address=address)
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     given = list(names) if names is not None else None
     if given is not None and len(given) != len(points):
         raise ConfigError(f"names: {len(given)} names for {len(points)} (distinct) points")
-    names = []
-    todo: list[tuple[Attempt, dict | None]] = []
-    for i, point in enumerate(points):
-        params = {**base, **point}
-        name = given[i] if given is not None else point_name(point, params)
-        names.append(name)
-        status = read_status(out_dir / name)
-        if status is None or status.get("state") != "done":
-            todo.append((Attempt(name, nb_path, params, out_dir / name, kernel_name, timeout, call=RUN_NOTEBOOK),
-                         {"point": point, "previous": status}))
-    if todo:
-        runner.prepare(out_dir, nb_path)
-    counts = _run_points(todo, runner, retries=retries, progress=progress, label=f"sweep {nb_path.stem}",
-                         skipped=len(points) - len(todo))
-    log.info("sweep %s: %d run, %d skipped (done before), %d failed → %s", nb_path.name, counts["done"],
-             len(points) - len(todo), counts["failed"], out_dir)
-    from workbench.experiments.results import (
-        collect,  # results reads the status files written here
-    )
-
-    return collect(out_dir, names=names)
+    out_dir = Path(out_dir).resolve()
+    # one sweep at a time: a second one would run again the points this one is running, mark them
+    # failed in their status.json and replace their executed notebooks
+    with FolderLock(out_dir, "sweep folder"):
+        runner = make_executor(executor, jobs=jobs, devices=devices, gpus_per_point=gpus_per_point,
+                               cpus_per_point=cpus_per_point, address=address)
+        names = []
+        todo: list[tuple[Attempt, dict | None]] = []
+        for i, point in enumerate(points):
+            params = {**base, **point}
+            name = given[i] if given is not None else point_name(point, params)
+            names.append(name)
+            status = read_status(out_dir / name)
+            if status is None or status.get("state") != "done":
+                todo.append((Attempt(name, nb_path, params, out_dir / name, kernel_name, timeout,
+                                      call=RUN_NOTEBOOK),
+                             {"point": point, "previous": status}))
+        if todo:
+            runner.prepare(out_dir, nb_path)
+        counts = _run_points(todo, runner, retries=retries, progress=progress, label=f"sweep {nb_path.stem}",
+                             skipped=len(points) - len(todo))
+        log.info("sweep %s: %d run, %d skipped (done before), %d failed → %s", nb_path.name, counts["done"],
+                 len(points) - len(todo), counts["failed"], out_dir)
+        return collect(out_dir, names=names)
 
 
 def make_executor(executor: "str | Executor" = "local", *, jobs: int | None = None,

@@ -78,7 +78,7 @@ class ClusterContrastTrainer(Trainer):
 
     Shares the stage-1 checkpoint, the optimizer and lr schedule (``lr``, ``weight_decay``,
     ``milestones``), the epoch length (``epoch_length``: steps of a MAR epoch), evaluation, run
-    folder, resume and TensorBoard with :class:`~workbench.engine.stages.MARTrainer`. A batch holds
+    folder, resume and TensorBoard with :class:`~workbench.methods.mar.MARTrainer`. A batch holds
     ``n_target`` target images (P = n_target // cc_instances pseudo labels × K = cc_instances). The
     agents of the stage-1 model are kept, frozen (no loss here uses them). A subclass changes where an
     epoch's labels come from (:meth:`epoch_labels`).

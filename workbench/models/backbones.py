@@ -242,7 +242,22 @@ def imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
                 f"  Or pass pretrained=PATH to a local state dict file (or pretrained=None for a "
                 f"random init)."
             ) from err
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return _load_weights(path)
+
+
+def _load_weights(path: Path) -> object:
+    """``torch.load(path, weights_only=True)``.
+
+    Raises:
+        WeightsError: the file is not a weights file (empty, truncated, or a pickle of more than
+            tensors); torch's own message, which suggests ``weights_only=False`` (running whatever a
+            crafted pickle holds), is not repeated.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # RuntimeError, EOFError, UnpicklingError ... whatever the file is
+        empty = path.stat().st_size == 0
+        raise WeightsError(f"{path} is not a weights file{' (it is empty)' if empty else ''}") from None
 
 
 def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -258,10 +273,7 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> d
         if not path.is_file():
             raise WeightsError(f"weights file not found: {path} (point pretrained / --pretrained at the file, "
                                "or pass --pretrained none to start from a random init)")
-        try:
-            source = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise WeightsError(f"could not read weights file {path}: {err}") from err
+        source = _load_weights(path)
     if not isinstance(source, Mapping):
         raise WeightsError(f"expected a state dict (a mapping of tensors), got {type(source).__name__}")
     for wrapper in ("model", "state_dict"):

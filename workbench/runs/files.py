@@ -8,6 +8,7 @@ Checkpoints hold only tensors, numbers, strings, lists and dicts: they load with
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -35,12 +36,22 @@ def _umask() -> int:
     return mask
 
 
+#: the errors of a write that found no room: a full disk, a quota reached
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``.
+
+    Raises:
+        OSError: the write failed (a full disk: ``errno.ENOSPC``); its ``filename`` is ``path``, and the
+            temporary file is gone, so the space it took is free again.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a run's files follow the umask
         with os.fdopen(fd, "wb") as fh:
             faults.write_point(path.name)
@@ -48,9 +59,30 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(path)  # a failed write names the file it was for, not nothing
         raise
+
+
+def overwrite_in_place(path: str | Path, text: str) -> None:
+    """Rewrite an existing small file in place (no temporary file): the last resort on a full disk,
+    where the blocks the file already holds take the new text; not atomic, so only for a file whose
+    loss is repaired (``run.json``).
+
+    Raises:
+        OSError: it could not be written.
+    """
+    data = text.encode("utf-8")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -77,9 +109,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as indented JSON text (numpy/tensors converted, NaN → null)."""
+    return json.dumps(_jsonable(obj), indent=2) + "\n"
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON (numpy/tensors converted, NaN → null)."""
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2) + "\n")
+    atomic_write_text(path, json_text(obj))
 
 
 def write_csv(path: str | Path, rows: Iterable[dict]) -> None:
@@ -158,11 +195,11 @@ def load_checkpoint(path: str | Path, map_location: "str | torch.device" = "cpu"
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, KeyError ... for bad files
+    except Exception:  # torch raises RuntimeError, EOFError, UnpicklingError, KeyError ... for bad files
+        # (torch's message suggests weights_only=False, which would run what a crafted pickle holds: not repeated)
         size = path.stat().st_size
-        what = "empty" if size == 0 else f"{size} bytes, truncated or not a torch file"
-        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({what}: {first})") from None
+        what = "empty" if size == 0 else f"{size} bytes: truncated, or not a weights file"
+        raise CheckpointError(f"{path} is not a readable checkpoint ({what})") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path} is not a workbench checkpoint (no 'model' state dict)")
     bad = nonfinite_tensors(state["model"])

@@ -3,7 +3,8 @@
 A run folder holds, for one stage (``pretrain`` or ``mar``):
 
 ============== ==================================================================================
-``config.json``   the run's configuration (written once, at a fresh start)
+``config.json``   the run's configuration (written once, at a fresh start, which first removes
+                  every file an earlier run left in the folder)
 ``run.json``      the record the engine keeps: stage, seed, commit, start checkpoint and the metrics
                   it started from, per-epoch cost, final threshold and mined-pair precision, state
 ``history.csv``   one row per epoch (losses, lr, seconds, images/s, metrics when evaluated)
@@ -11,8 +12,9 @@ A run folder holds, for one stage (``pretrain`` or ``mar``):
 ``checkpoint.pt`` the last finished epoch (model, optimizer, scheduler, RNG, history)
 ``metrics.json``  the final metrics; its presence means the run is finished
 ``tensorboard/``  event files
-``.lock``         held (``flock``) by the process writing the run; the OS drops it when that
-                  process dies, so a ``kill -9`` never leaves the folder locked
+``.lock``         held (``flock``, :class:`~workbench.runs.lock.FolderLock`) by the process writing
+                  the run; the OS drops it when that process dies, so a ``kill -9`` never leaves
+                  the folder locked
 ============== ==================================================================================
 
 Nothing outside this module spells those names: callers ask a :class:`RunFolder`.
@@ -24,17 +26,25 @@ Example:
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from workbench.errors import RunFolderError, RunInUseError
-from workbench.runs.files import load_checkpoint, read_rows, write_csv, write_json
+from workbench.errors import RunFolderError
+from workbench.runs.files import (
+    DISK_FULL,
+    atomic_write_text,
+    json_text,
+    load_checkpoint,
+    overwrite_in_place,
+    read_rows,
+    write_csv,
+    write_json,
+)
+from workbench.runs.lock import FolderLock
 
 if TYPE_CHECKING:
     from workbench.config import Config
@@ -53,7 +63,7 @@ class RunRecord:
 
     stage: str = ""                          # pretrain | mar (stage 2, whatever its method)
     method: str | None = None                # stage 2: the method that trained it (workbench.methods)
-    state: str = "running"                   # running | failed | finished (interrupted: a dead lock holder)
+    state: str = "running"                   # running | interrupted (Ctrl-C, SIGTERM) | failed | finished
     seed: int | None = None
     commit: str | None = None                # source commit of the code that trained (None: not a checkout)
     started: str | None = None               # ISO time of the fresh start
@@ -68,17 +78,13 @@ class RunRecord:
     init_threshold: float | None = None      # stage 2: T at the start (L_MDL's agreement threshold)
     final_threshold: float | None = None     # stage 2: T after the last epoch
     final_pos_precision: float | None = None  # stage 2: share of the last epoch's mined positives that are true
-    error: str | None = None                 # why the run failed (state "failed")
+    error: str | None = None                 # why the run failed or stopped (state "failed", "interrupted")
     curve: list = field(default_factory=list)  # per evaluated epoch: {"epoch", "rank1", "mAP"} (epoch 0: the start)
 
     @classmethod
     def from_dict(cls, values: dict) -> "RunRecord":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 class RunFolder:
@@ -95,11 +101,13 @@ class RunFolder:
     CHECKPOINT = "checkpoint.pt"
     METRICS = "metrics.json"
     TENSORBOARD = "tensorboard"
-    LOCK = ".lock"
+    LOCK = FolderLock.NAME
+    #: what makes a folder hold a run: a fresh start is refused while any of them is there
+    RUN_FILES = (CONFIG, CHECKPOINT, METRICS)
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self._lock_fd: int | None = None
+        self._lock = FolderLock(self.path, "run folder")
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -158,7 +166,7 @@ class RunFolder:
             return "finished"
         if not self.path.is_dir() or not (self.has_config or self.has_checkpoint):
             return "new"
-        if self._lock_fd is not None or self.locked_by_other():
+        if self._lock.held or self.locked_by_other():
             return "running"
         record = self.record_or_none()
         if record is not None and record.state == "failed":
@@ -168,50 +176,29 @@ class RunFolder:
     # -- the lock
     def locked_by_other(self) -> bool:
         """True when another process (or another open of this folder) holds the lock now."""
-        path = self.path / self.LOCK
-        if not path.is_file():
-            return False
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return self._lock.locked_by_other()
 
     def acquire(self) -> None:
         """Take the folder's lock (exclusive, non-blocking) and remove temporary files a killed writer left.
 
         Raises:
+            RunFolderError: the path is a file.
             RunInUseError: another process holds it (the message names its pid and command).
         """
-        if self._lock_fd is not None:
+        if self._lock.held:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise RunInUseError(f"{self.path} is in use by {holder}; wait for it to finish, stop it, "
-                                "or choose another run folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} since {_now()}\n".encode(), 0)
-        self._lock_fd = fd
+        self._lock.acquire()
         for stale in self.path.glob(".*.tmp"):  # a writer killed mid-write (the real file is intact)
             stale.unlink(missing_ok=True)
 
     def release(self) -> None:
-        if self._lock_fd is not None:
-            fd, self._lock_fd = self._lock_fd, None
-            os.close(fd)
+        """Let the lock go; a folder left holding nothing but it is removed (a run that failed at once)."""
+        self._lock.release()
 
     @contextmanager
     def lock(self) -> Iterator["RunFolder"]:
         """Hold the lock for the ``with`` block (see :meth:`acquire`)."""
-        taken = self._lock_fd is None
+        taken = not self._lock.held
         self.acquire()
         try:
             yield self
@@ -247,9 +234,11 @@ class RunFolder:
         return load_checkpoint(self.checkpoint_path, map_location=map_location)
 
     def record_or_none(self) -> RunRecord | None:
-        if self.record_path.is_file():
+        """``run.json``, or None when absent or unreadable (torn by a kill during a full-disk rewrite)."""
+        try:
             return RunRecord.from_dict(json.loads(self.record_path.read_text()))
-        return None
+        except (OSError, ValueError):
+            return None
 
     def record(self) -> RunRecord:
         """The engine's record; for folders written before ``run.json`` existed, rebuilt from
@@ -272,12 +261,40 @@ class RunFolder:
             record.start_checkpoint = state.get("init_checkpoint") or None
         return record
 
+    def run_files(self) -> list[str]:
+        """The files of :attr:`RUN_FILES` the folder holds (a fresh start needs none of them)."""
+        return [name for name in self.RUN_FILES if (self.path / name).is_file()]
+
     # -- writing (the engine)
+    def clear_run(self) -> None:
+        """Remove every file an earlier run left, ``metrics.json`` first (so the folder never reads
+        finished meanwhile) and ``config.json`` last: a fresh start writes into a folder where nothing
+        of another run can survive beside its own files."""
+        import shutil
+
+        for name in (self.METRICS, self.CHECKPOINT, self.HISTORY, self.STEPS, self.RECORD):
+            (self.path / name).unlink(missing_ok=True)
+        if self.tensorboard_dir.is_dir():
+            shutil.rmtree(self.tensorboard_dir)
+        self.config_path.unlink(missing_ok=True)
+
     def write_config(self, cfg: "Config") -> None:
         write_json(self.config_path, cfg.to_dict())
 
     def write_record(self, record: RunRecord) -> None:
-        write_json(self.record_path, asdict(record))
+        """``run.json``, atomically; on a full disk, rewritten in place instead, so that a run stopped by
+        the full disk is still recorded as failed (the existing file's blocks hold the few bytes more).
+
+        Raises:
+            OSError: it could not be written either way.
+        """
+        text = json_text(asdict(record))
+        try:
+            atomic_write_text(self.record_path, text)
+        except OSError as err:
+            if err.errno not in DISK_FULL or not self.record_path.is_file():
+                raise
+            overwrite_in_place(self.record_path, text)
 
     def write_logs(self, history: list[dict], steps: list[dict]) -> None:
         write_csv(self.history_path, history)
