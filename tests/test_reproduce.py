@@ -237,3 +237,14 @@ def test_the_committed_zoo_is_intact() -> None:
         assert entry.bytes < 25e6 and entry.key == computation_key(
             __import__("workbench.config", fromlist=["Config"]).Config.from_dict(entry.config))
     assert len(entries) <= 3
+
+
+def test_rows_picks_a_part_of_the_plan(tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = reproduce(RESULTS / "method_comparison", runs=tmp_path, dry_run=True, echo=lines.append,
+                       rows=["supervised upper bound (true identities)"])
+    points = [s for s in result.steps if s.kind == "point"]
+    assert {s.name for s in points} == {"supervised upper bound (true identities)"} and len(points) == 3
+    with pytest.raises(ConfigError, match="did you mean 'supervised upper bound"):
+        reproduce(RESULTS / "method_comparison", runs=tmp_path, dry_run=True, echo=lines.append,
+                  rows=["supervised upper bund"])

@@ -215,7 +215,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     for folder in folders:
         try:
             result = reproduce(folder, runs=args.runs, out=args.out if len(folders) == 1 else None, jobs=args.jobs,
-                               threads=args.threads, dry_run=args.dry_run, smoke=args.smoke,
+                               threads=args.threads, dry_run=args.dry_run, smoke=args.smoke, rows=args.rows,
                                figures=None if args.dry_run else _figures())
         except KeyboardInterrupt:
             print("interrupted; run the same command to resume (finished runs are kept, the others continue "
@@ -240,6 +240,8 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
                     help="print the plan: every stage 1 and point, which exist under --runs, the expected CPU time")
     rp.add_argument("--smoke", action="store_true",
                     help="the same plan at smoke scale: synthetic data, 1 seed, 1 epoch (about a minute)")
+    rp.add_argument("--rows", nargs="+", default=None, metavar="LABEL",
+                    help="only these rows of the table (e.g. to run them first; the folder then holds them alone)")
     rp.set_defaults(func=_cmd_reproduce)
 
 

@@ -21,7 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,7 +70,8 @@ def relative(path: Path) -> str:
 
 def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
               jobs: int = 1, threads: int = 1, dry_run: bool = False, smoke: bool = False,
-              figures: "FigureDrawer | None" = None, echo: Callable[[str], None] = print) -> Reproduced:
+              rows: Sequence[str] | None = None, figures: "FigureDrawer | None" = None,
+              echo: Callable[[str], None] = print) -> Reproduced:
     """Regenerate a results folder from its recipe (see the module docstring).
 
     Args:
@@ -82,6 +83,7 @@ def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = Non
         threads: torch threads per run.
         dry_run: print the plan (and the expected CPU time) and run nothing.
         smoke: the same plan at smoke scale (synthetic data, 1 seed, 1 epoch): a minute, for tests.
+        rows: only these rows of the table (their runs, then a folder of them alone); None: every row.
         figures: draws the folder's figures from its tables (the command passes
             :func:`workbench.viz.experiment_figures`); None: none drawn.
         echo: where the plan and the comparison are printed.
@@ -94,6 +96,8 @@ def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = Non
         if recipe.kind != "table":
             raise ConfigError(f"{recipe.path}: a recipe of commands has no smoke scale")
         recipe = recipe.smoke()
+    if rows is not None:
+        recipe = only_rows(recipe, rows)
     runs = Path(runs) if runs is not None else default_runs()
     if recipe.kind == "commands":
         return _run_commands(recipe, runs, out, dry_run, echo)
@@ -116,6 +120,23 @@ def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = Non
     if result.failed:
         echo(f"{len(result.failed)} run(s) failed: " + "; ".join(result.failed))
     return result
+
+
+def only_rows(recipe: Recipe, rows: Sequence[str]) -> Recipe:
+    """The recipe with only ``rows`` (labels of its rows).
+
+    Raises:
+        ConfigError: a label that is no row of the recipe (with the closest one).
+    """
+    from dataclasses import replace as replace_fields
+
+    from workbench.config import did_you_mean
+
+    labels = [r.label for r in recipe.rows]
+    for label in rows:
+        if label not in labels:
+            raise ConfigError(f"{recipe.path}: no row {label!r}{did_you_mean(label, labels)}")
+    return replace_fields(recipe, rows=tuple(r for r in recipe.rows if r.label in rows))
 
 
 # ----------------------------------------------------------------------------- the steps
