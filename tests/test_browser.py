@@ -288,6 +288,6 @@ def _training_shows_a_moving_progress_bar(page, base: str, token: str, served: P
     epochs = [b for b in final if b.startswith("stage 2")]
     assert len(epochs) == 2 and "epoch 1/2" in epochs[0] and "epoch 2/2" in epochs[1], final  # one bar per epoch
     assert "T=" in epochs[1] and "loss=" in epochs[1] and "img/s=" in epochs[1], epochs[1]
-    # "stage 2 epoch 1/2: 40% 4/10 [00:01<00:01, ...]": the step count advanced in place while it trained
-    steps = {m.group(1, 2) for b in seen if (m := re.match(r"(stage 2 epoch \d+/\d+).*?(\d+)/\d+ \[", b))}
+    # "stage 2 (mar) epoch 1/2: 40% 4/10 [00:01<00:01, ...]": the step count advanced in place while it trained
+    steps = {m.group(1, 2) for b in seen if (m := re.match(r"(stage 2 \(mar\) epoch \d+/\d+).*?(\d+)/\d+ \[", b))}
     assert len(steps) >= 2, seen

@@ -146,7 +146,7 @@ def test_03_train_mar_runs_stage1_then_reuses_it(nb_env, tmp_path: Path) -> None
         assert key in m, key
     assert m["epochs_done"] == 2 and m["feature_dim"] == 1280
     config = json.loads((tmp_path / "mar" / "config.json").read_text())
-    assert config["loss"]["use_cml"] is False and config["loss"]["lambda_ref"] == 10.0
+    assert config["settings"]["use_cml"] is False and config["settings"]["lambda_ref"] == 10.0
     steps = (tmp_path / "mar" / "steps.csv").read_text()
     assert "threshold" in steps.splitlines()[0]
     # run again in the same folder: both finished runs are reused, nothing is trained again
@@ -169,7 +169,7 @@ def test_training_in_a_notebook_shows_a_progress_bar_per_epoch(nb_env, stage1: P
     widgets = sum("application/vnd.jupyter.widget-view+json" in o.get("data", {})
                   for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert widgets >= 2, "no progress widget in the executed notebook"
-    assert "stage 2 epoch 1/2" in text and "stage 2 epoch 2/2" in text
+    assert "stage 2 (mar) epoch 1/2" in text and "stage 2 (mar) epoch 2/2" in text
 
 
 @pytest.mark.notebooks
@@ -273,7 +273,7 @@ def test_a_sweep_of_03_reaches_the_clustering_baseline_by_its_method_field(nb_en
     assert df["state"].tolist() == ["done"], df["error"].tolist()
     point = Path(df["path"].iloc[0])
     config = json.loads((point / "mar" / "config.json").read_text())
-    assert config["train"]["method"] == "cluster_contrast" and config["loss"]["cc_min_samples"] == 2
+    assert config["train"]["method"] == "cluster_contrast" and config["settings"]["cc_min_samples"] == 2
     history = (point / "mar" / "history.csv").read_text().splitlines()
     assert "n_clusters" in history[0] and "pair_precision" in history[0] and len(history) == 2
     assert 0 <= df["mAP"].iloc[0] <= 1

@@ -195,8 +195,8 @@ def gradient_shares(histories: "pd.DataFrame") -> dict[str, float]:
 def per_epoch(rows: "pd.DataFrame", histories: "pd.DataFrame") -> "pd.DataFrame":
     """Per row and epoch, the mean over the row's runs of the cumulative training minutes, rank-1 and
     mAP (fractions), the precision of what supervised the target that epoch (MAR's true mined
-    positives or the clusters' true same-cluster pairs) and, for clustering, clusters, outliers and
-    purity: the curves of a table whose rows train differently."""
+    positives or the clusters' true same-cluster pairs), the cameras of those pairs (``CAMERA_COLUMNS``)
+    and, for clustering, clusters, outliers and purity: the curves of a table whose rows train differently."""
     import pandas as pd
 
     h = histories[histories["run"].isin(rows["run"])].sort_values(["run", "epoch"]).copy()
@@ -209,7 +209,8 @@ def per_epoch(rows: "pd.DataFrame", histories: "pd.DataFrame") -> "pd.DataFrame"
             precision = precision.fillna(pd.to_numeric(h[column], errors="coerce"))
     h["precision"] = precision
     h["row"] = h["run"].map(dict(zip(rows["run"], rows["row"])))
-    columns = [c for c in ("minutes", "rank1", "mAP", "precision", "n_clusters", "n_outliers", "purity") if c in h]
+    columns = [c for c in ("minutes", "rank1", "mAP", "precision", "n_clusters", "n_outliers", "purity",
+                           *CAMERA_COLUMNS) if c in h]
     h[columns] = h[columns].apply(pd.to_numeric, errors="coerce")
     order = {label: i for i, label in enumerate(dict.fromkeys(rows["row"]))}
     out = h.groupby(["row", "epoch"], sort=False)[columns].mean().reset_index()

@@ -40,7 +40,7 @@ from workbench.experiments.results import select
 from workbench.experiments.stats import at_budget, diagnostics, experiment_curves, gradient_table, per_epoch, seed_summary
 
 #: draws a folder's figures from its tables into its folder: ``{kind: file name}`` of what it drew
-#: (kinds: ``table``, ``curves``, ``gradients``); :func:`workbench.viz.experiment_figures` is the one
+#: (kinds: ``table``, ``curves``, ``cameras``, ``gradients``); :func:`workbench.viz.experiment_figures` is the one
 FigureDrawer = Callable[["Tables", Path], Mapping[str, str]]
 
 
@@ -174,7 +174,8 @@ def readme_text(tables: Tables, folder: ResultsFolder, *, figures: Mapping[str, 
                      "clusters, outliers, purity).", ""]
         if tables.diagnostics is not None and len(tables.diagnostics):
             body += ["## What stage 2 did (last epoch, mean over the row's runs)", "",
-                     frame_markdown(tables.diagnostics), "", _DIAGNOSTICS_TEXT, ""]
+                     frame_markdown(tables.diagnostics), "", _DIAGNOSTICS_TEXT, "",
+                     *figure("cameras", "the cameras of the supervising pairs, per epoch")]
         if tables.gradient_shares is not None and len(tables.gradient_shares):
             body += ["## Each term's part in the update of the shared weights", "",
                      frame_markdown(tables.gradient_shares), "", _GRADIENTS_TEXT, "",
@@ -205,7 +206,10 @@ _DIAGNOSTICS_TEXT = (
     "The loss terms as they enter L_MAR (λ1 = lambda_cml, λ2 = lambda_ref); T: the agreement threshold of L_MDL at "
     "the start of stage 2 and after the last epoch; mined +/−: the pairs L_MDL used in the last epoch; true among "
     "mined +: the share of mined positives that are the same identity (the trainer checks them against the "
-    "labels the loss never sees).")
+    "labels the loss never sees). The cameras of every method's positive pairs (MAR: its mined positives; a "
+    "clustering method: every pair that shares a cluster): the share of them that are cross-camera, how many of "
+    "those are true, and how many of the same-identity pairs the supervision finds within one camera and across "
+    "two (all from the hidden labels, never used by a loss).")
 _GRADIENTS_TEXT = (
     "Measured every `grad_terms_every` steps on the weights every term trains (backbone, fusion, embedding; not "
     "the agents): share = 100·<g_term, g>/‖g‖², the part of the step's update along g that the term makes (the "

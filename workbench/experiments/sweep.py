@@ -144,7 +144,10 @@ def check_points(notebook: str | os.PathLike, points: Sequence[Mapping[str, Any]
     for key, value in base.items():
         if key in declared and (why := _type_error(key, value, defaults[key]) or missing_file(key, value)):
             add(why, None, key)
-    shared = config_error(base) if not problems else None
+    # the shared parameters alone (what every point has in common), unless the points choose the method: its
+    # settings among the shared ones are then checked with each point's method
+    chooses_method = any("method" in p or "method" in (p.get("extra") or {}) for p in points)
+    shared = config_error(base) if not problems and not chooses_method else None
     if shared:
         add(shared, None, None)
     for i, point in enumerate(points):

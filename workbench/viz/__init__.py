@@ -23,6 +23,7 @@ from workbench.viz.soft_labels import (
 from workbench.viz.tables import (
     experiment_figures,
     plot_beside_paper,
+    plot_camera_curves,
     plot_epoch_and_parameter_curves,
     plot_gradient_shares,
     plot_rows_beside_paper,
@@ -32,6 +33,6 @@ from workbench.viz.widgets import CameraExplorer, ImageExplorer, RunExplorer, Th
 __all__ = [
     "plot_training_curves", "plot_camera_grid", "plot_cmc", "plot_embedding", "plot_soft_label", "plot_camera_heatmap",
     "plot_camera_profile", "plot_agreement_distribution", "plot_retrieval", "plot_beside_paper", "plot_rows_beside_paper",
-    "plot_epoch_and_parameter_curves", "plot_gradient_shares", "save_figure", "experiment_figures",
+    "plot_epoch_and_parameter_curves", "plot_gradient_shares", "save_figure", "experiment_figures", "plot_camera_curves",
     "ImageExplorer", "CameraExplorer", "RunExplorer", "ThresholdExplorer", "explore",
 ]

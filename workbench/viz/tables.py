@@ -197,6 +197,38 @@ def plot_rows_over_training_time(curves: pd.DataFrame, *, budget_s: float | None
     return fig
 
 
+def plot_camera_curves(curves: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Per row and epoch, the cameras of the pairs that supervised the target (read from the hidden labels):
+    the share of positive pairs that are cross-camera, and how many same-identity pairs the supervision
+    found within one camera and across two.
+
+    Args:
+        curves: :func:`~workbench.experiments.stats.per_epoch` with ``cross_share``, ``recall_same_cam`` and
+            ``recall_cross_cam`` (fractions).
+    """
+    panels = (("cross_share", "cross-camera pairs among the positives"),
+              ("recall_same_cam", "same-identity pairs found, one camera"),
+              ("recall_cross_cam", "same-identity pairs found, two cameras"))
+    fig = Figure(figsize=(13, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    for ax, (column, name) in zip(axes, panels):
+        for label, part in curves.groupby("row", sort=False):
+            points = part[["epoch", column]].dropna() if column in part else part.iloc[0:0]
+            if len(points):
+                ax.plot(points["epoch"], 100 * points[column], marker="o", label=label)
+        ax.set(xlabel="stage-2 epoch", ylabel="%", title=name, ylim=(0, 100))
+        _whole_number_ticks(ax, curves["epoch"].to_numpy())
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:  # rows without a point in the first panel still get their entry
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in labels:
+                handles.append(h), labels.append(l)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, max(1, len(labels))), fontsize=8)
+    _suptitle(fig, title)
+    return fig
+
+
 def plot_gradient_shares(shares: pd.DataFrame, *, title: str | None = None) -> Figure:
     """Where each row's update of the shared weights came from: every L_MAR term's share (stacked, %)
     and the step's gradient norm beside it.
@@ -233,7 +265,7 @@ def experiment_figures(tables, folder) -> dict[str, str]:
     compares them at one wall clock, each term's share of the update where measured.
 
     Returns:
-        ``{kind: file name}`` (kinds ``table``, ``curves``, ``gradients``), what the README links.
+        ``{kind: file name}`` (kinds ``table``, ``curves``, ``cameras``, ``gradients``), what the README links.
     """
     from pathlib import Path
 
@@ -250,6 +282,10 @@ def experiment_figures(tables, folder) -> dict[str, str]:
             save(plot_rows_over_training_time(tables.per_epoch, budget_s=float(tables.budget["budget_s"].iloc[0]),
                                               title=f"{exp.title}: per epoch, mean over seeds"),
                  "curves", f"{exp.name}_curves.png")
+            if "cross_share" in tables.per_epoch and tables.per_epoch["cross_share"].notna().any():
+                save(plot_camera_curves(tables.per_epoch, title=f"{exp.title}: the cameras of the supervising pairs "
+                                                                 "(hidden labels), mean over seeds"),
+                     "cameras", f"{exp.name}_cameras.png")
         if tables.gradient_shares is not None and len(tables.gradient_shares):
             save(plot_gradient_shares(tables.gradient_shares, title=f"{exp.title}: where the update came from"),
                  "gradients", f"{exp.name}_gradients.png")
