@@ -119,14 +119,15 @@ def curves_markdown(curves: Mapping[str, "pd.DataFrame"]) -> str:
 _PLACEHOLDER = re.compile(r"\{\{\s*(?P<file>[^:{}]+?):\s*(?P<spec>[^{}]*?)\s*\}\}")
 
 
-def fill_numbers(text: str, folder: str | os.PathLike) -> str:
+def fill_numbers(text: str, folder: str | os.PathLike, *, beside: str | os.PathLike | None = None) -> str:
     """Replace ``{{ FILE: key=value; ...; COLUMN }}`` in hand-written notes with the number in ``folder/FILE``.
 
     The row is the first whose columns equal every ``key=value`` (the first column, e.g. ``row``, counts
     too); the value is printed with one decimal (below 1: two significant digits; ``delta_*`` columns
     with a sign); ``COLUMN%`` shows a fraction (``runs.csv``'s ``mAP``) in percent. ``FILE`` is relative
-    to the results folder. So the numbers a diagnosis quotes are read from the committed files each
-    time the README is generated, never typed.
+    to the results folder (or, when it is not there, to ``beside``: the folder the notes were written in,
+    whose neighbours ``../real/runs.csv`` names). So the numbers a diagnosis quotes are read from the
+    committed files each time the README is generated, never typed.
 
     Example:
         ``{{ summary.csv: row=w/o CML; delta_mAP }}`` → ``-0.5``
@@ -137,15 +138,19 @@ def fill_numbers(text: str, folder: str | os.PathLike) -> str:
     import pandas as pd
 
     folder = Path(folder)
+    beside = Path(beside) if beside is not None else None
     tables: dict[str, pd.DataFrame] = {}
 
     def value(match: "re.Match[str]") -> str:
         name, parts = match["file"].strip(), [p.strip() for p in match["spec"].split(";") if p.strip()]
         where = f"notes placeholder {match.group(0)!r}"
         if name not in tables:
-            if not (folder / name).is_file():
+            path = folder / name
+            if not path.is_file() and beside is not None and (beside / name).is_file():
+                path = beside / name  # a file of another folder, named from where the notes live
+            if not path.is_file():
                 raise ConfigError(f"{where}: no file {folder / name}")
-            tables[name] = pd.read_csv(folder / name)
+            tables[name] = pd.read_csv(path)
         df, column = tables[name], parts[-1] if parts else ""
         scale = 1.0
         if column.endswith("%") and column[:-1] in df:  # a fraction, shown in percent

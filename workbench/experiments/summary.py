@@ -198,7 +198,7 @@ def readme_text(tables: Tables, folder: ResultsFolder, *, figures: Mapping[str, 
                  f"{_training_time(runs)}`{ResultsFolder.RUNS}`: one row per run; `{ResultsFolder.HISTORIES}`: their "
                  "per-epoch history (epoch 0: the start).", ""]
     if notes is not None and Path(notes).is_file():
-        body += [fill_numbers(Path(notes).read_text().strip(), folder.path), ""]
+        body += [fill_numbers(Path(notes).read_text().strip(), folder.path, beside=Path(notes).parent), ""]
     return "\n".join(body)
 
 
