@@ -47,7 +47,7 @@ STAGE1_NOTEBOOK = "notebooks/02_pretrain_reference.ipynb"
 STAGE2_NOTEBOOK = "notebooks/03_train_mar.ipynb"
 
 _TOP_KEYS = {"experiment", "description", "notebook", "stage1", "base", "seeds", "rows", "notes", "reference",
-             "after", "commands", "outputs", "smoke"}
+             "after", "render", "commands", "outputs", "smoke"}
 _STAGE1_KEYS = {"zoo", "config", "history"}
 _ROW_KEYS = {"stage1", "seeds"}
 #: fields a smoke-scale plan drops from every config: the data, the weights file and the sizes of the
@@ -146,6 +146,7 @@ class Recipe:
     notes: str | None = None
     reference: str | None = None
     after: Sequence[str] = ()
+    render: Sequence[str] = ()   # notebooks opened on the written folder (results_dir), kept as offline HTML
     commands: Sequence[str] = ()
     outputs: Sequence[str] = ()
     smoke_scale: bool = False
@@ -176,7 +177,7 @@ class Recipe:
         rows = [Row(r.label, shrink(r.fields), r.stage1, None) for r in self.rows]
         base = {"preset": "smoke", **shrink(self.base), "epochs": 1, "eval_every": 1}
         return replace(self, stage1=stage1, rows=rows, base=base, seeds=tuple(self.seeds)[:1], smoke_scale=True,
-                       after=())
+                       after=(), render=())
 
 
 # ----------------------------------------------------------------------------- reading
@@ -292,7 +293,13 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     recipe = Recipe(path, folder, experiment=experiment, description=str(data.get("description", "")),
                     notebook=str(data.get("notebook", STAGE2_NOTEBOOK)), stage1=stage1, base=base,
                     seeds=tuple(seeds), rows=tuple(rows), notes=data.get("notes"), reference=data.get("reference"),
-                    after=tuple(data.get("after") or ()), outputs=tuple(data.get("outputs") or ()))
+                    after=tuple(data.get("after") or ()), outputs=tuple(data.get("outputs") or ()),
+                    render=tuple(data.get("render") or ()))
+    from workbench.experiments.execute import repo_root
+
+    for notebook in recipe.render:
+        if not (repo_root() / notebook).is_file():
+            raise ConfigError(f"{path}: render: no notebook {notebook} (relative to the repository root)")
     check_recipe(recipe)
     return recipe
 

@@ -214,8 +214,14 @@ KINDS = (
 
 def report(path: str | Path, *, footnote: bool = True) -> str:
     """The markdown results table of ``path`` (what ``python -m workbench report PATH`` prints): the first of
-    :data:`KINDS` that ``path`` holds decides how it is read."""
+    :data:`KINDS` that ``path`` holds decides how it is read.
+
+    Raises:
+        MissingFileError: no such file or folder.
+    """
     path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"no such run folder or results file: {path.resolve()}")
     for _, holds, render in KINDS:
         if holds(path):
             return render(path, footnote)

@@ -239,6 +239,10 @@ def _write(recipe: Recipe, folders: dict[tuple, Path], points_dir: Path, out: Pa
     command = f"python -m workbench reproduce {relative(recipe.folder)}" + (" --smoke" if recipe.smoke_scale else "")
     write_experiment(exp, [points_dir], out, reference=reference, notes=notes, labels=labels,
                      command=f"{command}` from its `recipe.yaml", figures=figures)
+    for notebook in recipe.render:  # the notebooks that open on the folder, as offline HTML beside it
+        from workbench.experiments.render import render_notebook
+
+        render_notebook(repo_root() / notebook, out / f"{Path(notebook).stem}.html", {"results_dir": relative(out)})
 
 
 def stage1_reference(stage1: dict[str, Path], path: Path) -> Path:
