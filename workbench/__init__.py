@@ -10,10 +10,10 @@ The public API, re-exported (imported on first use, so ``python -m workbench --h
 """
 from __future__ import annotations
 
-import importlib
+from workbench.lazy import lazy_exports
+
 import os
 import sys
-from typing import Any
 
 # OpenMP threads that wait sleep instead of spinning: two jobs sharing the cores then do not slow each
 # other down 2-3x, and a job alone loses nothing (results/benchmarks/threads.txt). It must be set before
@@ -56,13 +56,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports('workbench', _EXPORTS, globals())

@@ -5,8 +5,8 @@ The names below are imported on first use, so that reading a dataset's layout or
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from workbench.lazy import lazy_exports
+
 
 _EXPORTS = {
     "DatasetError": "workbench.data.datasets", "Sample": "workbench.data.datasets", "Split": "workbench.data.datasets",
@@ -22,13 +22,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'workbench.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports('workbench.data', _EXPORTS, globals())

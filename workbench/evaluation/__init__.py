@@ -10,8 +10,8 @@ One module per stage, every public name re-exported here::
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from workbench.lazy import lazy_exports
+
 
 #: every public name, by the module that defines it (imported on first use: the metric names and the
 #: numpy metrics load without torch, which extract_features needs)
@@ -26,13 +26,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"workbench.evaluation.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'workbench.evaluation' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports('workbench.evaluation', {name: f"workbench.evaluation.{module}" for name, module in _EXPORTS.items()}, globals())

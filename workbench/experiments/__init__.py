@@ -18,7 +18,7 @@ One module per step, every public name re-exported here (notebooks use ``ex.<nam
     markdown.py  the tables as markdown, the numbers a diagnosis quotes (fill_numbers)
     committed.py committed results as notebooks and ``report`` show them
     recipes.py   recipe.yaml: what makes a results folder; plan.py: its runs and their cost
-    reproduce.py ``workbench reproduce``: a recipe back into its folder
+    reproduce.py ``workbench reproduce``: a recipe back into its folder; comparison.py: it beside the committed one
     render.py    an executed notebook as HTML that reads the same offline on any machine
                  (``python -m workbench render``; imported from its module, not re-exported)
 

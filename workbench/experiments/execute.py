@@ -109,6 +109,14 @@ def repo_root() -> Path:
     return checkout_root() or Path.cwd()
 
 
+def repo_relative(path: str | os.PathLike) -> str:
+    """``path`` from the repository root where it lies under it (what a committed file may say), else as given."""
+    try:
+        return Path(path).resolve().relative_to(repo_root().resolve()).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
 def repo_path(value: str | os.PathLike | None) -> Path | None:
     """A path from a notebook's parameters: absolute as given, relative ones from the repository root
     (wherever the kernel was started), ``~`` and ``${WORKBENCH_SHARED}`` (the presets' data roots)

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workbench.errors import ConfigError
+from workbench.experiments.execute import repo_relative as relative
 from workbench.experiments.execute import repo_root
-from workbench.experiments.folder import ResultsFolder
+from workbench.experiments.comparison import compare, format_comparison, read_runs
 from workbench.experiments.plan import Step, folder_tag, format_plan, plan, runs_layout
 from workbench.experiments.recipes import STAGE1_NOTEBOOK, Recipe, load_recipe, stage1_folder_name
 
@@ -38,10 +39,6 @@ if TYPE_CHECKING:
     from workbench.experiments.summary import FigureDrawer
 
 log = logging.getLogger("workbench.experiments")
-
-#: the metrics the comparison prints
-COMPARED = ("rank1", "mAP")
-
 
 @dataclass
 class Reproduced:
@@ -58,14 +55,6 @@ def default_runs() -> Path:
     from workbench.paths import runs_root
 
     return runs_root() / "reproduce"
-
-
-def relative(path: Path) -> str:
-    """``path`` from the repository root where it lies under it (what a committed file may say)."""
-    try:
-        return Path(path).resolve().relative_to(repo_root().resolve()).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
 
 
 def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
@@ -110,10 +99,10 @@ def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = Non
     checkpoints = _stage1s(recipe, steps, stage1_dir, jobs, threads, result)
     folders = {(s.name, s.seed): s.folder for s in steps if s.kind == "point"}  # by name, or an adopted run's
     _points(recipe, checkpoints, folders, points_dir, jobs, threads, result)
-    committed = _read_runs(recipe.folder)
+    committed = read_runs(recipe.folder)
     result.out = Path(out) if out is not None else points_dir.parent / "results"
     _write(recipe, folders, points_dir, result.out, checkpoints, figures)
-    result.comparison = compare(recipe, committed, _read_runs(result.out))
+    result.comparison = compare(recipe, committed, read_runs(result.out))
     echo(format_comparison(result.comparison, recipe))
     echo(f"regenerated folder: {result.out}" + ("" if result.out.resolve() == recipe.folder.resolve() else
                                                f" (the committed one, {relative(recipe.folder)}, is untouched)"))
@@ -327,76 +316,3 @@ def _run_commands(recipe: Recipe, runs: Path, out: str | os.PathLike | None, dry
         _shell(line, recipe, target, {}, {}, runs)
     echo(f"regenerated folder: {target}")
     return result
-
-
-# ----------------------------------------------------------------------------- the comparison
-
-
-def _read_runs(folder: Path) -> "pd.DataFrame":
-    return ResultsFolder(folder).runs()
-
-
-def _row_labels(runs: "pd.DataFrame", recipe: Recipe) -> "pd.Series":
-    """Each run's row: the ``row`` column of a table, else the varied parameters of a curve."""
-    import pandas as pd
-
-    if "row" in runs:
-        return runs["row"].astype(str)
-    from workbench.experiments.catalog import EXPERIMENTS
-
-    keys = [k for k in EXPERIMENTS[recipe.experiment].curves if k in runs]
-    if not keys:
-        return pd.Series(["all"] * len(runs), index=runs.index)
-    return runs[keys].astype(str).apply(lambda r: ", ".join(f"{k}={v}" for k, v in r.items()), axis=1)
-
-
-def compare(recipe: Recipe, committed: "pd.DataFrame", regenerated: "pd.DataFrame") -> "pd.DataFrame":
-    """Row by row (percent): the committed mean, std, seed range and runs, the regenerated mean and runs, Δ,
-    and whether the regenerated mean lies inside the committed seeds' range."""
-    import pandas as pd
-
-    out = []
-    labels_new = _row_labels(regenerated, recipe) if len(regenerated) else pd.Series(dtype=str)
-    labels_old = _row_labels(committed, recipe) if len(committed) else pd.Series(dtype=str)
-    order = list(dict.fromkeys([*labels_new, *labels_old]))
-    for label in order:
-        old = committed[labels_old == label] if len(committed) else committed
-        new = regenerated[labels_new == label] if len(regenerated) else regenerated
-        entry = {"row": label, "runs": len(old), "runs now": len(new)}
-        for m in COMPARED:
-            o = 100 * pd.to_numeric(old[m], errors="coerce") if m in old else pd.Series(dtype=float)
-            n = 100 * pd.to_numeric(new[m], errors="coerce") if m in new else pd.Series(dtype=float)
-            entry |= {f"{m}": o.mean() if len(o) else float("nan"), f"{m} std": o.std() if len(o) > 1 else float("nan"),
-                      f"{m} now": n.mean() if len(n) else float("nan")}
-            entry[f"Δ {m}"] = entry[f"{m} now"] - entry[m]
-            if len(o) > 1 and len(n):
-                entry[f"{m} inside"] = "yes" if o.min() - 1e-9 <= n.mean() <= o.max() + 1e-9 else "no"
-            else:
-                entry[f"{m} inside"] = "–"
-        out.append(entry)
-    return pd.DataFrame(out)
-
-
-def format_comparison(table: "pd.DataFrame", recipe: Recipe) -> str:
-    """The comparison as a markdown table."""
-    if not len(table):
-        return "nothing to compare (no runs)"
-
-    def num(v) -> str:
-        return "–" if v != v else f"{v:+.1f}" if isinstance(v, float) and v < 0 else (f"{v:.1f}" if isinstance(v, float) else str(v))
-
-    lines = ["", f"{relative(recipe.folder)}: regenerated beside committed (percent; inside: the regenerated mean "
-                 "lies within the committed seeds' range)", ""]
-    cols = ["row", "runs", "runs now"] + [c for m in COMPARED for c in (m, f"{m} std", f"{m} now", f"Δ {m}", f"{m} inside")]
-    lines.append("| " + " | ".join(cols) + " |")
-    lines.append("| " + " | ".join("---" for _ in cols) + " |")
-    for _, r in table.iterrows():
-        cells = []
-        for c in cols:
-            v = r[c]
-            if c.startswith("Δ") and v == v:
-                cells.append(f"{v:+.1f}")
-            else:
-                cells.append(num(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
