@@ -77,8 +77,15 @@ def summary(rows: list[dict], args: argparse.Namespace) -> str:
     for threads in args.threads:
         deltas = [100 * r["delta_mAP"] for r in rows if r["threads"] == threads]
         spread = statistics.stdev(deltas) if len(deltas) > 1 else float("nan")
-        lines.append(f"{threads} thread(s): stage 2 changes mAP by {statistics.mean(deltas):+.1f} ± {spread:.1f} over "
-                     f"{len(deltas)} seeds; it raised mAP at {sum(d > 0 for d in deltas)} of them")
+        mean = statistics.mean(deltas)
+        interval = ""
+        if len(deltas) > 1:
+            from scipy.stats import t
+
+            half = t.ppf(0.975, len(deltas) - 1) * spread / len(deltas) ** 0.5
+            interval = f" (95 % interval [{mean - half:+.1f}, {mean + half:+.1f}])"
+        lines.append(f"{threads} thread(s): stage 2 changes mAP by {mean:+.1f} ± {spread:.1f} over {len(deltas)} seeds"
+                     f"{interval}; it raised mAP at {sum(d > 0 for d in deltas)} of them")
     return "\n".join(lines)
 
 

@@ -225,3 +225,14 @@ def test_the_tensorboard_line_names_the_venvs_tensorboard_when_it_is_not_on_path
     assert tensorboard_command(run) == "tensorboard --logdir runs/20260101-demo"
     print_tensorboard(tmp_path / "no-events")
     assert capsys.readouterr().out == ""  # --no-tensorboard: no line
+
+
+def test_the_demo_says_what_one_run_is_worth() -> None:
+    """make demo's last lines: the queries it is scored on, and over the committed seeds what stage 2 adds."""
+    from workbench.cli.training import _demo_noise
+    from workbench.config import get_preset
+
+    text = _demo_noise(get_preset("demo"), {"num_valid": 55})
+    assert "55 queries, so one query is 1.8 points of rank-1" in text
+    assert "Over 5 seeds (results/demo/seeds.csv)" in text and "more than 0 at" in text
+    assert "Over" not in _demo_noise(get_preset("smoke"), {"num_valid": 9})  # the seeds are the demo's

@@ -373,9 +373,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     print()
     print(report(root))  # the same table as `python -m workbench report RUN_FOLDER`
+    from workbench.runs import RunFolder
+
+    print(_demo_noise(cfg, RunFolder(root / "mar").metrics()))
     print(f"\nrun folder: {root}  ({time.perf_counter() - started:.0f} s)")
     print_tensorboard(root)  # both stages, one after the other
     return 0
+
+
+def _demo_noise(cfg, metrics: dict) -> str:
+    """What one demo's difference is worth: the queries it is scored on and, for the default demo, what stage 2
+    did over seeds (the committed ``results/demo/seeds.csv``, made by ``scripts/demo_over_seeds.py``)."""
+    import csv
+    import statistics
+
+    from workbench.experiments.execute import repo_root
+
+    queries = metrics.get("num_valid") or metrics.get("num_query")
+    line = (f"One run at this scale is noisy: {queries} queries, so one query is {100 / queries:.1f} points of rank-1."
+            if queries else "")
+    seeds = repo_root() / "results" / "demo" / "seeds.csv"
+    if cfg.preset == "demo" and seeds.is_file():
+        rows = list(csv.DictReader(open(seeds)))
+        start = [100 * float(r["stage1_mAP"]) for r in rows]
+        delta = [100 * float(r["delta_mAP"]) for r in rows]
+        if len(delta) > 1:
+            line += (f" Over {len(rows)} seeds ({seeds.relative_to(repo_root()).as_posix()}) stage 1 ends at "
+                     f"{min(start):.1f}-{max(start):.1f} mAP and stage 2 adds {statistics.mean(delta):+.1f} ± "
+                     f"{statistics.stdev(delta):.1f}, more than 0 at {sum(d > 0 for d in delta)} of them "
+                     "(results/demo/seeds.txt: the interval).")
+    return line
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
