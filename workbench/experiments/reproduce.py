@@ -125,7 +125,7 @@ def only_rows(recipe: Recipe, rows: Sequence[str]) -> Recipe:
     for label in rows:
         if label not in labels:
             raise ConfigError(f"{recipe.path}: no row {label!r}{did_you_mean(label, labels)}")
-    return replace_fields(recipe, rows=tuple(r for r in recipe.rows if r.label in rows))
+    return replace_fields(recipe, rows=tuple(r for r in recipe.rows if r.label in rows), partial=True)
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -213,8 +213,8 @@ def _write(recipe: Recipe, folders: dict[tuple, Path], points_dir: Path, out: Pa
     same = out.resolve() == recipe.folder.resolve()
     if not same:
         shutil.copyfile(recipe.path, out / recipe.path.name)
-    # at smoke scale the notes (written about the real runs) and the extra files are left out
-    notes = recipe.folder / recipe.notes if recipe.notes and not recipe.smoke_scale else None
+    # at smoke scale, or for some rows only, the notes (written about the whole real table) are left out
+    notes = recipe.folder / recipe.notes if recipe.notes and not (recipe.smoke_scale or recipe.partial) else None
     if notes is not None and not same:
         shutil.copyfile(notes, out / notes.name)
     for line in recipe.after:  # the folder's other files first: the notes may read numbers from them
@@ -228,7 +228,7 @@ def _write(recipe: Recipe, folders: dict[tuple, Path], points_dir: Path, out: Pa
     command = f"python -m workbench reproduce {relative(recipe.folder)}" + (" --smoke" if recipe.smoke_scale else "")
     write_experiment(exp, [points_dir], out, reference=reference, notes=notes, labels=labels,
                      command=f"{command}` from its `recipe.yaml", figures=figures)
-    for notebook in recipe.render:  # the notebooks that open on the folder, as offline HTML beside it
+    for notebook in () if recipe.partial else recipe.render:  # the notebooks that open on it, as offline HTML
         from workbench.experiments.render import render_notebook
 
         render_notebook(repo_root() / notebook, out / f"{Path(notebook).stem}.html", {"results_dir": relative(out)})
