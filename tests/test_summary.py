@@ -459,3 +459,26 @@ def test_a_committed_folder_read_with_the_sweep_that_grows_it_counts_each_run_on
                                                               "finished": "2026-12-02T09:00:00+00:00"}))
     with pytest.raises(ConfigError, match="two different runs are named 'full-0'"):
         read_records([out, other])
+
+
+def test_the_share_of_the_gap_to_the_upper_bound() -> None:
+    import pandas as pd
+
+    from workbench.experiments.catalog import EXPERIMENTS
+    from workbench.experiments.stats import seed_summary
+
+    exp = EXPERIMENTS["method_comparison"]
+    rows = pd.DataFrame([{"row": exp.baseline, "seed": 0, "rank1": 0.30, "mAP": 0.30, "start_rank1": 0.20, "start_mAP": 0.20},
+                         {"row": exp.upper_bound, "seed": 0, "rank1": 0.60, "mAP": 0.70, "start_rank1": 0.20,
+                          "start_mAP": 0.20}])
+    for m in ("mAP_devkit", "mINP"):
+        rows[m] = 0.1
+    table = seed_summary(rows, exp)
+    assert table.loc[exp.baseline, "gap_closed_mAP"] == pytest.approx(20.0)  # 10 of the 50 points to the bound
+    assert table.loc[exp.baseline, "gap_closed_rank1"] == pytest.approx(25.0)
+    assert table.loc[exp.upper_bound, "gap_closed_mAP"] == pytest.approx(100.0)
+    from workbench.experiments.markdown import summary_markdown
+
+    text = summary_markdown(table, exp)
+    assert "| mAP gap closed |" in text.splitlines()[0] + "|"
+    assert "20 %" in text and "(the bound)" in text

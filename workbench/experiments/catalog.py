@@ -39,6 +39,7 @@ class Experiment:
     same_budget: bool = False  # also compare the rows at the baseline's training wall clock (stats.at_budget)
     paper_table: str | None = None  # a PAPER_RESULTS table shown whole in the README (Table 4's methods)
     at_epoch: int | None = None  # rows and parameter curves read at this epoch of each run (records_at_epoch)
+    upper_bound: str | None = None  # a row that trains on the true labels: each row's share of the gap to it
 
 
 _FULL = dict(LOSS_ABLATION["full"])
@@ -86,7 +87,7 @@ EXPERIMENTS: dict[str, Experiment] = {
              "reads them), the upper bound of what this backbone, data and budget allow. The paper column is MAR as "
              "Zhang et al.'s Table 4 quotes it; "
              "Cluster-Contrast's published 82.1 mAP on Market-1501 uses no reference set and a ResNet-50.",
-        same_budget=True, paper_table="comparison"),
+        same_budget=True, paper_table="comparison", upper_bound="supervised upper bound (true identities)"),
     "hyperparameters": Experiment(
         "hyperparameters", "Fig. 6: stage-2 epochs, learning rate, weight decay", base={**_DEFAULTS, **_FULL},
         curves=("epochs", "lr", "weight_decay"),

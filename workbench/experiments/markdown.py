@@ -51,10 +51,15 @@ def summary_markdown(summary: "pd.DataFrame", experiment: Experiment, *,
     base = experiment.baseline
     head = ["", "runs", "start mAP", "rank-1", "mAP", "mAP*", "mINP", f"Δ rank-1 vs {base}", f"Δ mAP vs {base}",
             "paper rank-1", "paper mAP", "paper Δ mAP"]
+    bound = experiment.upper_bound if "gap_closed_mAP" in summary else None
+    if bound:  # each row's share of the way from its start to the upper bound's mAP
+        head.insert(9, "mAP gap closed")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for label, m in reference_rows:
         cells = [label, "1", "", *(num(100 * m[k]) if m.get(k) is not None else "–"
                                     for k in ("rank1", "mAP", "mAP_devkit", "mINP")), "", "", "", "", ""]
+        if bound:
+            cells.append("")
         lines.append("| " + " | ".join(cells) + " |")
     for label, r in summary.iterrows():
         cells = [str(label), str(int(r["runs"])), num(r.get("start_mAP_mean")),
@@ -63,6 +68,9 @@ def summary_markdown(summary: "pd.DataFrame", experiment: Experiment, *,
             cells.append("(baseline)" if label == base else delta(r.get(f"delta_{k}", math.nan),
                                                                    r.get(f"delta_{k}_low", math.nan),
                                                                    r.get(f"delta_{k}_high", math.nan)))
+        if bound:
+            gap = r.get("gap_closed_mAP", math.nan)
+            cells.append("(the bound)" if label == bound else ("–" if math.isnan(gap) else f"{gap:.0f} %"))
         cells += [num(r.get("paper_rank1")), num(r.get("paper_mAP")),
                   "(baseline)" if label == base else (
                       "–" if math.isnan(r.get("paper_delta_mAP", math.nan)) else f"{r['paper_delta_mAP']:+.1f}")]

@@ -46,6 +46,8 @@ def seed_summary(rows: "pd.DataFrame", experiment: Experiment, metrics: Sequence
     The paired difference of a metric is the mean over the seeds both rows ran of (row − baseline),
     with its 95 % Student-t interval; the baseline row itself gets none. The paper's value and its
     difference to the paper's baseline sit beside ours (``paper_<metric>``, ``paper_delta_<metric>``).
+    With an upper-bound row (``experiment.upper_bound``), ``gap_closed_<metric>``: the share (percent) of
+    the way from the row's start to the bound's mean that the row went.
 
     Returns:
         Index: the row labels in the experiment's order (rows without a run included, with ``runs`` 0).
@@ -81,7 +83,13 @@ def seed_summary(rows: "pd.DataFrame", experiment: Experiment, metrics: Sequence
             if key in mine:
                 entry[f"{key}_mean"] = float(pd.to_numeric(mine[key], errors="coerce").mean()) if len(mine) else math.nan
         out[label] = entry
-    return pd.DataFrame.from_dict(out, orient="index")
+    frame = pd.DataFrame.from_dict(out, orient="index")
+    bound = experiment.upper_bound
+    if bound in frame.index and "start_mAP_mean" in frame:  # how far each row went from its start to the bound
+        for m in ("rank1", "mAP"):
+            room = frame.loc[bound, f"{m}_mean"] - frame[f"start_{m}_mean"]
+            frame[f"gap_closed_{m}"] = 100 * (frame[f"{m}_mean"] - frame[f"start_{m}_mean"]) / room
+    return frame
 
 
 # ----------------------------------------------------------------------------- curves
