@@ -250,3 +250,15 @@ def test_rows_picks_a_part_of_the_plan(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="did you mean 'supervised upper bound"):
         reproduce(RESULTS / "method_comparison", runs=tmp_path, dry_run=True, echo=lines.append,
                   rows=["supervised upper bund"])
+
+
+def test_seeds_picks_every_row_at_some_seeds(tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = reproduce(RESULTS / "paper_schedule" / "loss_ablation", runs=tmp_path, dry_run=True, echo=lines.append,
+                       seeds=[0])
+    points = [s for s in result.steps if s.kind == "point"]
+    assert {s.seed for s in points} == {0} and len(points) == len(result.recipe.rows) == 4
+    assert result.recipe.partial
+    with pytest.raises(ConfigError, match=r"no row runs seed\(s\) \[7\]"):
+        reproduce(RESULTS / "paper_schedule" / "loss_ablation", runs=tmp_path, dry_run=True, echo=lines.append,
+                  seeds=[7])

@@ -59,7 +59,7 @@ def default_runs() -> Path:
 
 def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
               jobs: int = 1, threads: int = 1, dry_run: bool = False, smoke: bool = False,
-              rows: Sequence[str] | None = None, figures: "FigureDrawer | None" = None,
+              rows: Sequence[str] | None = None, seeds: Sequence[int] | None = None, figures: "FigureDrawer | None" = None,
               echo: Callable[[str], None] = print) -> Reproduced:
     """Regenerate a results folder from its recipe (see the module docstring).
 
@@ -73,6 +73,8 @@ def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = Non
         dry_run: print the plan (and the expected CPU time) and run nothing.
         smoke: the same plan at smoke scale (synthetic data, 1 seed, 1 epoch): a minute, for tests.
         rows: only these rows of the table (their runs, then a folder of them alone); None: every row.
+        seeds: only these seeds of each row (e.g. every row at seed 0 first, so that a paired table exists
+            early; the folder then holds them alone); None: every seed.
         figures: draws the folder's figures from its tables (the command passes
             :func:`workbench.viz.experiment_figures`); None: none drawn.
         echo: where the plan and the comparison are printed.
@@ -87,6 +89,8 @@ def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = Non
         recipe = recipe.smoke()
     if rows is not None:
         recipe = only_rows(recipe, rows)
+    if seeds is not None:
+        recipe = only_seeds(recipe, seeds)
     runs = Path(runs) if runs is not None else default_runs()
     if recipe.kind == "commands":
         return _run_commands(recipe, runs, out, dry_run, echo)
@@ -126,6 +130,27 @@ def only_rows(recipe: Recipe, rows: Sequence[str]) -> Recipe:
         if label not in labels:
             raise ConfigError(f"{recipe.path}: no row {label!r}{did_you_mean(label, labels)}")
     return replace_fields(recipe, rows=tuple(r for r in recipe.rows if r.label in rows), partial=True)
+
+
+def only_seeds(recipe: Recipe, seeds: Sequence[int]) -> Recipe:
+    """The recipe with each row's seeds cut to ``seeds`` (a row left with none is left out).
+
+    Raises:
+        ConfigError: a seed that no row runs.
+    """
+    from dataclasses import replace as replace_fields
+
+    wanted = set(seeds)
+    every = {p.seed for p in recipe.points()}
+    if wanted - every:
+        raise ConfigError(f"{recipe.path}: no row runs seed(s) {sorted(wanted - every)} (its seeds: {sorted(every)})")
+    rows = []
+    for row in recipe.rows:
+        mine = tuple(s for s in (row.seeds if row.seeds is not None else recipe.seeds) if s in wanted)
+        if mine:
+            rows.append(replace_fields(row, seeds=mine))
+    return replace_fields(recipe, rows=tuple(rows), seeds=tuple(s for s in recipe.seeds if s in wanted) or recipe.seeds,
+                          partial=True)
 
 
 # ----------------------------------------------------------------------------- the steps
