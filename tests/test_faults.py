@@ -73,7 +73,14 @@ def workbench(env: dict, *args: str, fault: str | None = None, timeout: float = 
     """``python -m workbench ARGS`` in its own process, with a fail point armed when given."""
     run_env = dict(env) | ({faults.ENV: fault} if fault else {})
     return subprocess.run([sys.executable, "-m", "workbench", *args], env=run_env, cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, preexec_fn=_as_in_a_terminal)
+
+
+def _as_in_a_terminal() -> None:
+    """SIGINT at its default in the child, as a terminal leaves it: under ``nohup ... &`` (or a CI runner that
+    starts the suite in the background) the shell sets it to "ignore", the child inherits that, Python then
+    installs no KeyboardInterrupt handler and a Ctrl-C test would see the run finish instead."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def resume(env: dict, run: Path, monkeypatch) -> int:

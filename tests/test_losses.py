@@ -593,6 +593,9 @@ def _ddp_worker(rank: int, world: int, port: int, outdir: str) -> None:
             terms.append(torch.stack([out["mdl"], out["cml"], out["n_pos"].float(), out["n_neg"].float()]))
         state = {k: v.clone() for k, v in m.state_dict().items()} | {"terms": torch.stack(terms)}
         torch.save(state, os.path.join(outdir, f"rank{rank}.pt"))
+        # both ranks done before either tears gloo down: a rank that destroys the group while its peer is
+        # still inside a collective aborts the peer ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
