@@ -185,6 +185,20 @@ def test_two_recipes_run_end_to_end_at_smoke_scale_and_share_their_stage_1(smoke
         readme = (out / "README.md").read_text()
         assert "python -m workbench reproduce results/" in readme and str(smoke_runs) not in readme
         assert f"]({experiment}.png)" in readme and (out / f"{experiment}.png").is_file()  # drawn by viz
+    # the recipe's commands that read every run: the index of points, and the cameras of each model's clusters
+    index = pd.read_csv(smoke_runs / "results_method_comparison-smoke" / "points.csv")
+    assert len(index) == len(load_recipe(RESULTS / "method_comparison").rows) and index["run"].map(
+        lambda p: (Path(p) / "checkpoint.pt").is_file()).all()
+    import runpy
+
+    stage1 = next(p for p in (smoke_runs / "stage1").iterdir() if p.is_dir()) / "pretrain"
+    out = smoke_runs / "results_method_comparison-smoke" / "camera_clusters.csv"  # recipe's after (none at smoke)
+    script = runpy.run_path(str(REPO / "scripts" / "camera_clusters.py"))
+    assert script["main"](["--points", str(smoke_runs / "results_method_comparison-smoke" / "points.csv"),
+                           "--stage1", str(stage1), "--out", str(out)]) == 0
+    cameras = pd.read_csv(out)
+    assert len(cameras) == 2 * (1 + len(index)) and set(cameras["camera_norm"]) == {True, False}
+    assert {"recall_same_cam", "recall_cross_cam", "cross_share"} <= set(cameras)
 
 
 @pytest.mark.slow
@@ -201,6 +215,8 @@ def test_reproduce_again_reuses_every_run_and_compares_with_the_committed_rows(s
     assert table.loc["MAR (soft multilabels)", "runs now"] == 1
     text = "\n".join(lines)
     assert "| MAR (soft multilabels) |" in text and "Δ mAP" in text
+    kept = pd.read_csv(smoke_runs / "results_method_comparison-smoke" / "comparison.csv")  # outlives the terminal
+    assert kept.set_index("row").loc["MAR (soft multilabels)", "mAP"] == pytest.approx(100 * mar["mAP"].mean(), abs=1e-3)
 
 
 # ----------------------------------------------------------------------------- the zoo

@@ -482,3 +482,10 @@ def test_the_share_of_the_gap_to_the_upper_bound() -> None:
     text = summary_markdown(table, exp)
     assert "| mAP gap closed |" in text.splitlines()[0] + "|"
     assert "20 %" in text and "(the bound)" in text
+
+
+def test_a_notes_placeholder_finds_a_seed_in_a_column_with_an_empty_cell(tmp_path: Path) -> None:
+    from workbench.experiments.summary import fill_numbers
+
+    (tmp_path / "c.csv").write_text("row,seed,x\nstage 1,,0.5\nMAR,0,0.25\nMAR,1,0.75\n")  # seed is read as 0.0, 1.0
+    assert fill_numbers("{{ c.csv: row=MAR; seed=1; x% }}", tmp_path) == "75.0"

@@ -169,7 +169,7 @@ def fill_numbers(text: str, folder: str | os.PathLike, *, beside: str | os.PathL
             key, _, wanted = cond.partition("=")
             if key.strip() not in df:
                 raise ConfigError(f"{where}: {name} has no column {key.strip()!r}")
-            df = df[df[key.strip()].astype(str) == wanted.strip()]
+            df = df[_matches(df[key.strip()], wanted.strip())]
         if not len(df):
             raise ConfigError(f"{where}: no row of {name} matches")
         number = scale * float(df[column].iloc[0])
@@ -178,3 +178,16 @@ def fill_numbers(text: str, folder: str | os.PathLike, *, beside: str | os.PathL
         return f"{number:.1f}" if abs(number) >= 1 or number == 0 else f"{number:.2g}"  # small: 2 significant
 
     return _PLACEHOLDER.sub(value, text)
+
+
+def _matches(column: "pd.Series", wanted: str) -> "pd.Series":
+    """Which cells of a column are ``wanted``: as text, or as a number where both are numbers (``seed=0``
+    matches 0.0, which a seed column with an empty cell is read as)."""
+    import pandas as pd
+
+    same = column.astype(str) == wanted
+    try:
+        number = float(wanted)
+    except ValueError:
+        return same
+    return same | (pd.to_numeric(column, errors="coerce") == number)

@@ -147,7 +147,7 @@ class Recipe:
     reference: str | None = None
     after: Sequence[str] = ()
     render: Sequence[str] = ()   # notebooks opened on the written folder (results_dir), kept as offline HTML
-    partial: bool = False        # some rows only (reproduce --rows): no notes, no notebooks (they read the table)
+    partial: bool = False        # some rows or seeds only (reproduce --rows/--seeds): notes and notebooks where they fit
     commands: Sequence[str] = ()
     outputs: Sequence[str] = ()
     smoke_scale: bool = False

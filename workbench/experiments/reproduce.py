@@ -105,9 +105,13 @@ def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = Non
     _points(recipe, checkpoints, folders, points_dir, jobs, threads, result)
     committed = read_runs(recipe.folder)
     result.out = Path(out) if out is not None else points_dir.parent / "results"
-    _write(recipe, folders, points_dir, result.out, checkpoints, figures)
+    _write(recipe, folders, points_dir, result.out, checkpoints, figures, echo)
     result.comparison = compare(recipe, committed, read_runs(result.out))
     echo(format_comparison(result.comparison, recipe))
+    from workbench.runs import atomic_write_text
+
+    # kept beside the runs: what the folder held before (the committed one) against what came back
+    atomic_write_text(points_dir.parent / "comparison.csv", result.comparison.to_csv(index=False, float_format="%.3f"))
     echo(f"regenerated folder: {result.out}" + ("" if result.out.resolve() == recipe.folder.resolve() else
                                                f" (the committed one, {relative(recipe.folder)}, is untouched)"))
     if result.failed:
@@ -225,11 +229,12 @@ def _points(recipe: Recipe, checkpoints: dict[str, Path], folders: dict[tuple, P
 
 
 def _write(recipe: Recipe, folders: dict[tuple, Path], points_dir: Path, out: Path, checkpoints: dict[str, Path],
-           figures: "FigureDrawer | None") -> None:
+           figures: "FigureDrawer | None", echo: Callable[[str], None] = print) -> None:
     """The folder: tables, figures and README by ``write_experiment``, the recipe and notes beside them,
     then the recipe's ``after`` commands."""
     from workbench.experiments.catalog import EXPERIMENTS
     from workbench.experiments.summary import write_experiment
+    from workbench.runs import atomic_write_text
 
     exp = EXPERIMENTS[recipe.experiment]
     if recipe.smoke_scale:  # synthetic data, random init, one epoch: every run is its row's
@@ -238,10 +243,19 @@ def _write(recipe: Recipe, folders: dict[tuple, Path], points_dir: Path, out: Pa
     same = out.resolve() == recipe.folder.resolve()
     if not same:
         shutil.copyfile(recipe.path, out / recipe.path.name)
-    # at smoke scale, or for some rows only, the notes (written about the whole real table) are left out
-    notes = recipe.folder / recipe.notes if recipe.notes and not (recipe.smoke_scale or recipe.partial) else None
+    # at smoke scale the notes (written about the real table) are left out; for some rows or seeds only
+    # (a partial folder) they are kept where every number they quote is in it, else left out with a word
+    notes = recipe.folder / recipe.notes if recipe.notes and not recipe.smoke_scale else None
     if notes is not None and not same:
         shutil.copyfile(notes, out / notes.name)
+    # which run folder is which point, for the recipe's commands that read every run (scripts/camera_clusters.py)
+    import csv
+    import io
+
+    index = io.StringIO()
+    writer = csv.writer(index, lineterminator="\n")
+    writer.writerows([("row", "seed", "run"), *((p.row, p.seed, folders[p.row, p.seed] / "mar") for p in recipe.points())])
+    atomic_write_text(points_dir.parent / "points.csv", index.getvalue())
     for line in recipe.after:  # the folder's other files first: the notes may read numbers from them
         _shell(line, recipe, out, {n: checkpoints[n].parent for n in checkpoints}, folders, points_dir.parent.parent)
     reference = None
@@ -251,12 +265,29 @@ def _write(recipe: Recipe, folders: dict[tuple, Path], points_dir: Path, out: Pa
         reference = recipe.folder / recipe.reference
     labels = {folders[p.row, p.seed].name: p.row for p in recipe.points()} if exp.rows else None
     command = f"python -m workbench reproduce {relative(recipe.folder)}" + (" --smoke" if recipe.smoke_scale else "")
-    write_experiment(exp, [points_dir], out, reference=reference, notes=notes, labels=labels,
-                     command=f"{command}` from its `recipe.yaml", figures=figures)
-    for notebook in () if recipe.partial else recipe.render:  # the notebooks that open on it, as offline HTML
+
+    def write(notes: Path | None) -> None:
+        write_experiment(exp, [points_dir], out, reference=reference, notes=notes, labels=labels,
+                         command=f"{command}` from its `recipe.yaml", figures=figures)
+
+    try:
+        write(notes)
+    except ConfigError as error:
+        if not (recipe.partial and notes is not None and "notes placeholder" in str(error)):
+            raise
+        echo(f"the notes are left out of this partial folder: {error}")
+        if not same:
+            (out / notes.name).unlink(missing_ok=True)
+        write(None)
+    for notebook in () if recipe.smoke_scale else recipe.render:  # the notebooks that open on it, as offline HTML
         from workbench.experiments.render import render_notebook
 
-        render_notebook(repo_root() / notebook, out / f"{Path(notebook).stem}.html", {"results_dir": relative(out)})
+        try:
+            render_notebook(repo_root() / notebook, out / f"{Path(notebook).stem}.html", {"results_dir": relative(out)})
+        except Exception as error:  # noqa: BLE001 - a partial table a notebook cannot show: say so, keep the folder
+            if not recipe.partial:
+                raise
+            echo(f"{notebook} not rendered on this partial folder: {str(error).splitlines()[0] if str(error) else error!r}")
 
 
 def stage1_reference(stage1: dict[str, Path], path: Path) -> Path:

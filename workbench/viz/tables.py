@@ -225,6 +225,11 @@ def plot_camera_curves(curves: pd.DataFrame, *, title: str | None = None) -> Fig
             if l not in labels:
                 handles.append(h), labels.append(l)
     fig.legend(handles, labels, loc="outside lower center", ncols=min(4, max(1, len(labels))), fontsize=8)
+    unlogged = [str(r) for r, part in curves.groupby("row", sort=False)
+                if not any(c in part and part[c].notna().any() for c, _ in panels)]
+    if unlogged:  # say why a row of the table has no line here
+        note = "no line: " + ", ".join(unlogged) + " (their runs were made before the cameras were logged)"
+        title = f"{title}; {note}" if title else note
     _suptitle(fig, title)
     return fig
 
