@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -278,3 +279,28 @@ def test_seeds_picks_every_row_at_some_seeds(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"no row runs seed\(s\) \[7\]"):
         reproduce(RESULTS / "paper_schedule" / "loss_ablation", runs=tmp_path, dry_run=True, echo=lines.append,
                   seeds=[7])
+
+
+def test_finished_only_runs_nothing_and_says_when_nothing_is_there(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no point of it is finished under"):
+        reproduce(RESULTS / "paper_schedule" / "loss_ablation", runs=tmp_path, dry_run=True, echo=lambda s: None,
+                  finished_only=True)
+
+
+@pytest.mark.slow
+def test_finished_only_writes_the_finished_points_of_a_plan(smoke_runs: Path, tmp_path: Path) -> None:
+    from workbench.experiments.reproduce import only_finished
+
+    recipe = load_recipe(RESULTS / "paper_schedule" / "loss_ablation").smoke()
+    steps = plan(recipe, smoke_runs)
+    assert all(s.state == "done" for s in steps if s.kind == "point")
+    cut, kept = only_finished(recipe, steps, smoke_runs)
+    assert not cut.partial and len(kept) == len(steps)
+    first = next(s for s in steps if s.kind == "point")
+    steps = [replace(s, state="todo") if s is first else s for s in steps]  # as if its run were still going
+    cut, kept = only_finished(recipe, steps, smoke_runs)
+    assert cut.partial and first not in kept and len(cut.points()) == len(recipe.points()) - 1
+    lines: list[str] = []
+    result = reproduce(RESULTS / "paper_schedule" / "loss_ablation", runs=smoke_runs, smoke=True, finished_only=True,
+                       out=tmp_path / "out", echo=lines.append)
+    assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == len(recipe.points()) and not result.failed

@@ -216,7 +216,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         try:
             result = reproduce(folder, runs=args.runs, out=args.out if len(folders) == 1 else None, jobs=args.jobs,
                                threads=args.threads, dry_run=args.dry_run, smoke=args.smoke, rows=args.rows,
-                               seeds=args.seeds,
+                               seeds=args.seeds, finished_only=args.finished_only,
                                figures=None if args.dry_run else _figures())
         except KeyboardInterrupt:
             print("interrupted; run the same command to resume (finished runs are kept, the others continue "
@@ -245,6 +245,8 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
                     help="only these rows of the table (e.g. to run them first; the folder then holds them alone)")
     rp.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
                     help="only these seeds of each row (e.g. every row at seed 0 first; the folder then holds them alone)")
+    rp.add_argument("--finished-only", action="store_true",
+                    help="run nothing: write the folder from the points already finished under --runs (partial)")
     rp.set_defaults(func=_cmd_reproduce)
 
 

@@ -59,7 +59,8 @@ def default_runs() -> Path:
 
 def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
               jobs: int = 1, threads: int = 1, dry_run: bool = False, smoke: bool = False,
-              rows: Sequence[str] | None = None, seeds: Sequence[int] | None = None, figures: "FigureDrawer | None" = None,
+              rows: Sequence[str] | None = None, seeds: Sequence[int] | None = None, finished_only: bool = False,
+              figures: "FigureDrawer | None" = None,
               echo: Callable[[str], None] = print) -> Reproduced:
     """Regenerate a results folder from its recipe (see the module docstring).
 
@@ -75,6 +76,8 @@ def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = Non
         rows: only these rows of the table (their runs, then a folder of them alone); None: every row.
         seeds: only these seeds of each row (e.g. every row at seed 0 first, so that a paired table exists
             early; the folder then holds them alone); None: every seed.
+        finished_only: run nothing; write the folder from the points finished under ``runs`` (while the
+            others still run, or after a block was stopped); it is marked partial when some are missing.
         figures: draws the folder's figures from its tables (the command passes
             :func:`workbench.viz.experiment_figures`); None: none drawn.
         echo: where the plan and the comparison are printed.
@@ -95,6 +98,8 @@ def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = Non
     if recipe.kind == "commands":
         return _run_commands(recipe, runs, out, dry_run, echo)
     steps = plan(recipe, runs)
+    if finished_only:
+        recipe, steps = only_finished(recipe, steps, runs)
     echo(format_plan(recipe, steps, runs))
     result = Reproduced(recipe, steps)
     if dry_run:
@@ -102,7 +107,8 @@ def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = Non
     stage1_dir, points_dir = runs_layout(runs, recipe)
     checkpoints = _stage1s(recipe, steps, stage1_dir, jobs, threads, result)
     folders = {(s.name, s.seed): s.folder for s in steps if s.kind == "point"}  # by name, or an adopted run's
-    _points(recipe, checkpoints, folders, points_dir, jobs, threads, result)
+    if not finished_only:  # (a sweep still running on the folder holds its lock: nothing here touches it)
+        _points(recipe, checkpoints, folders, points_dir, jobs, threads, result)
     committed = read_runs(recipe.folder)
     result.out = Path(out) if out is not None else points_dir.parent / "results"
     _write(recipe, folders, points_dir, result.out, checkpoints, figures, echo)
@@ -155,6 +161,27 @@ def only_seeds(recipe: Recipe, seeds: Sequence[int]) -> Recipe:
             rows.append(replace_fields(row, seeds=mine))
     return replace_fields(recipe, rows=tuple(rows), seeds=tuple(s for s in recipe.seeds if s in wanted) or recipe.seeds,
                           partial=True)
+
+
+def only_finished(recipe: Recipe, steps: list[Step], runs: Path) -> tuple[Recipe, list[Step]]:
+    """The recipe and plan cut to the points finished under ``runs`` (partial when some are left out).
+
+    Raises:
+        ConfigError: no point is finished there.
+    """
+    from dataclasses import replace as replace_fields
+
+    done = {(s.name, s.seed) for s in steps if s.kind == "point" and s.state == "done"}
+    if not done:
+        raise ConfigError(f"{recipe.path}: no point of it is finished under {runs}")
+    rows = []
+    for row in recipe.rows:
+        mine = tuple(s for s in (row.seeds if row.seeds is not None else recipe.seeds) if (row.label, s) in done)
+        if mine:
+            rows.append(replace_fields(row, seeds=mine))
+    missing = sum(1 for s in steps if s.kind == "point") - len(done)
+    cut = replace_fields(recipe, rows=tuple(rows), partial=recipe.partial or missing > 0)
+    return cut, [s for s in steps if s.kind != "point" or (s.name, s.seed) in done]
 
 
 # ----------------------------------------------------------------------------- the steps
