@@ -330,3 +330,41 @@ def check_recipe(recipe: Recipe) -> None:
 def find_recipes(root: str | os.PathLike = "results") -> list[Path]:
     """Every ``recipe.yaml`` under ``root``, sorted."""
     return sorted(Path(root).rglob(RECIPE_FILE), key=lambda p: p.parent.parts)
+
+
+def only_rows(recipe: Recipe, rows: Sequence[str]) -> Recipe:
+    """The recipe with only ``rows`` (labels of its rows).
+
+    Raises:
+        ConfigError: a label that is no row of the recipe (with the closest one).
+    """
+    from dataclasses import replace as replace_fields
+
+    from workbench.config import did_you_mean
+
+    labels = [r.label for r in recipe.rows]
+    for label in rows:
+        if label not in labels:
+            raise ConfigError(f"{recipe.path}: no row {label!r}{did_you_mean(label, labels)}")
+    return replace_fields(recipe, rows=tuple(r for r in recipe.rows if r.label in rows), partial=True)
+
+
+def only_seeds(recipe: Recipe, seeds: Sequence[int]) -> Recipe:
+    """The recipe with each row's seeds cut to ``seeds`` (a row left with none is left out).
+
+    Raises:
+        ConfigError: a seed that no row runs.
+    """
+    from dataclasses import replace as replace_fields
+
+    wanted = set(seeds)
+    every = {p.seed for p in recipe.points()}
+    if wanted - every:
+        raise ConfigError(f"{recipe.path}: no row runs seed(s) {sorted(wanted - every)} (its seeds: {sorted(every)})")
+    rows = []
+    for row in recipe.rows:
+        mine = tuple(s for s in (row.seeds if row.seeds is not None else recipe.seeds) if s in wanted)
+        if mine:
+            rows.append(replace_fields(row, seeds=mine))
+    return replace_fields(recipe, rows=tuple(rows), seeds=tuple(s for s in recipe.seeds if s in wanted) or recipe.seeds,
+                          partial=True)

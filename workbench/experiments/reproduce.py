@@ -31,7 +31,8 @@ from workbench.experiments.execute import repo_relative as relative
 from workbench.experiments.execute import repo_root
 from workbench.experiments.comparison import compare, format_comparison, read_runs
 from workbench.experiments.plan import Step, folder_tag, format_plan, plan, runs_layout
-from workbench.experiments.recipes import STAGE1_NOTEBOOK, Recipe, load_recipe, stage1_folder_name
+from workbench.experiments.recipes import (STAGE1_NOTEBOOK, Recipe, load_recipe, only_rows, only_seeds,
+                                           stage1_folder_name)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -123,44 +124,6 @@ def reproduce(folder: str | os.PathLike, *, runs: str | os.PathLike | None = Non
     if result.failed:
         echo(f"{len(result.failed)} run(s) failed: " + "; ".join(result.failed))
     return result
-
-
-def only_rows(recipe: Recipe, rows: Sequence[str]) -> Recipe:
-    """The recipe with only ``rows`` (labels of its rows).
-
-    Raises:
-        ConfigError: a label that is no row of the recipe (with the closest one).
-    """
-    from dataclasses import replace as replace_fields
-
-    from workbench.config import did_you_mean
-
-    labels = [r.label for r in recipe.rows]
-    for label in rows:
-        if label not in labels:
-            raise ConfigError(f"{recipe.path}: no row {label!r}{did_you_mean(label, labels)}")
-    return replace_fields(recipe, rows=tuple(r for r in recipe.rows if r.label in rows), partial=True)
-
-
-def only_seeds(recipe: Recipe, seeds: Sequence[int]) -> Recipe:
-    """The recipe with each row's seeds cut to ``seeds`` (a row left with none is left out).
-
-    Raises:
-        ConfigError: a seed that no row runs.
-    """
-    from dataclasses import replace as replace_fields
-
-    wanted = set(seeds)
-    every = {p.seed for p in recipe.points()}
-    if wanted - every:
-        raise ConfigError(f"{recipe.path}: no row runs seed(s) {sorted(wanted - every)} (its seeds: {sorted(every)})")
-    rows = []
-    for row in recipe.rows:
-        mine = tuple(s for s in (row.seeds if row.seeds is not None else recipe.seeds) if s in wanted)
-        if mine:
-            rows.append(replace_fields(row, seeds=mine))
-    return replace_fields(recipe, rows=tuple(rows), seeds=tuple(s for s in recipe.seeds if s in wanted) or recipe.seeds,
-                          partial=True)
 
 
 def only_finished(recipe: Recipe, steps: list[Step], runs: Path) -> tuple[Recipe, list[Step]]:
