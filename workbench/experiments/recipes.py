@@ -349,22 +349,26 @@ def only_rows(recipe: Recipe, rows: Sequence[str]) -> Recipe:
     return replace_fields(recipe, rows=tuple(r for r in recipe.rows if r.label in rows), partial=True)
 
 
+def only_points(recipe: Recipe, keep) -> Recipe:
+    """The recipe with each row's seeds cut to those where ``keep(row label, seed)`` holds (a row left with
+    none is left out), marked partial."""
+    rows = []
+    for row in recipe.rows:
+        mine = tuple(s for s in (row.seeds if row.seeds is not None else recipe.seeds) if keep(row.label, s))
+        if mine:
+            rows.append(replace(row, seeds=mine))
+    return replace(recipe, rows=tuple(rows), partial=True)
+
+
 def only_seeds(recipe: Recipe, seeds: Sequence[int]) -> Recipe:
     """The recipe with each row's seeds cut to ``seeds`` (a row left with none is left out).
 
     Raises:
         ConfigError: a seed that no row runs.
     """
-    from dataclasses import replace as replace_fields
-
     wanted = set(seeds)
     every = {p.seed for p in recipe.points()}
     if wanted - every:
         raise ConfigError(f"{recipe.path}: no row runs seed(s) {sorted(wanted - every)} (its seeds: {sorted(every)})")
-    rows = []
-    for row in recipe.rows:
-        mine = tuple(s for s in (row.seeds if row.seeds is not None else recipe.seeds) if s in wanted)
-        if mine:
-            rows.append(replace_fields(row, seeds=mine))
-    return replace_fields(recipe, rows=tuple(rows), seeds=tuple(s for s in recipe.seeds if s in wanted) or recipe.seeds,
-                          partial=True)
+    cut = only_points(recipe, lambda label, seed: seed in wanted)
+    return replace(cut, seeds=tuple(s for s in recipe.seeds if s in wanted) or recipe.seeds)

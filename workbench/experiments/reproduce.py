@@ -31,8 +31,8 @@ from workbench.experiments.execute import repo_relative as relative
 from workbench.experiments.execute import repo_root
 from workbench.experiments.comparison import compare, format_comparison, read_runs
 from workbench.experiments.plan import Step, folder_tag, format_plan, plan, runs_layout
-from workbench.experiments.recipes import (STAGE1_NOTEBOOK, Recipe, load_recipe, only_rows, only_seeds,
-                                           stage1_folder_name)
+from workbench.experiments.recipes import (STAGE1_NOTEBOOK, Recipe, load_recipe, only_points, only_rows,
+                                           only_seeds, stage1_folder_name)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -132,18 +132,11 @@ def only_finished(recipe: Recipe, steps: list[Step], runs: Path) -> tuple[Recipe
     Raises:
         ConfigError: no point is finished there.
     """
-    from dataclasses import replace as replace_fields
-
     done = {(s.name, s.seed) for s in steps if s.kind == "point" and s.state == "done"}
     if not done:
         raise ConfigError(f"{recipe.path}: no point of it is finished under {runs}")
-    rows = []
-    for row in recipe.rows:
-        mine = tuple(s for s in (row.seeds if row.seeds is not None else recipe.seeds) if (row.label, s) in done)
-        if mine:
-            rows.append(replace_fields(row, seeds=mine))
     missing = sum(1 for s in steps if s.kind == "point") - len(done)
-    cut = replace_fields(recipe, rows=tuple(rows), partial=recipe.partial or missing > 0)
+    cut = replace(only_points(recipe, lambda label, seed: (label, seed) in done), partial=recipe.partial or missing > 0)
     return cut, [s for s in steps if s.kind != "point" or (s.name, s.seed) in done]
 
 
